@@ -1,0 +1,46 @@
+# sae-genomics: `make demo` and `make test` each create or refresh .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.sae-genomics-installed
+export SAE_GENOMICS_HOME ?= $(CURDIR)/.sae-genomics
+export DAGSTER_HOME := $(SAE_GENOMICS_HOME)/dagster
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 3000
+
+.PHONY: install demo test lint ui bench clean
+
+install: $(STAMP)
+
+# Installs only when pyproject.toml or the lock changed (or .venv is new): a second run is a no-op.
+# torch is pinned by requirements.lock to 2.13.0; where the pip configuration offers the CPU build
+# (as on CPU-only machines set up for this project) pip takes it and no CUDA packages come along.
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "sae-genomics needs Python >= 3.11"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --constraint requirements.lock "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet --constraint requirements.lock --editable ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sae-genomics demo
+	@echo "Try: $(BIN)/sae-genomics sql \"select cell_type, count(*) from cells where dataset = 'pbmc68k' group by all\""
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(STAMP) lint
+	SAE_GENOMICS_HOME=$$(mktemp -d) && DAGSTER_HOME=$$SAE_GENOMICS_HOME/dagster && mkdir -p $$DAGSTER_HOME \
+	  && cp dagster.yaml $$DAGSTER_HOME/ && export SAE_GENOMICS_HOME DAGSTER_HOME \
+	  && $(BIN)/dagster definitions validate -m sae_genomics_dagster.definitions
+	$(BIN)/python -m pytest
+
+ui: $(STAMP)
+	$(BIN)/sae-genomics ui --host $(UI_HOST) --port $(UI_PORT)
+
+bench: $(STAMP)
+	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

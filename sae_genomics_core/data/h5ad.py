@@ -1,0 +1,510 @@
+"""Validate an .h5ad file and derive the `cells` and `genes` tables in one streamed pass.
+
+The matrix is read in row chunks through anndata's backed mode, so a dataset larger than memory
+can be validated. Every problem a user can cause becomes a `Problem` with a fix; all problems of a
+file are reported together in one `DatasetError`, and nothing is written by this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import polars as pl
+import scipy.sparse as sp
+
+ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?(_PAR_Y)?$")
+ENSEMBL_COLUMN_CANDIDATES = (
+    "gene_ids", "gene_id", "ensembl_id", "ensembl_ids", "ensembl", "gene_ensembl_id", "feature_id",
+)  # fmt: skip
+SYMBOL_COLUMN_CANDIDATES = (
+    "feature_name",
+    "gene_symbols",
+    "gene_symbol",
+    "gene_name",
+    "gene_names",
+    "symbol",
+)
+CELL_TYPE_KEY_CANDIDATES = (
+    "cell_type", "celltype", "cell_types", "CellType", "cell_type_label", "cell_ontology_class", "annotation",
+)  # fmt: skip
+# A log1p value above this would mean more than 4.8e8 counts in one entry: such data is not log1p.
+LOG1P_MAX_VALUE = 20.0
+# Share of a column's non-empty values that must look like Ensembl ids for automatic detection.
+ENSEMBL_DETECT_SHARE = 0.9
+MATRIX_CHOICES = "auto, X, raw or layers/<name>"
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """How to read a dataset. `None` means: detect it."""
+
+    ensembl_column: str | None = None  # var column holding Ensembl ids; "index" for var_names
+    symbol_column: str | None = None  # var column holding gene symbols; "index" for var_names
+    cell_type_key: str | None = None  # obs column holding cell types
+    matrix: str = "auto"  # auto (layers['counts'] > .raw > X), X, raw or layers/<name>
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> DatasetOptions:
+        known = {k: v for k, v in (values or {}).items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Problem:
+    problem: str
+    fix: str
+
+
+class DatasetError(ValueError):
+    """One or more problems with an input file; the message names the file, each problem and its fix."""
+
+    def __init__(self, path: Path | str, problems: list[Problem]):
+        self.path = Path(path)
+        self.problems = problems
+        lines = [f"{self.path}: {len(problems)} problem(s) found; nothing was written."]
+        for item in problems:
+            lines.append(f"- {item.problem}\n  fix: {item.fix}")
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class ValidationReport:
+    path: str
+    matrix_source: str
+    n_cells: int
+    n_genes: int
+    value_kind: str  # raw_counts | log1p | normalised
+    max_value: float
+    gene_id_source: str  # e.g. "ensembl:gene_ids" or "symbol:index"
+    symbol_source: str | None
+    n_genes_with_ensembl: int
+    n_empty_cells: int
+    n_duplicate_cell_ids: int
+    cell_type_key: str | None
+    n_cell_types: int
+    cells_scanned: int
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        rows = [(k, v) for k, v in self.to_dict().items() if k != "warnings"]
+        text = "| check | result |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+        if self.warnings:
+            text += "\n\n**Warnings**\n\n" + "\n".join(f"- {w}" for w in self.warnings)
+        return text
+
+
+@dataclass
+class DatasetTables:
+    """The validated dataset as tables (without the `dataset` column, which the caller owns)."""
+
+    cells: pl.DataFrame
+    genes: pl.DataFrame
+    report: ValidationReport
+
+
+def file_checksum(path: Path | str, chunk_bytes: int = 8 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def strip_ensembl_version(identifier: str) -> str:
+    return re.sub(r"\.\d+$", "", identifier)
+
+
+def inspect_h5ad(
+    path: Path | str,
+    options: DatasetOptions | None = None,
+    *,
+    max_cells: int | None = None,
+    chunk_cells: int = 4096,
+) -> DatasetTables:
+    """Validate `path` and build the cells/genes tables; raise `DatasetError` listing every problem.
+
+    `max_cells` limits the scan of the matrix (a quick check at registration); the full scan is
+    what the `cells` and `genes` assets run.
+    """
+    path = Path(path)
+    options = options or DatasetOptions()
+    problems: list[Problem] = []
+    notes: list[str] = []
+
+    adata = _open_backed(path)
+    try:
+        matrix, var, source = _select_matrix(adata, path, options)
+        n_cells, n_genes = int(adata.n_obs), int(var.shape[0])
+        if n_cells == 0 or n_genes == 0:
+            raise DatasetError(
+                path,
+                [Problem(f"the matrix {source} is empty ({n_cells} cells × {n_genes} genes)",
+                         "export a dataset that has cells and genes")],
+            )  # fmt: skip
+
+        genes, gene_id_source, symbol_source = _gene_table(var, options, problems, notes)
+        cell_types, cell_type_key = _cell_types(adata.obs, options, problems, notes)
+
+        scan_rows = n_cells if max_cells is None else min(n_cells, max_cells)
+        stats = _scan_matrix(matrix, scan_rows, n_genes, chunk_cells)
+        uns_log1p = "log1p" in adata.uns
+    finally:
+        _close(adata)
+
+    if stats.n_nonfinite:
+        problems.append(Problem(
+            f"{source} contains {stats.n_nonfinite} non-finite values (NaN or infinity)",
+            "replace them (e.g. adata.X = np.nan_to_num(adata.X)) or choose another matrix with "
+            f"--matrix ({MATRIX_CHOICES})",
+        ))  # fmt: skip
+    if stats.n_negative:
+        problems.append(Problem(
+            f"{source} contains {stats.n_negative} negative values (min {stats.min_value:.3g}); it looks "
+            "scaled or centred, and tahoe-x1 needs counts",
+            "store raw counts in layers['counts'] or .raw (they are preferred automatically), or choose "
+            f"them with --matrix ({MATRIX_CHOICES})",
+        ))  # fmt: skip
+
+    value_kind = _value_kind(stats, source, uns_log1p=uns_log1p)
+    if value_kind == "log1p":
+        notes.append(
+            f"{source} looks log1p-normalised (non-integer, max {stats.max_value:.3g}), not raw counts; "
+            "tahoe-x1's per-cell rank binning is unchanged by log1p, and total_counts are expm1 sums. "
+            "Provide raw counts in layers['counts'] for exact totals."
+        )
+    elif value_kind == "normalised":
+        notes.append(
+            f"{source} holds non-integer values that are not log1p (max {stats.max_value:.3g}); "
+            "rank binning still works, but raw counts in layers['counts'] are preferred."
+        )
+
+    n_empty = int((stats.genes_per_cell[:scan_rows] == 0).sum())
+    if n_empty == scan_rows:
+        problems.append(Problem(
+            f"all {scan_rows} scanned cells of {source} have no expressed gene",
+            f"check that the file holds expression values, or choose another matrix with --matrix ({MATRIX_CHOICES})",
+        ))  # fmt: skip
+    elif n_empty:
+        notes.append(
+            f"{n_empty} cells have no expressed gene; they are kept in `cells` and skipped by the model."
+        )
+
+    if problems:
+        raise DatasetError(path, problems)
+
+    cell_ids = pd.Index(adata.obs_names.astype(str))
+    n_duplicate_cells = int(cell_ids.duplicated().sum())
+    if n_duplicate_cells:
+        notes.append(f"{n_duplicate_cells} cell ids are duplicated; cells are keyed by cell_index.")
+
+    totals = stats.expm1_per_cell if value_kind == "log1p" else stats.sum_per_cell
+    cells = pl.DataFrame({
+        "cell_index": np.arange(n_cells, dtype=np.int64),
+        "cell_id": cell_ids.to_numpy(dtype=object),
+        "cell_type": cell_types,
+        "n_genes_expressed": stats.genes_per_cell.astype(np.int32),
+        "total_counts": totals.astype(np.float64),
+    }, schema_overrides={"cell_id": pl.String, "cell_type": pl.String})  # fmt: skip
+    genes = genes.with_columns(pl.Series("n_cells_expressed", stats.cells_per_gene.astype(np.int64)))
+
+    report = ValidationReport(
+        path=str(path),
+        matrix_source=source,
+        n_cells=n_cells,
+        n_genes=n_genes,
+        value_kind=value_kind,
+        max_value=float(stats.max_value),
+        gene_id_source=gene_id_source,
+        symbol_source=symbol_source,
+        n_genes_with_ensembl=int(genes["ensembl_id"].is_not_null().sum()),
+        n_empty_cells=n_empty,
+        n_duplicate_cell_ids=n_duplicate_cells,
+        cell_type_key=cell_type_key,
+        n_cell_types=int(pl.Series(cell_types, dtype=pl.String).drop_nulls().n_unique()),
+        cells_scanned=scan_rows,
+        warnings=notes,
+    )
+    return DatasetTables(cells=cells, genes=genes, report=report)
+
+
+# -- opening and choosing the matrix ---------------------------------------------------------------
+
+
+def _open_backed(path: Path) -> Any:
+    import anndata as ad
+
+    if not path.exists():
+        raise DatasetError(path, [Problem("the file does not exist", "check the path (it is resolved from "
+                                          "the current directory)")])  # fmt: skip
+    if path.suffix != ".h5ad":
+        raise DatasetError(path, [Problem(f"the file is not an .h5ad file (suffix '{path.suffix}')",
+                                          "convert it with anndata/scanpy and save it with adata.write_h5ad(...)")])  # fmt: skip
+    if not h5py.is_hdf5(path):
+        raise DatasetError(path, [Problem("the file is not HDF5, so it cannot be an .h5ad",
+                                          "re-export it with adata.write_h5ad(...); zarr stores are not supported")])  # fmt: skip
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ad.read_h5ad(path, backed="r")
+    except Exception as error:  # anndata raises many types for truncated or foreign HDF5 files
+        raise DatasetError(path, [Problem(f"the file cannot be read as AnnData ({type(error).__name__}: {error})",
+                                          "re-export it with adata.write_h5ad(...); a truncated copy must be copied again")]) from error  # fmt: skip
+
+
+def _close(adata: Any) -> None:
+    # closing a half-opened file must not hide the real error
+    with contextlib.suppress(Exception):
+        adata.file.close()
+
+
+def _select_matrix(adata: Any, path: Path, options: DatasetOptions) -> tuple[Any, pd.DataFrame, str]:
+    choice = options.matrix
+    layer_names = _layer_names(path)
+    if choice == "auto":
+        if "counts" in layer_names:
+            choice = "layers/counts"
+        elif adata.raw is not None:
+            choice = "raw"
+        else:
+            choice = "X"
+    if choice == "X":
+        return adata.X, adata.var, "X"
+    if choice == "raw":
+        if adata.raw is None:
+            raise DatasetError(path, [Problem("--matrix raw was asked for but the file has no .raw",
+                                              f"choose one that exists: {_available(adata, layer_names)}")])  # fmt: skip
+        return adata.raw.X, adata.raw.var, "raw.X"
+    if choice.startswith("layers/"):
+        name = choice.removeprefix("layers/")
+        if name not in layer_names:
+            raise DatasetError(path, [Problem(f"--matrix {choice}: the file has no layer '{name}'",
+                                              f"choose one that exists: {_available(adata, layer_names)}")])  # fmt: skip
+        return _layer_matrix(adata, name), adata.var, f"layers['{name}']"
+    raise DatasetError(path, [Problem(f"unknown --matrix '{choice}'", f"use {MATRIX_CHOICES}")])
+
+
+def _layer_names(path: Path) -> list[str]:
+    with h5py.File(path, "r") as handle:
+        layers = handle.get("layers")
+        return list(layers.keys()) if isinstance(layers, h5py.Group) else []
+
+
+def _layer_matrix(adata: Any, name: str) -> Any:
+    import anndata as ad
+
+    element = adata.file._file["layers"][name]  # the backed file handle stays open while we scan
+    return ad.io.sparse_dataset(element) if isinstance(element, h5py.Group) else element
+
+
+def _available(adata: Any, layer_names: list[str]) -> str:
+    options = ["X"] + (["raw"] if adata.raw is not None else []) + [f"layers/{n}" for n in layer_names]
+    return ", ".join(options)
+
+
+# -- genes ------------------------------------------------------------------------------------------
+
+
+def _column_values(var: pd.DataFrame, column: str) -> pd.Series:
+    if column == "index":
+        return pd.Series(var.index.astype(str), index=var.index)
+    return var[column]
+
+
+def _ensembl_share(values: pd.Series) -> float:
+    present = values.dropna().astype(str)
+    present = present[present != ""]
+    if present.empty:
+        return 0.0
+    return float(present.str.match(ENSEMBL_ID).mean())
+
+
+def _gene_table(
+    var: pd.DataFrame, options: DatasetOptions, problems: list[Problem], notes: list[str]
+) -> tuple[pl.DataFrame, str, str | None]:
+    columns = ["index", *map(str, var.columns)]
+    listed = ", ".join(columns)
+
+    ensembl_column = options.ensembl_column
+    if ensembl_column is not None:
+        if ensembl_column not in columns:
+            problems.append(Problem(f"--ensembl-column '{ensembl_column}' is not a var column",
+                                    f"use one of: {listed}"))  # fmt: skip
+            ensembl_column = None
+        elif (share := _ensembl_share(_column_values(var, ensembl_column))) < 0.5:
+            example = ", ".join(_column_values(var, ensembl_column).astype(str).head(3))
+            problems.append(Problem(
+                f"var column '{ensembl_column}' does not hold Ensembl gene ids ({share:.0%} look like "
+                f"ENSG…; e.g. {example})",
+                "pass the column that holds Ensembl ids with --ensembl-column, or leave it out to use gene "
+                "symbols, which are mapped to Ensembl through HGNC",
+            ))  # fmt: skip
+            ensembl_column = None
+    else:
+        for candidate in ("index", *ENSEMBL_COLUMN_CANDIDATES):
+            if (
+                candidate in columns
+                and _ensembl_share(_column_values(var, candidate)) >= ENSEMBL_DETECT_SHARE
+            ):
+                ensembl_column = candidate
+                break
+
+    symbol_column = options.symbol_column
+    if symbol_column is not None and symbol_column not in columns:
+        problems.append(
+            Problem(f"--symbol-column '{symbol_column}' is not a var column", f"use one of: {listed}")
+        )
+        symbol_column = None
+    elif symbol_column is None:
+        symbol_column = next((c for c in SYMBOL_COLUMN_CANDIDATES if c in columns), None)
+        if symbol_column is None and ensembl_column != "index":
+            symbol_column = "index"
+
+    feature_names = var.index.astype(str).to_numpy(dtype=object)
+    ensembl: list[str | None] = [None] * len(var)
+    if ensembl_column is not None:
+        raw_ids = _column_values(var, ensembl_column).astype("string").fillna("").to_numpy(dtype=object)
+        n_not_ensembl = 0
+        for i, value in enumerate(raw_ids):
+            if ENSEMBL_ID.match(value) and not value.endswith("_PAR_Y"):
+                ensembl[i] = strip_ensembl_version(value)
+            else:
+                n_not_ensembl += 1
+        if n_not_ensembl:
+            notes.append(f"{n_not_ensembl} genes in '{ensembl_column}' have no usable Ensembl id (empty, "
+                         "not ENSG… or a _PAR_Y copy); they cannot reach the model vocab.")  # fmt: skip
+    symbols: list[str | None] = [None] * len(var)
+    if symbol_column is not None:
+        symbol_values = _column_values(var, symbol_column).astype("string").fillna("").to_numpy(dtype=object)
+        symbols = [s if s else None for s in symbol_values]
+
+    if ensembl_column is None:
+        gene_id_source = f"symbol:{symbol_column}"
+        notes.append(
+            f"genes are identified by symbol (var '{symbol_column}'), not Ensembl id; they are mapped to "
+            "Ensembl through HGNC (gene_identifiers). Pass --ensembl-column if the file has Ensembl ids."
+        )
+        key = pd.Series(symbols, dtype="string")
+    else:
+        gene_id_source = f"ensembl:{ensembl_column}"
+        key = pd.Series(ensembl, dtype="string")
+
+    duplicated = key[key.duplicated(keep=False) & key.notna()]
+    if not duplicated.empty:
+        examples = ", ".join(sorted(set(duplicated.astype(str)))[:5])
+        problems.append(Problem(
+            f"{duplicated.nunique()} gene ids occur more than once ({gene_id_source}; e.g. {examples})",
+            "sum the duplicated genes into one column each, or drop the copies "
+            "(adata = adata[:, ~adata.var_names.duplicated()]); for symbols, --ensembl-column with an "
+            "Ensembl column avoids the clash",
+        ))  # fmt: skip
+
+    genes = pl.DataFrame({
+        "gene_index": np.arange(len(var), dtype=np.int64),
+        "feature_name": feature_names,
+        "ensembl_id": ensembl,
+        "symbol": symbols,
+        "in_vocab": pl.Series([None] * len(var), dtype=pl.Boolean),
+    }, schema_overrides={"feature_name": pl.String, "ensembl_id": pl.String, "symbol": pl.String})  # fmt: skip
+    return genes, gene_id_source, None if symbol_column is None else symbol_column
+
+
+# -- cells ------------------------------------------------------------------------------------------
+
+
+def _cell_types(
+    obs: pd.DataFrame, options: DatasetOptions, problems: list[Problem], notes: list[str]
+) -> tuple[list[str | None], str | None]:
+    key = options.cell_type_key
+    if key is not None and key not in obs.columns:
+        problems.append(Problem(f"--cell-type-key '{key}' is not an obs column",
+                                f"use one of: {', '.join(map(str, obs.columns)) or '(obs has no columns)'}"))  # fmt: skip
+        return [None] * len(obs), None
+    if key is None:
+        key = next((c for c in CELL_TYPE_KEY_CANDIDATES if c in obs.columns), None)
+        if key is None:
+            notes.append("no cell-type column found (looked for "
+                         f"{', '.join(CELL_TYPE_KEY_CANDIDATES)}); pass --cell-type-key to name one.")  # fmt: skip
+            return [None] * len(obs), None
+    values = obs[key].astype("string")
+    if values.isna().all():
+        notes.append(f"cell-type column '{key}' is empty.")
+    return [None if pd.isna(v) else str(v) for v in values], key
+
+
+# -- the streamed matrix scan ----------------------------------------------------------------------
+
+
+@dataclass
+class _MatrixStats:
+    genes_per_cell: np.ndarray
+    sum_per_cell: np.ndarray
+    expm1_per_cell: np.ndarray
+    cells_per_gene: np.ndarray
+    n_nonfinite: int = 0
+    n_negative: int = 0
+    min_value: float = 0.0
+    max_value: float = 0.0
+    all_integer: bool = True
+
+
+def _row_chunks(matrix: Any, n_rows: int, chunk_cells: int) -> Iterator[sp.csr_matrix]:
+    for start in range(0, n_rows, chunk_cells):
+        block = matrix[start : min(start + chunk_cells, n_rows)]
+        yield block.tocsr() if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+
+
+def _scan_matrix(matrix: Any, n_rows: int, n_genes: int, chunk_cells: int) -> _MatrixStats:
+    n_cells = int(matrix.shape[0])
+    stats = _MatrixStats(
+        genes_per_cell=np.zeros(n_cells, dtype=np.int64),
+        sum_per_cell=np.zeros(n_cells, dtype=np.float64),
+        expm1_per_cell=np.zeros(n_cells, dtype=np.float64),
+        cells_per_gene=np.zeros(n_genes, dtype=np.int64),
+    )
+    row = 0
+    for block in _row_chunks(matrix, n_rows, chunk_cells):
+        data = np.asarray(block.data, dtype=np.float64)
+        finite = np.isfinite(data)
+        stats.n_nonfinite += int((~finite).sum())
+        values = np.where(finite, data, 0.0)
+        stats.n_negative += int((values < 0).sum())
+        if values.size:
+            stats.min_value = min(stats.min_value, float(values.min()))
+            stats.max_value = max(stats.max_value, float(values.max()))
+            stats.all_integer = stats.all_integer and bool(np.all(values == np.round(values)))
+        positive = values > 0
+        rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+        stop = row + block.shape[0]
+        stats.genes_per_cell[row:stop] = np.bincount(rows[positive], minlength=block.shape[0])
+        stats.sum_per_cell[row:stop] = np.bincount(rows, weights=values, minlength=block.shape[0])
+        # clip before expm1: only log1p data uses these sums, and raw counts would overflow
+        expm1 = np.expm1(np.clip(values, 0.0, LOG1P_MAX_VALUE))
+        stats.expm1_per_cell[row:stop] = np.bincount(rows, weights=expm1, minlength=block.shape[0])
+        stats.cells_per_gene += np.bincount(block.indices[positive], minlength=n_genes)
+        row = stop
+    return stats
+
+
+def _value_kind(stats: _MatrixStats, source: str, *, uns_log1p: bool) -> str:
+    if stats.all_integer:
+        return "raw_counts"
+    # scanpy records uns['log1p'] for X only; elsewhere the value range decides
+    if stats.min_value >= 0 and (stats.max_value <= LOG1P_MAX_VALUE or (uns_log1p and source == "X")):
+        return "log1p"
+    return "normalised"

@@ -1,0 +1,49 @@
+"""The public table contract (DESIGN §3): column names, types and meanings, in one place.
+
+Dagster shows these as column schemas; tests check that written tables carry every column.
+"""
+
+from __future__ import annotations
+
+TABLES: dict[str, dict[str, tuple[str, str]]] = {
+    "datasets": {
+        "dataset": ("VARCHAR", "dataset key (sanitised file stem or --name)"),
+        "source_path": ("VARCHAR", "absolute path of the registered .h5ad"),
+        "n_cells": ("BIGINT", "cells in the file"),
+        "n_genes": ("BIGINT", "genes in the matrix used"),
+        "n_genes_in_vocab": (
+            "BIGINT",
+            "genes found in the model vocab (NULL until a model has tokenised it)",
+        ),
+        "checksum": ("VARCHAR", "sha256 of the file"),
+        "matrix_source": ("VARCHAR", "which matrix was read: layers['counts'], raw.X or X"),
+        "value_kind": ("VARCHAR", "raw_counts, log1p or normalised"),
+        "gene_id_source": ("VARCHAR", "ensembl:<var column> or symbol:<var column>"),
+        "cell_type_key": ("VARCHAR", "obs column used for cell types (NULL if none)"),
+        "n_cell_types": ("BIGINT", "distinct cell types"),
+        "n_empty_cells": ("BIGINT", "cells with no expressed gene"),
+        "validation_warnings": ("VARCHAR[]", "what validation reported but did not refuse"),
+        "ingested_at": ("TIMESTAMP WITH TIME ZONE", "when the tables were written"),
+    },
+    "cells": {
+        "dataset": ("VARCHAR", "dataset key"),
+        "cell_index": ("BIGINT", "row of the cell in the .h5ad (0-based); the key"),
+        "cell_id": ("VARCHAR", "obs name of the cell"),
+        "cell_type": ("VARCHAR", "cell type from the configured obs column (nullable)"),
+        "n_genes_expressed": ("INTEGER", "genes with a value > 0"),
+        "total_counts": ("DOUBLE", "sum of counts (for log1p data: sum of expm1 values)"),
+    },
+    "genes": {
+        "dataset": ("VARCHAR", "dataset key"),
+        "gene_index": ("BIGINT", "column of the gene in the matrix (0-based); the key"),
+        "feature_name": ("VARCHAR", "var name in the file"),
+        "ensembl_id": ("VARCHAR", "unversioned Ensembl gene id (NULL when only a symbol is known)"),
+        "symbol": ("VARCHAR", "gene symbol"),
+        "in_vocab": ("BOOLEAN", "whether the model vocab has the gene (NULL until tokenised)"),
+        "n_cells_expressed": ("BIGINT", "cells with a value > 0"),
+    },
+}
+
+
+def columns(table: str) -> list[str]:
+    return list(TABLES[table])

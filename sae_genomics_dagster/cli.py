@@ -1,0 +1,195 @@
+"""`sae-genomics`: the command line. Core commands (sql, validate) plus those that use the Dagster instance."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sae_genomics_core.cli import add_core_commands, add_dataset_options, dataset_options, run
+from sae_genomics_core.config import Home
+from sae_genomics_core.data.h5ad import DatasetError
+from sae_genomics_core.data.registry import DatasetNotRegistered, Registry
+
+DEMO_NAME = "pbmc68k"
+DEMO_CELL_TYPE_KEY = "bulk_labels"
+
+
+def _home() -> Home:
+    from sae_genomics_dagster.instance import prepare_home
+
+    return prepare_home(Home.from_env())
+
+
+def _materialize(home: Home, name: str) -> int:
+    from sae_genomics_dagster.definitions import build_definitions
+    from sae_genomics_dagster.instance import get_instance, run_failure_messages
+    from sae_genomics_dagster.jobs import INGEST_ASSETS, ingest_dataset_job
+
+    instance = get_instance(home)
+    job = build_definitions(home).resolve_job_def(ingest_dataset_job.name)
+    result = job.execute_in_process(
+        partition_key=name,
+        instance=instance,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
+    if not result.success:
+        for message in run_failure_messages(result):
+            print(f"error: {message}", file=sys.stderr)
+        print(f"run {result.run_id} failed (history: `make ui`, then Runs)", file=sys.stderr)
+        return 1
+    print(f"materialised {', '.join(INGEST_ASSETS)} for {name} (run {result.run_id})")
+    return 0
+
+
+def _register(home: Home, path: str, name: str | None, args: argparse.Namespace, source: str) -> int:
+    from sae_genomics_dagster.instance import add_dataset_partition, get_instance
+
+    try:
+        entry, tables = Registry(home).register(path, name, dataset_options(args), source=source)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    add_dataset_partition(get_instance(home), entry.name)
+    report = tables.report
+    print(
+        f"registered {entry.name}: {entry.path} ({report.n_cells} cells × {report.n_genes} genes, {report.matrix_source}, {report.value_kind})"
+    )
+    for warning in report.warnings:
+        print(f"  note: {warning}")
+    return 0 if args.no_run else _materialize(home, entry.name)
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    return _register(_home(), args.path, args.name, args, source="cli")
+
+
+def _cmd_unregister(args: argparse.Namespace) -> int:
+    from sae_genomics_dagster.instance import get_instance
+    from sae_genomics_dagster.partitions import dataset_partitions
+
+    home = _home()
+    try:
+        Registry(home).unregister(args.name)
+    except DatasetNotRegistered as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    instance = get_instance(home)
+    if instance.has_dynamic_partition(dataset_partitions.name or "dataset", args.name):
+        instance.delete_dynamic_partition(dataset_partitions.name or "dataset", args.name)
+    print(f"unregistered {args.name} (its warehouse rows stay until overwritten)")
+    return 0
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    registry = Registry(_home())
+    for name in registry.names():
+        entry = registry.get(name)
+        print(f"{name}\t{entry.path}\t{entry.source}\t{entry.registered_at}")
+    return 0
+
+
+def _cmd_materialize(args: argparse.Namespace) -> int:
+    home = _home()
+    try:
+        Registry(home).get(args.dataset)
+    except DatasetNotRegistered as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return _materialize(home, args.dataset)
+
+
+def demo_source_file() -> Path:
+    """scanpy's bundled pbmc68k_reduced (700 cells; .raw holds 765 genes, log1p)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("scanpy")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("scanpy is not installed; run `make demo`, which installs it")
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "10x_pbmc68k_reduced.h5ad"
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    home = _home()
+    target = home.root / "demo" / f"{DEMO_NAME}.h5ad"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = demo_source_file()
+    if not target.exists() or target.stat().st_size != source.stat().st_size:
+        shutil.copyfile(source, target)
+    args.cell_type_key = args.cell_type_key or DEMO_CELL_TYPE_KEY
+    return _register(home, str(target), DEMO_NAME, args, source="demo")
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    home = _home()
+    print(f"SAE_GENOMICS_HOME={home.root}\nDAGSTER_HOME={home.dagster_home}")
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    home = _home()
+    command = [
+        str(Path(sys.executable).with_name("dagster")), "dev",
+        "-m", "sae_genomics_dagster.definitions", "-h", args.host, "-p", str(args.port),
+    ]  # fmt: skip
+    print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={home.dagster_home})")
+    return subprocess.call(command, env={**os.environ, "DAGSTER_HOME": str(home.dagster_home)})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sae-genomics",
+        description="Sparse-autoencoder features of the tahoe-x1 single-cell model, as a Dagster asset graph. "
+        "State lives in $SAE_GENOMICS_HOME (default ./.sae-genomics).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_core_commands(commands)
+
+    register = commands.add_parser("register", help="register an .h5ad as a dataset partition and ingest it")
+    register.add_argument("path")
+    register.add_argument("--name", help="dataset key (default: the file stem, sanitised)")
+    add_dataset_options(register)
+    register.add_argument("--no-run", action="store_true", help="only register; materialise later in the UI")
+    register.set_defaults(handler=_cmd_register)
+
+    unregister = commands.add_parser("unregister", help="remove a dataset from the registry and partitions")
+    unregister.add_argument("name")
+    unregister.set_defaults(handler=_cmd_unregister)
+
+    datasets = commands.add_parser("datasets", help="list registered datasets")
+    datasets.set_defaults(handler=_cmd_datasets)
+
+    materialize = commands.add_parser(
+        "materialize", help="materialise a registered dataset's assets in-process"
+    )
+    materialize.add_argument("dataset")
+    materialize.set_defaults(handler=_cmd_materialize)
+
+    demo = commands.add_parser(
+        "demo", help=f"register scanpy's bundled pbmc68k_reduced as '{DEMO_NAME}' and run it"
+    )
+    add_dataset_options(demo)
+    demo.add_argument("--no-run", action="store_true", help="only register")
+    demo.set_defaults(handler=_cmd_demo)
+
+    init = commands.add_parser("init", help="create the home and install the Dagster instance config")
+    init.set_defaults(handler=_cmd_init)
+
+    ui = commands.add_parser("ui", help="start `dagster dev` (webserver and daemon) on the home")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(handler=_cmd_ui)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

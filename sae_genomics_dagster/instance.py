@@ -1,0 +1,56 @@
+"""The persistent Dagster instance under the home, and in-process runs against it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+from sae_genomics_core.config import Home
+from sae_genomics_dagster.partitions import dataset_partitions
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def instance_yaml_template() -> Path:
+    # in a wheel the file is packaged next to this module; in a source checkout it is at the repo root
+    for candidate in (_PACKAGE_DIR / "dagster.yaml", _PACKAGE_DIR.parent / "dagster.yaml"):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError("dagster.yaml is missing from the installation; reinstall sae-genomics")
+
+
+def prepare_home(home: Home) -> Home:
+    """Create the home layout, install dagster.yaml into it, and point DAGSTER_HOME there."""
+    home.ensure()
+    template = instance_yaml_template()
+    target = home.dagster_home / "dagster.yaml"
+    if not target.exists() or target.read_bytes() != template.read_bytes():
+        shutil.copyfile(template, target)
+    os.environ["DAGSTER_HOME"] = str(home.dagster_home)
+    return home
+
+
+def get_instance(home: Home) -> dg.DagsterInstance:
+    prepare_home(home)
+    return dg.DagsterInstance.from_config(str(home.dagster_home))
+
+
+def add_dataset_partition(instance: dg.DagsterInstance, name: str) -> None:
+    partitions_name = dataset_partitions.name or "dataset"
+    if not instance.has_dynamic_partition(partitions_name, name):
+        instance.add_dynamic_partitions(partitions_name, [name])
+
+
+def run_failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
+    messages = []
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data is not None:
+            data = event.step_failure_data
+            user = data.user_failure_data
+            messages.append(
+                user.description if user and user.description else (data.error.message if data.error else "")
+            )
+    return [m for m in messages if m] or ["the run failed; see the run's logs in the Dagster UI"]

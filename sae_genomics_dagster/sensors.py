@@ -1,0 +1,63 @@
+"""The incoming/ sensor: each new .h5ad dropped into $SAE_GENOMICS_HOME/incoming is registered and ingested."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import dagster as dg
+
+from sae_genomics_core.config import Home
+from sae_genomics_core.data.h5ad import DatasetError
+from sae_genomics_core.data.registry import Registry
+from sae_genomics_dagster.jobs import ingest_dataset_job
+from sae_genomics_dagster.partitions import dataset_partitions
+
+# A file modified more recently than this may still be being copied; it is picked up next tick.
+SETTLE_SECONDS = 5.0
+
+
+def build_incoming_sensor(home: Home, settle_seconds: float = SETTLE_SECONDS) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="incoming_h5ad",
+        job=ingest_dataset_job,
+        minimum_interval_seconds=15,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Registers each new or changed .h5ad in {home.incoming} as a dataset partition "
+        "and requests its ingest run. Files that fail validation are logged and skipped until they change.",
+    )
+    def incoming_h5ad(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        seen: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
+        registry = Registry(home)
+        known = set(context.instance.get_dynamic_partitions(dataset_partitions.name or "dataset"))
+        new_keys: list[str] = []
+        run_requests: list[dg.RunRequest] = []
+        refused: list[str] = []
+        now = time.time()
+        for path in sorted(home.incoming.glob("*.h5ad")) if home.incoming.exists() else []:
+            mtime = path.stat().st_mtime
+            if seen.get(path.name) == mtime or now - mtime < settle_seconds:
+                continue
+            seen[path.name] = mtime
+            try:
+                entry, _ = registry.register(path, source="sensor")
+            except DatasetError as error:
+                context.log.error(str(error))
+                refused.append(path.name)
+                continue
+            if entry.name not in known and entry.name not in new_keys:
+                new_keys.append(entry.name)
+            run_requests.append(dg.RunRequest(partition_key=entry.name, run_key=f"{entry.name}@{mtime}"))
+        skip_reason = None
+        if not run_requests:
+            skip_reason = (
+                f"refused (see logs): {', '.join(refused)}" if refused else "no new .h5ad in incoming/"
+            )
+        return dg.SensorResult(
+            run_requests=run_requests,
+            dynamic_partitions_requests=[dataset_partitions.build_add_request(new_keys)] if new_keys else [],
+            cursor=json.dumps(seen),
+            skip_reason=skip_reason,
+        )
+
+    return incoming_h5ad
