@@ -43,7 +43,7 @@ def build_incoming_sensor(home: Home, settle_seconds: float = SETTLE_SECONDS) ->
                 entry, _ = registry.register(path, source="sensor")
             except DatasetError as error:
                 context.log.error(str(error))
-                refused.append(path.name)
+                refused.append(f"{path.name} ({'; '.join(p.problem for p in error.problems)})")
                 continue
             if entry.name not in known and entry.name not in new_keys:
                 new_keys.append(entry.name)

@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+
+from sae_genomics_dagster.io_manager import WarehouseIOManager
+
+parts = dg.StaticPartitionsDefinition(["a", "b"])
+
+
+def _materialise(database: Path, frame_for: dict[str, pl.DataFrame], key: str) -> dg.ExecuteInProcessResult:
+    @dg.asset(name="things", partitions_def=parts, metadata={"partition_expr": "part"})
+    def things(context: dg.AssetExecutionContext) -> pl.DataFrame:
+        return frame_for[context.partition_key]
+
+    return dg.materialize(
+        [things],
+        partition_key=key,
+        resources={"io_manager": WarehouseIOManager(database=str(database), schema="main")},
+        raise_on_error=False,
+    )
+
+
+def _rows(database: Path) -> list[tuple]:
+    with duckdb.connect(str(database), read_only=True) as connection:
+        return connection.execute("select * from things order by all").fetchall()
+
+
+def test_failed_write_keeps_previous_slice(tmp_path: Path) -> None:
+    database = tmp_path / "w.duckdb"
+    good = {"a": pl.DataFrame({"part": ["a", "a"], "value": [1, 2]}), "b": pl.DataFrame({"part": ["b"], "value": [3]})}
+    assert _materialise(database, good, "a").success
+    assert _materialise(database, good, "b").success
+    # the delete of slice 'a' succeeds, the insert cannot cast: the whole write must roll back
+    broken = {"a": pl.DataFrame({"part": ["a"], "value": ["not a number"]})}
+    assert not _materialise(database, broken, "a").success
+    assert _rows(database) == [("a", 1), ("a", 2), ("b", 3)]
+
+
+def test_new_columns_are_added_and_rows_insert_by_name(tmp_path: Path) -> None:
+    database = tmp_path / "w.duckdb"
+    assert _materialise(database, {"a": pl.DataFrame({"part": ["a"], "value": [1]})}, "a").success
+    wider = {"b": pl.DataFrame({"extra": ["x"], "value": [5], "part": ["b"]})}  # new column, other order
+    assert _materialise(database, wider, "b").success
+    assert _rows(database) == [("a", 1, None), ("b", 5, "x")]
+
+
+def test_writes_wait_for_the_warehouse_lock(tmp_path: Path) -> None:
+    from filelock import Timeout
+
+    from sae_genomics_dagster.io_manager import warehouse_lock
+
+    database = tmp_path / "w.duckdb"
+    with warehouse_lock(str(database)):
+        result = dg.materialize(
+            [dg.asset(name="things", partitions_def=parts, metadata={"partition_expr": "part"})(
+                lambda: pl.DataFrame({"part": ["a"], "value": [1]})
+            )],  # fmt: skip
+            partition_key="a",
+            resources={"io_manager": WarehouseIOManager(database=str(database), schema="main", lock_timeout_s=0.2)},
+            raise_on_error=False,
+        )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert Timeout.__name__ in failure.step_failure_data.error.to_string()
+    assert not database.exists()

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from sae_genomics_core.config import Home
+from sae_genomics_core.data.registry import Registry
+from sae_genomics_dagster.sensors import build_incoming_sensor
+from tests.conftest import counts, write_h5ad
+
+
+def _age(path: Path, seconds: float = 60.0) -> float:
+    mtime = time.time() - seconds
+    os.utime(path, (mtime, mtime))
+    return path.stat().st_mtime
+
+
+@pytest.fixture
+def instance() -> dg.DagsterInstance:
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield instance
+
+
+def _tick(home: Home, instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:
+    sensor = build_incoming_sensor(home)
+    return sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+
+
+def test_a_dropped_file_is_registered_and_requested(home: Home, instance: dg.DagsterInstance, demo_h5ad: Path) -> None:
+    dropped = home.incoming / "PBMC 68k.h5ad"
+    shutil.copyfile(demo_h5ad, dropped)
+    mtime = _age(dropped)
+
+    result = _tick(home, instance)
+    assert [r.partition_key for r in result.run_requests] == ["pbmc_68k"]
+    assert result.run_requests[0].run_key == f"pbmc_68k@{mtime}"
+    (add,) = result.dynamic_partitions_requests
+    assert add.partitions_def_name == "dataset" and list(add.partition_keys) == ["pbmc_68k"]
+    assert Registry(home).get("pbmc_68k").source == "sensor"
+
+    # the next tick with the returned cursor has nothing new
+    again = _tick(home, instance, cursor=result.cursor)
+    assert again.run_requests == [] and again.dynamic_partitions_requests == []
+
+    # a changed file is ingested again, without adding the partition twice
+    instance.add_dynamic_partitions("dataset", ["pbmc_68k"])
+    _age(dropped, 30.0)
+    changed = _tick(home, instance, cursor=result.cursor)
+    assert [r.partition_key for r in changed.run_requests] == ["pbmc_68k"]
+    assert changed.dynamic_partitions_requests == []
+
+
+def test_a_bad_file_is_skipped_and_not_registered(home: Home, instance: dg.DagsterInstance) -> None:
+    bad = counts().toarray()
+    bad[0, 0] = float("nan")
+    path = write_h5ad(home.incoming / "broken.h5ad", bad)
+    _age(path)
+    result = _tick(home, instance)
+    assert result.run_requests == []
+    assert "broken.h5ad" in result.skip_reason.skip_message
+    assert "non-finite" in result.skip_reason.skip_message
+    assert Registry(home).names() == []
+
+
+def test_a_file_still_being_written_waits(home: Home, instance: dg.DagsterInstance) -> None:
+    write_h5ad(home.incoming / "fresh.h5ad", counts())  # mtime is now
+    result = _tick(home, instance)
+    assert result.run_requests == []
+    assert Registry(home).names() == []

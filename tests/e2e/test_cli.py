@@ -1,0 +1,89 @@
+"""The command line as a user runs it: a real process, a real home, a real warehouse file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import counts, write_h5ad
+
+
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SAE_GENOMICS_HOME": str(home)}
+    env.pop("DAGSTER_HOME", None)  # the CLI must set it from the home itself
+    return subprocess.run(
+        [sys.executable, "-m", "sae_genomics_dagster.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("cli") / "home"
+    result = cli(home, "demo")
+    assert result.returncode == 0, result.stderr
+    assert "registered pbmc68k" in result.stdout
+    return home
+
+
+def test_demo_then_sql_prints_700(demo_home: Path) -> None:
+    result = cli(demo_home, "sql", "select count(*) from cells where dataset='pbmc68k'")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].strip(" |") == "700"
+    assert (demo_home / "warehouse.duckdb").exists()
+    # run history lives in the home's Dagster instance
+    assert (demo_home / "dagster" / "dagster.yaml").exists()
+    assert any((demo_home / "dagster").rglob("runs.db")) or any((demo_home / "dagster").rglob("*.db"))
+
+
+def test_sql_formats(demo_home: Path) -> None:
+    query = "select cell_type, count(*) as n from cells group by cell_type order by n desc limit 2"
+    as_json = json.loads(cli(demo_home, "sql", query, "--format", "json").stdout)
+    assert as_json[0] == {"cell_type": "Dendritic", "n": 240}
+    as_csv = cli(demo_home, "sql", query, "--format", "csv").stdout.splitlines()
+    assert as_csv[:2] == ["cell_type,n", "Dendritic,240"]
+
+
+@pytest.mark.parametrize(
+    "query", ["delete from cells", "attach 'x.duckdb'", "copy cells to 'x.csv'", "install httpfs", "select * from read_csv('/etc/hostname')"]
+)
+def test_sql_refusals(demo_home: Path, query: str) -> None:
+    result = cli(demo_home, "sql", query)
+    assert result.returncode == 2
+    assert "refused" in result.stderr
+    assert cli(demo_home, "sql", "select count(*) as n from cells", "--format", "csv").stdout == "n\n700\n"
+
+
+def test_register_bad_file_writes_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    bad = counts().toarray()
+    bad[1, 1] = -3
+    path = write_h5ad(tmp_path / "scaled.h5ad", bad)
+    result = cli(home, "register", str(path))
+    assert result.returncode == 2
+    assert str(path) in result.stderr and "negative values" in result.stderr and "fix:" in result.stderr
+    assert not (home / "warehouse.duckdb").exists()
+    assert list((home / "registry").iterdir()) == []
+
+
+def test_register_with_options_and_list(tmp_path: Path, tenx_h5ad: Path) -> None:
+    home = tmp_path / "home"
+    result = cli(home, "register", str(tenx_h5ad), "--name", "chr21", "--ensembl-column", "gene_ids")
+    assert result.returncode == 0, result.stderr
+    assert "1107 cells × 507 genes" in result.stdout
+    listed = cli(home, "datasets").stdout
+    assert listed.startswith("chr21\t")
+    genes = cli(home, "sql", "select count(*) as n from genes where ensembl_id like 'ENSG%'", "--format", "csv")
+    assert genes.stdout == "n\n507\n"
+    assert cli(home, "unregister", "chr21").returncode == 0
+    assert cli(home, "datasets").stdout == ""
+
+
+def test_validate_prints_report(tenx_h5ad: Path, tmp_path: Path) -> None:
+    result = cli(tmp_path / "home", "validate", str(tenx_h5ad), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["value_kind"] == "raw_counts"

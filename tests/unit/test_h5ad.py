@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+
+from sae_genomics_core.data.h5ad import DatasetError, DatasetOptions, file_checksum, inspect_h5ad
+from tests.conftest import counts, write_h5ad
+
+
+def test_demo_reads_raw_log1p_symbols_and_cell_types(demo_h5ad: Path) -> None:
+    tables = inspect_h5ad(demo_h5ad, DatasetOptions(cell_type_key="bulk_labels"))
+    report = tables.report
+    assert (report.n_cells, report.n_genes) == (700, 765)
+    assert report.matrix_source == "raw.X"  # X is scaled (negative values); .raw is preferred
+    assert report.value_kind == "log1p"
+    assert report.gene_id_source == "symbol:index"
+    assert report.n_cell_types == 10
+    assert tables.cells["cell_type"].value_counts().sort("count")["count"].max() == 240  # Dendritic
+    assert tables.genes["symbol"][0] == "HES4"
+    assert any("log1p" in w for w in report.warnings)
+    # expm1 row sums of this dataset are 1.7k-2.5k (size-factor normalised)
+    assert 1_000 < tables.cells["total_counts"].mean() < 3_000
+
+
+def test_tenx_raw_counts_and_ensembl_ids(tenx_h5ad: Path) -> None:
+    import anndata as ad
+
+    tables = inspect_h5ad(tenx_h5ad)
+    report = tables.report
+    assert (report.n_cells, report.n_genes) == (1107, 507)
+    assert report.value_kind == "raw_counts"
+    assert report.gene_id_source == "ensembl:gene_ids"
+    assert report.symbol_source == "index"
+    assert tables.genes["ensembl_id"].str.starts_with("ENSG").all()
+    x = ad.read_h5ad(tenx_h5ad).X
+    np.testing.assert_allclose(tables.cells["total_counts"].to_numpy(), np.asarray(x.sum(axis=1)).ravel())
+    np.testing.assert_array_equal(tables.genes["n_cells_expressed"].to_numpy(), np.asarray((x > 0).sum(axis=0)).ravel())
+
+
+def test_chunked_scan_equals_single_pass(tenx_h5ad: Path) -> None:
+    whole = inspect_h5ad(tenx_h5ad, chunk_cells=100_000)
+    chunked = inspect_h5ad(tenx_h5ad, chunk_cells=7)
+    assert whole.cells.equals(chunked.cells)
+    assert whole.genes.equals(chunked.genes)
+
+
+def test_counts_layer_is_preferred_and_versions_are_stripped(tmp_path: Path) -> None:
+    raw = counts()
+    ids = [f"ENSG{i:011d}.{i % 3 + 1}" for i in range(raw.shape[1])]
+    path = write_h5ad(
+        tmp_path / "a.h5ad", np.log1p(raw.toarray()), var={"gene_ids": ids}, layers={"counts": raw}
+    )
+    tables = inspect_h5ad(path)
+    assert tables.report.matrix_source == "layers['counts']"
+    assert tables.report.value_kind == "raw_counts"
+    assert tables.genes["ensembl_id"][5] == "ENSG00000000005"
+    assert tables.cells["total_counts"][0] == pytest.approx(float(raw[0].sum()))
+
+
+def test_dense_x_and_empty_cells_are_counted(tmp_path: Path) -> None:
+    x = counts().toarray()
+    x[3] = 0
+    x[7] = 0
+    tables = inspect_h5ad(write_h5ad(tmp_path / "dense.h5ad", x))
+    assert tables.report.n_empty_cells == 2
+    assert tables.cells.filter(pl.col("n_genes_expressed") == 0)["cell_index"].to_list() == [3, 7]
+    assert any("no expressed gene" in w for w in tables.report.warnings)
+
+
+def test_log1p_x_is_detected(tmp_path: Path) -> None:
+    path = write_h5ad(tmp_path / "log.h5ad", sp.csr_matrix(np.log1p(counts().toarray())), uns={"log1p": {"base": None}})
+    assert inspect_h5ad(path).report.value_kind == "log1p"
+
+
+def test_explicit_columns_are_used(tmp_path: Path) -> None:
+    n_genes = 30
+    path = write_h5ad(
+        tmp_path / "cols.h5ad",
+        counts(),
+        var={"ens": [f"ENSG{i:011d}" for i in range(n_genes)], "sym": [f"S{i}" for i in range(n_genes)]},
+        obs={"label": ["x", "y"] * 20},
+    )
+    tables = inspect_h5ad(path, DatasetOptions(ensembl_column="ens", symbol_column="sym", cell_type_key="label"))
+    assert tables.report.gene_id_source == "ensembl:ens"
+    assert tables.genes["symbol"][2] == "S2"
+    assert set(tables.cells["cell_type"]) == {"x", "y"}
+
+
+def test_checksum_changes_with_content(tmp_path: Path) -> None:
+    a = write_h5ad(tmp_path / "a.h5ad", counts(seed=1))
+    b = write_h5ad(tmp_path / "b.h5ad", counts(seed=2))
+    assert file_checksum(a).startswith("sha256:")
+    assert file_checksum(a) != file_checksum(b)
+
+
+# -- every problem a user can cause: a DatasetError naming file, problem and fix ----------------
+
+
+def _bad_files(tmp: Path) -> dict[str, tuple[Path, DatasetOptions, str]]:
+    base = counts()
+    n_genes = base.shape[1]
+    nan = base.toarray()
+    nan[2, 3] = np.nan
+    cases: dict[str, tuple[Path, DatasetOptions, str]] = {}
+    missing = tmp / "missing.h5ad"
+    cases["missing"] = (missing, DatasetOptions(), "does not exist")
+    not_hdf5 = tmp / "text.h5ad"
+    not_hdf5.write_text("cell,gene\n1,2\n")
+    cases["not hdf5"] = (not_hdf5, DatasetOptions(), "not HDF5")
+    wrong_suffix = tmp / "matrix.csv"
+    wrong_suffix.write_text("x")
+    cases["suffix"] = (wrong_suffix, DatasetOptions(), "not an .h5ad")
+    truncated = write_h5ad(tmp / "truncated.h5ad", base)
+    truncated.write_bytes(truncated.read_bytes()[:3000])
+    cases["truncated"] = (truncated, DatasetOptions(), "cannot be read")
+    cases["nan"] = (write_h5ad(tmp / "nan.h5ad", nan), DatasetOptions(), "non-finite")
+    scaled = (base.toarray() - base.toarray().mean(axis=0)) / 2
+    cases["negative"] = (write_h5ad(tmp / "scaled.h5ad", scaled), DatasetOptions(), "negative values")
+    plain = write_h5ad(tmp / "plain.h5ad", base)
+    cases["no ensembl column"] = (plain, DatasetOptions(ensembl_column="ensembl"), "'ensembl' is not a var column")
+    symbols = write_h5ad(tmp / "symbols.h5ad", base, var={"name": [f"G{i}" for i in range(n_genes)]})
+    cases["not ensembl"] = (symbols, DatasetOptions(ensembl_column="name"), "does not hold Ensembl")
+    dup_ids = [f"ENSG{i:011d}.1" for i in range(n_genes)]
+    dup_ids[4] = "ENSG00000000003.2"  # same gene as index 3 once versions are stripped
+    cases["duplicate ensembl"] = (write_h5ad(tmp / "dup.h5ad", base, var={"gene_ids": dup_ids}), DatasetOptions(), "occur more than once")
+    dup_symbols = write_h5ad(tmp / "dupsym.h5ad", base, var={"feature_name": ["A", "A"] + [f"G{i}" for i in range(n_genes - 2)]})
+    cases["duplicate symbol"] = (dup_symbols, DatasetOptions(ensembl_column=None, symbol_column="feature_name", matrix="X"), "occur more than once")
+    cases["cell type key"] = (plain, DatasetOptions(cell_type_key="celltype_v2"), "'celltype_v2' is not an obs column")
+    cases["all empty"] = (write_h5ad(tmp / "empty_cells.h5ad", sp.csr_matrix(base.shape, dtype=np.float32)), DatasetOptions(), "no expressed gene")
+    cases["no cells"] = (write_h5ad(tmp / "no_cells.h5ad", sp.csr_matrix((0, n_genes), dtype=np.float32), obs={}), DatasetOptions(), "is empty")
+    cases["missing layer"] = (plain, DatasetOptions(matrix="layers/counts"), "no layer 'counts'")
+    cases["missing raw"] = (plain, DatasetOptions(matrix="raw"), "has no .raw")
+    cases["unknown matrix"] = (plain, DatasetOptions(matrix="obsm"), "unknown --matrix")
+    return cases
+
+
+BAD_CASES = [
+    "missing", "not hdf5", "suffix", "truncated", "nan", "negative", "no ensembl column", "not ensembl",
+    "duplicate ensembl", "duplicate symbol", "cell type key", "all empty", "no cells", "missing layer",
+    "missing raw", "unknown matrix",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_gives_a_clear_error(tmp_path: Path, case: str) -> None:
+    path, options, expected = _bad_files(tmp_path)[case]
+    with pytest.raises(DatasetError) as caught:
+        inspect_h5ad(path, options)
+    message = str(caught.value)
+    assert str(path) in message
+    assert expected in message
+    assert "fix:" in message
+
+
+def test_several_problems_are_reported_together(tmp_path: Path) -> None:
+    path = write_h5ad(tmp_path / "two.h5ad", counts())
+    with pytest.raises(DatasetError) as caught:
+        inspect_h5ad(path, DatasetOptions(ensembl_column="nope", cell_type_key="nope"))
+    assert len(caught.value.problems) == 2
