@@ -33,7 +33,9 @@ def instance() -> dg.DagsterInstance:
         yield instance
 
 
-def test_demo_materialises_cells_genes_and_datasets(home: Home, instance: dg.DagsterInstance, demo_h5ad: Path) -> None:
+def test_demo_materialises_cells_genes_and_datasets(
+    home: Home, instance: dg.DagsterInstance, demo_h5ad: Path
+) -> None:
     Registry(home).register(demo_h5ad, "pbmc68k", DatasetOptions(cell_type_key="bulk_labels"))
     result = _ingest(home, instance, "pbmc68k")
     assert result.success
@@ -58,7 +60,9 @@ def test_demo_materialises_cells_genes_and_datasets(home: Home, instance: dg.Dag
     assert _count(home, "select count(*) from cells") == 700
 
 
-def test_partitions_are_independent(home: Home, instance: dg.DagsterInstance, tenx_h5ad: Path, demo_h5ad: Path) -> None:
+def test_partitions_are_independent(
+    home: Home, instance: dg.DagsterInstance, tenx_h5ad: Path, demo_h5ad: Path
+) -> None:
     registry = Registry(home)
     registry.register(demo_h5ad, "pbmc68k")
     registry.register(tenx_h5ad, "chr21")
@@ -66,10 +70,14 @@ def test_partitions_are_independent(home: Home, instance: dg.DagsterInstance, te
     assert _ingest(home, instance, "chr21").success
     assert _count(home, "select count(*) from cells where dataset = 'chr21'") == 1107
     assert _count(home, "select count(*) from cells where dataset = 'pbmc68k'") == 700
-    assert _count(home, "select count(*) from genes where dataset = 'chr21' and ensembl_id like 'ENSG%'") == 507
+    assert (
+        _count(home, "select count(*) from genes where dataset = 'chr21' and ensembl_id like 'ENSG%'") == 507
+    )
 
 
-def test_a_file_gone_bad_fails_and_keeps_the_previous_rows(home: Home, instance: dg.DagsterInstance, tmp_path: Path) -> None:
+def test_a_file_gone_bad_fails_and_keeps_the_previous_rows(
+    home: Home, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
     path = write_h5ad(tmp_path / "d.h5ad", counts())
     Registry(home).register(path, "d")
     assert _ingest(home, instance, "d").success

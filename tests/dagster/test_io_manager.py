@@ -29,7 +29,10 @@ def _rows(database: Path) -> list[tuple]:
 
 def test_failed_write_keeps_previous_slice(tmp_path: Path) -> None:
     database = tmp_path / "w.duckdb"
-    good = {"a": pl.DataFrame({"part": ["a", "a"], "value": [1, 2]}), "b": pl.DataFrame({"part": ["b"], "value": [3]})}
+    good = {
+        "a": pl.DataFrame({"part": ["a", "a"], "value": [1, 2]}),
+        "b": pl.DataFrame({"part": ["b"], "value": [3]}),
+    }
     assert _materialise(database, good, "a").success
     assert _materialise(database, good, "b").success
     # the delete of slice 'a' succeeds, the insert cannot cast: the whole write must roll back
@@ -52,13 +55,18 @@ def test_writes_wait_for_the_warehouse_lock(tmp_path: Path) -> None:
     from sae_genomics_dagster.io_manager import warehouse_lock
 
     database = tmp_path / "w.duckdb"
+
+    @dg.asset(name="things", partitions_def=parts, metadata={"partition_expr": "part"})
+    def things() -> pl.DataFrame:
+        return pl.DataFrame({"part": ["a"], "value": [1]})
+
     with warehouse_lock(str(database)):
         result = dg.materialize(
-            [dg.asset(name="things", partitions_def=parts, metadata={"partition_expr": "part"})(
-                lambda: pl.DataFrame({"part": ["a"], "value": [1]})
-            )],  # fmt: skip
+            [things],
             partition_key="a",
-            resources={"io_manager": WarehouseIOManager(database=str(database), schema="main", lock_timeout_s=0.2)},
+            resources={
+                "io_manager": WarehouseIOManager(database=str(database), schema="main", lock_timeout_s=0.2)
+            },
             raise_on_error=False,
         )
     assert not result.success

@@ -31,7 +31,9 @@ def _tick(home: Home, instance: dg.DagsterInstance, cursor: str | None = None) -
     return sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
 
 
-def test_a_dropped_file_is_registered_and_requested(home: Home, instance: dg.DagsterInstance, demo_h5ad: Path) -> None:
+def test_a_dropped_file_is_registered_and_requested(
+    home: Home, instance: dg.DagsterInstance, demo_h5ad: Path
+) -> None:
     dropped = home.incoming / "PBMC 68k.h5ad"
     shutil.copyfile(demo_h5ad, dropped)
     mtime = _age(dropped)

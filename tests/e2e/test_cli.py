@@ -17,7 +17,11 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SAE_GENOMICS_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)  # the CLI must set it from the home itself
     return subprocess.run(
-        [sys.executable, "-m", "sae_genomics_dagster.cli", *args], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "sae_genomics_dagster.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -49,7 +53,14 @@ def test_sql_formats(demo_home: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "query", ["delete from cells", "attach 'x.duckdb'", "copy cells to 'x.csv'", "install httpfs", "select * from read_csv('/etc/hostname')"]
+    "query",
+    [
+        "delete from cells",
+        "attach 'x.duckdb'",
+        "copy cells to 'x.csv'",
+        "install httpfs",
+        "select * from read_csv('/etc/hostname')",
+    ],
 )
 def test_sql_refusals(demo_home: Path, query: str) -> None:
     result = cli(demo_home, "sql", query)
@@ -77,7 +88,9 @@ def test_register_with_options_and_list(tmp_path: Path, tenx_h5ad: Path) -> None
     assert "1107 cells × 507 genes" in result.stdout
     listed = cli(home, "datasets").stdout
     assert listed.startswith("chr21\t")
-    genes = cli(home, "sql", "select count(*) as n from genes where ensembl_id like 'ENSG%'", "--format", "csv")
+    genes = cli(
+        home, "sql", "select count(*) as n from genes where ensembl_id like 'ENSG%'", "--format", "csv"
+    )
     assert genes.stdout == "n\n507\n"
     assert cli(home, "unregister", "chr21").returncode == 0
     assert cli(home, "datasets").stdout == ""

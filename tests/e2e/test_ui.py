@@ -28,7 +28,13 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("ui") / "home"
     env = {**os.environ, "SAE_GENOMICS_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
-    subprocess.run([sys.executable, "-m", "sae_genomics_dagster.cli", "demo"], env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "sae_genomics_dagster.cli", "demo"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     env["DAGSTER_HOME"] = str(home / "dagster")
     port = _free_port()
     dagster = Path(sys.executable).with_name("dagster")

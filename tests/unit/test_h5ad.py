@@ -38,7 +38,9 @@ def test_tenx_raw_counts_and_ensembl_ids(tenx_h5ad: Path) -> None:
     assert tables.genes["ensembl_id"].str.starts_with("ENSG").all()
     x = ad.read_h5ad(tenx_h5ad).X
     np.testing.assert_allclose(tables.cells["total_counts"].to_numpy(), np.asarray(x.sum(axis=1)).ravel())
-    np.testing.assert_array_equal(tables.genes["n_cells_expressed"].to_numpy(), np.asarray((x > 0).sum(axis=0)).ravel())
+    np.testing.assert_array_equal(
+        tables.genes["n_cells_expressed"].to_numpy(), np.asarray((x > 0).sum(axis=0)).ravel()
+    )
 
 
 def test_chunked_scan_equals_single_pass(tenx_h5ad: Path) -> None:
@@ -72,7 +74,9 @@ def test_dense_x_and_empty_cells_are_counted(tmp_path: Path) -> None:
 
 
 def test_log1p_x_is_detected(tmp_path: Path) -> None:
-    path = write_h5ad(tmp_path / "log.h5ad", sp.csr_matrix(np.log1p(counts().toarray())), uns={"log1p": {"base": None}})
+    path = write_h5ad(
+        tmp_path / "log.h5ad", sp.csr_matrix(np.log1p(counts().toarray())), uns={"log1p": {"base": None}}
+    )
     assert inspect_h5ad(path).report.value_kind == "log1p"
 
 
@@ -84,7 +88,9 @@ def test_explicit_columns_are_used(tmp_path: Path) -> None:
         var={"ens": [f"ENSG{i:011d}" for i in range(n_genes)], "sym": [f"S{i}" for i in range(n_genes)]},
         obs={"label": ["x", "y"] * 20},
     )
-    tables = inspect_h5ad(path, DatasetOptions(ensembl_column="ens", symbol_column="sym", cell_type_key="label"))
+    tables = inspect_h5ad(
+        path, DatasetOptions(ensembl_column="ens", symbol_column="sym", cell_type_key="label")
+    )
     assert tables.report.gene_id_source == "ensembl:ens"
     assert tables.genes["symbol"][2] == "S2"
     assert set(tables.cells["cell_type"]) == {"x", "y"}
@@ -121,17 +127,43 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, DatasetOptions, str]]:
     scaled = (base.toarray() - base.toarray().mean(axis=0)) / 2
     cases["negative"] = (write_h5ad(tmp / "scaled.h5ad", scaled), DatasetOptions(), "negative values")
     plain = write_h5ad(tmp / "plain.h5ad", base)
-    cases["no ensembl column"] = (plain, DatasetOptions(ensembl_column="ensembl"), "'ensembl' is not a var column")
+    cases["no ensembl column"] = (
+        plain,
+        DatasetOptions(ensembl_column="ensembl"),
+        "'ensembl' is not a var column",
+    )
     symbols = write_h5ad(tmp / "symbols.h5ad", base, var={"name": [f"G{i}" for i in range(n_genes)]})
     cases["not ensembl"] = (symbols, DatasetOptions(ensembl_column="name"), "does not hold Ensembl")
     dup_ids = [f"ENSG{i:011d}.1" for i in range(n_genes)]
     dup_ids[4] = "ENSG00000000003.2"  # same gene as index 3 once versions are stripped
-    cases["duplicate ensembl"] = (write_h5ad(tmp / "dup.h5ad", base, var={"gene_ids": dup_ids}), DatasetOptions(), "occur more than once")
-    dup_symbols = write_h5ad(tmp / "dupsym.h5ad", base, var={"feature_name": ["A", "A"] + [f"G{i}" for i in range(n_genes - 2)]})
-    cases["duplicate symbol"] = (dup_symbols, DatasetOptions(ensembl_column=None, symbol_column="feature_name", matrix="X"), "occur more than once")
-    cases["cell type key"] = (plain, DatasetOptions(cell_type_key="celltype_v2"), "'celltype_v2' is not an obs column")
-    cases["all empty"] = (write_h5ad(tmp / "empty_cells.h5ad", sp.csr_matrix(base.shape, dtype=np.float32)), DatasetOptions(), "no expressed gene")
-    cases["no cells"] = (write_h5ad(tmp / "no_cells.h5ad", sp.csr_matrix((0, n_genes), dtype=np.float32), obs={}), DatasetOptions(), "is empty")
+    cases["duplicate ensembl"] = (
+        write_h5ad(tmp / "dup.h5ad", base, var={"gene_ids": dup_ids}),
+        DatasetOptions(),
+        "occur more than once",
+    )
+    dup_symbols = write_h5ad(
+        tmp / "dupsym.h5ad", base, var={"feature_name": ["A", "A"] + [f"G{i}" for i in range(n_genes - 2)]}
+    )
+    cases["duplicate symbol"] = (
+        dup_symbols,
+        DatasetOptions(ensembl_column=None, symbol_column="feature_name", matrix="X"),
+        "occur more than once",
+    )
+    cases["cell type key"] = (
+        plain,
+        DatasetOptions(cell_type_key="celltype_v2"),
+        "'celltype_v2' is not an obs column",
+    )
+    cases["all empty"] = (
+        write_h5ad(tmp / "empty_cells.h5ad", sp.csr_matrix(base.shape, dtype=np.float32)),
+        DatasetOptions(),
+        "no expressed gene",
+    )
+    cases["no cells"] = (
+        write_h5ad(tmp / "no_cells.h5ad", sp.csr_matrix((0, n_genes), dtype=np.float32), obs={}),
+        DatasetOptions(),
+        "is empty",
+    )
     cases["missing layer"] = (plain, DatasetOptions(matrix="layers/counts"), "no layer 'counts'")
     cases["missing raw"] = (plain, DatasetOptions(matrix="raw"), "has no .raw")
     cases["unknown matrix"] = (plain, DatasetOptions(matrix="obsm"), "unknown --matrix")

@@ -79,4 +79,7 @@ def test_output_formats() -> None:
     assert table[0].split("|")[1].strip() == "cell_type"
     assert len({len(line) for line in table}) == 1  # aligned
     assert format_frame(frame, "csv") == "cell_type,n\nB,3\nT cell,12\n"
-    assert json.loads(format_frame(frame, "json")) == [{"cell_type": "B", "n": 3}, {"cell_type": "T cell", "n": 12}]
+    assert json.loads(format_frame(frame, "json")) == [
+        {"cell_type": "B", "n": 3},
+        {"cell_type": "T cell", "n": 12},
+    ]
