@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sae-genomics-installed
+REF_VENV ?= .venv-reference
+REF_STAMP := $(REF_VENV)/.installed
 export SAE_GENOMICS_HOME ?= $(CURDIR)/.sae-genomics
 export DAGSTER_HOME := $(SAE_GENOMICS_HOME)/dagster
 UI_HOST ?= 127.0.0.1
@@ -22,6 +24,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --constraint requirements.lock --editable ".[dev]"
 	touch $(STAMP)
 
+# The official tahoe-x1 package, only for the parity test (see external/tahoe-x1-reference).
+$(REF_STAMP): $(STAMP) external/tahoe-x1-reference/install.sh external/tahoe-x1-reference/reference.lock external/tahoe-x1-reference/import-requirements.txt
+	bash external/tahoe-x1-reference/install.sh $(VENV) $(REF_VENV)
+	touch $(REF_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/sae-genomics demo
 	@echo "Try: $(BIN)/sae-genomics sql \"select cell_type, count(*) from cells where dataset = 'pbmc68k' group by all\""
@@ -30,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(STAMP) lint
+test: $(STAMP) $(REF_STAMP) lint
 	SAE_GENOMICS_HOME=$$(mktemp -d) && DAGSTER_HOME=$$SAE_GENOMICS_HOME/dagster && mkdir -p $$DAGSTER_HOME \
 	  && cp dagster.yaml $$DAGSTER_HOME/ && export SAE_GENOMICS_HOME DAGSTER_HOME \
 	  && $(BIN)/dagster definitions validate -m sae_genomics_dagster.definitions
@@ -43,4 +50,4 @@ bench: $(STAMP)
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(REF_VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,227 @@
+"""A native PyTorch tahoe-x1 forward pass with the official module tree and state-dict keys.
+
+Module names mirror tahoe_x1.model.TXModel (and llm-foundry's GroupedQueryAttention inside each
+block), so the published safetensors load as they are and forward hooks on
+`transformer_encoder.layers.{i}.down_proj` etc. mean what they mean upstream. Attention is
+`scaled_dot_product_attention` with a boolean key-padding mask, which runs on CPU and GPU
+(upstream supports only flash-attn on CUDA, and its CPU path attends to padding: notes §7).
+
+`forward(..., capture=...)` returns the activations of chosen layers and hook points from the same
+pass, without Python hooks:
+
+- `attn_out`:  self-attention output (before the residual add)
+- `mlp_hidden`: input of down_proj (the FFN hidden layer after its activation)
+- `mlp_out`:   output of down_proj (the FFN output, before the residual add)
+- `resid_post`: output of the block (the residual stream after block i)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sae_genomics_core.model.config import TahoeConfig
+
+HOOKS = ("mlp_out", "resid_post", "attn_out", "mlp_hidden")
+
+
+def _activation(name: str):
+    if not hasattr(F, name):
+        raise ValueError(f"unknown activation {name!r} in the model config")
+    return getattr(F, name)
+
+
+class GroupedQueryAttention(nn.Module):
+    def __init__(self, config: TahoeConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.kv_n_heads = config.kv_n_heads
+        self.head_dim = config.head_dim
+        self.Wqkv = nn.Linear(config.d_model, config.d_model + 2 * config.kv_n_heads * config.head_dim)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+
+    def forward(self, x: Tensor, attend: Tensor | None) -> Tensor:
+        batch, length, _ = x.shape
+        kv_width = self.kv_n_heads * self.head_dim
+        query, key, value = self.Wqkv(x).split([self.n_heads * self.head_dim, kv_width, kv_width], dim=2)
+        query = query.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+        key = key.view(batch, length, self.kv_n_heads, self.head_dim).transpose(1, 2)
+        value = value.view(batch, length, self.kv_n_heads, self.head_dim).transpose(1, 2)
+        context = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attend, enable_gqa=self.kv_n_heads != self.n_heads
+        )
+        return self.out_proj(context.transpose(1, 2).reshape(batch, length, -1))
+
+
+class TXBlock(nn.Module):
+    def __init__(self, config: TahoeConfig):
+        super().__init__()
+        self.self_attn = GroupedQueryAttention(config)
+        self.up_proj = nn.Linear(config.d_model, config.d_ffn)
+        self.down_proj = nn.Linear(config.d_ffn, config.d_model)
+        if config.use_glu:
+            self.gate_proj = nn.Linear(config.d_model, config.d_ffn)
+        self.norm1 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.norm2 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.activation = _activation(config.activation)
+        self.use_glu = config.use_glu
+        self.pre_norm = config.norm_scheme == "pre"
+
+    def forward(self, x: Tensor, attend: Tensor | None, keep: set[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        captured: dict[str, Tensor] = {}
+        attn_out = self.self_attn(self.norm1(x) if self.pre_norm else x, attend)
+        x = x + attn_out if self.pre_norm else self.norm1(x + attn_out)
+        ffn_in = self.norm2(x) if self.pre_norm else x
+        if self.use_glu:
+            hidden = self.activation(self.gate_proj(ffn_in)) * self.up_proj(ffn_in)
+        else:
+            hidden = self.activation(self.up_proj(ffn_in))
+        mlp_out = self.down_proj(hidden)
+        x = x + mlp_out if self.pre_norm else self.norm2(x + mlp_out)
+        if keep:
+            for name, value in (("attn_out", attn_out), ("mlp_hidden", hidden), ("mlp_out", mlp_out), ("resid_post", x)):
+                if name in keep:
+                    captured[name] = value
+        return x, captured
+
+
+class TXEncoder(nn.Module):
+    def __init__(self, config: TahoeConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(TXBlock(config) for _ in range(config.n_layers))
+        self.use_norm = config.norm_scheme == "pre"
+        if self.use_norm:
+            self.norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+
+
+class GeneEncoder(nn.Module):
+    def __init__(self, config: TahoeConfig):
+        super().__init__()
+        self.embedding = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
+        self.project = nn.Identity()  # upstream: extra pretrained embeddings, unused by released models
+        self.use_norm = config.gene_encoder_norm
+        if self.use_norm:
+            self.enc_norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, genes: Tensor) -> Tensor:
+        x = self.project(self.embedding(genes))
+        return self.enc_norm(x) if self.use_norm else x
+
+
+class ContinuousValueEncoder(nn.Module):
+    def __init__(self, config: TahoeConfig):
+        super().__init__()
+        self.linear1 = nn.Linear(1, config.d_model)
+        self.linear2 = nn.Linear(config.d_model, config.d_model)
+        self.activation = _activation(config.expression_activation)
+        self.max_value = config.expression_max_value
+        self.use_norm = config.expression_norm
+        if self.use_norm:
+            self.norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, values: Tensor) -> Tensor:
+        x = torch.clamp(values.unsqueeze(-1), max=self.max_value)
+        x = self.linear2(self.activation(self.linear1(x)))
+        return self.norm(x) if self.use_norm else x
+
+
+class ExprDecoder(nn.Module):
+    """Present for state-dict compatibility; inference skips the decoders."""
+
+    def __init__(self, config: TahoeConfig):
+        super().__init__()
+        self.linear_layers = nn.ModuleList(
+            nn.Linear(config.d_model, config.d_model) for _ in range(config.expression_decoder_layers)
+        )
+        self.out_proj = nn.Linear(config.d_model, config.expression_decoder_outputs)
+
+
+class MVCDecoder(nn.Module):
+    """Present for state-dict compatibility; inference skips the decoders."""
+
+    def __init__(self, config: TahoeConfig):
+        super().__init__()
+        self.gene2query = nn.Linear(config.d_model, config.d_model)
+        self.W = nn.Linear(config.d_model, config.d_model, bias=False)
+
+
+@dataclass
+class ForwardOutput:
+    cell_emb: Tensor  # (B, d): CLS row of the final normalised output
+    final: Tensor  # (B, S, d): final normalised output (upstream "gene_emb")
+    captured: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # layer -> hook -> (B, S, width)
+
+
+class TXModel(nn.Module):
+    """tahoe-x1 for inference. Load weights with `load_tahoe_state_dict`."""
+
+    def __init__(self, config: TahoeConfig):
+        super().__init__()
+        if config.use_chem_token:
+            raise ValueError("build the inference model from config.without_chem_token()")
+        if config.cell_emb_style != "cls":
+            raise ValueError(f"cell_emb_style {config.cell_emb_style!r} is not used by released tahoe-x1 models")
+        self.config = config
+        self.gene_encoder = GeneEncoder(config)
+        self.flag_encoder = nn.Embedding(2, config.d_model)
+        self.expression_encoder = ContinuousValueEncoder(config)
+        self.transformer_encoder = TXEncoder(config)
+        self.expression_decoder = ExprDecoder(config)
+        if config.mvc_query_activation is not None:
+            self.mvc_decoder = MVCDecoder(config)
+
+    def forward(
+        self,
+        genes: Tensor,
+        values: Tensor,
+        key_padding_mask: Tensor,
+        capture: Mapping[int, set[str]] | None = None,
+        run_to_end: bool = True,
+    ) -> ForwardOutput:
+        """`key_padding_mask` is True for real tokens (as upstream). `capture`: layer -> hook names.
+
+        With `run_to_end=False` the pass stops after the last captured layer (cell_emb and final
+        are then empty), which is all extraction needs.
+        """
+        capture = capture or {}
+        unknown = {hook for hooks in capture.values() for hook in hooks} - set(HOOKS)
+        if unknown:
+            raise ValueError(f"unknown hook point(s) {sorted(unknown)}; choose from {', '.join(HOOKS)}")
+        # at inference no position is generative, so the flag embedding is zero and values are kept
+        x = self.gene_encoder(genes) + self.expression_encoder(values.to(self.flag_encoder.weight.dtype))
+        attend = key_padding_mask[:, None, None, :]  # (B, 1, 1, S): True = may be attended to
+        last = max(capture) if (capture and not run_to_end) else len(self.transformer_encoder.layers) - 1
+        captured: dict[int, dict[str, Tensor]] = {}
+        for index, block in enumerate(self.transformer_encoder.layers):
+            x, kept = block(x, attend, capture.get(index))
+            if kept:
+                captured[index] = kept
+            if index == last:
+                break
+        if last < len(self.transformer_encoder.layers) - 1:
+            empty = x.new_empty(0)
+            return ForwardOutput(cell_emb=empty, final=empty, captured=captured)
+        if self.transformer_encoder.use_norm:
+            x = self.transformer_encoder.norm(x)
+        return ForwardOutput(cell_emb=x[:, 0, :], final=x, captured=captured)
+
+
+def load_tahoe_state_dict(model: TXModel, state_dict: Mapping[str, Tensor]) -> None:
+    """Load official weights (keys with or without ComposerTX's `model.` prefix), strictly.
+
+    Chemical-encoder weights are dropped when the model runs without the drug token; any other
+    missing or unexpected key is an error naming the keys, so a wrong checkpoint never loads silently.
+    """
+    cleaned = {key.removeprefix("model."): value for key, value in state_dict.items()}
+    if model.config.chem_dropped:
+        cleaned = {key: value for key, value in cleaned.items() if not key.startswith("chem_encoder.")}
+    result = model.load_state_dict(cleaned, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            "the checkpoint does not match the tahoe-x1 architecture of its config: "
+            f"missing {result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}"
+        )

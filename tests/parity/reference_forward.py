@@ -1,0 +1,95 @@
+"""Run the official tahoe-x1 TXModel (random weights) and save its state dict, inputs and hook outputs.
+
+Runs in the reference venv (external/tahoe-x1-reference), never in the product's. The CPU shims the
+official package needs live here, with the test:
+1. torchvision from PyPI is CUDA-linked, so its op schemas never register and importing it fails;
+   the two schemas its meta registrations need are defined before it is imported.
+2. llm-foundry references flash_attn.bert_padding even on the torch attention path; a pure-torch
+   unpad_input stands in (its result is unused on that path).
+3. TXEncoder._make_mask returns (B,S,S), which the encoder broadcasts wrongly for B>1; at inference
+   (no generative tokens) the right mask is all-True (S,S), and the encoder then merges key padding.
+
+usage: python reference_forward.py CONFIG_JSON OUTPUT_SAFETENSORS
+"""
+
+import json
+import sys
+import types
+
+import torch
+
+_torchvision_ops = torch.library.Library("torchvision", "FRAGMENT")
+for _op in ("nms", "qnms"):
+    _torchvision_ops.define(f"{_op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+
+import llmfoundry.models.mpt.modeling_mpt as modeling_mpt  # noqa: E402
+
+
+def _unpad_input(hidden_states, attention_mask, unused_mask=None):
+    lengths = attention_mask.sum(dim=-1, dtype=torch.int32)
+    indices = torch.nonzero(attention_mask.flatten(), as_tuple=False).flatten()
+    cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, dim=0, dtype=torch.int32), (1, 0))
+    flat = hidden_states.reshape(-1, *hidden_states.shape[2:])
+    return flat[indices], indices, cu_seqlens, int(lengths.max()), lengths
+
+
+if not hasattr(modeling_mpt, "bert_padding"):
+    modeling_mpt.bert_padding = types.SimpleNamespace(
+        unpad_input=_unpad_input, unpad_input_for_concatenated_sequences=None
+    )
+
+from omegaconf import OmegaConf  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from tahoe_x1.model import blocks  # noqa: E402
+from tahoe_x1.model.model import TXModel  # noqa: E402
+
+
+def _inference_mask(self, gen_mask, device):
+    if bool(gen_mask.any()):
+        raise ValueError("the patched mask is for inference only (no generative tokens)")
+    length = gen_mask.shape[1]
+    return torch.ones(length, length, dtype=torch.bool, device=gen_mask.device)
+
+
+blocks.TXEncoder._make_mask = _inference_mask
+
+
+def main(config_path: str, output_path: str) -> None:
+    spec = json.loads(open(config_path).read())
+    torch.manual_seed(spec["seed"])
+    model_config = OmegaConf.create(spec["model_config"])
+    collator_config = OmegaConf.create(spec["collator_config"])
+    model = TXModel(model_config=model_config, collator_config=collator_config, device="cpu").eval()
+    # random init leaves biases and norms at 0/1; perturb them so parity also covers those parameters
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                parameter.add_(0.1 * torch.randn_like(parameter))
+
+    genes = torch.tensor(spec["genes"], dtype=torch.long)
+    values = torch.tensor(spec["values"], dtype=torch.float32)
+    key_padding_mask = genes != collator_config.pad_token_id
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for i, layer in enumerate(model.transformer_encoder.layers):
+        handles.append(layer.down_proj.register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(f"{i}.mlp_out", o)))
+        handles.append(layer.down_proj.register_forward_pre_hook(lambda m, a, i=i: captured.__setitem__(f"{i}.mlp_hidden", a[0])))
+        handles.append(layer.register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(f"{i}.resid_post", o)))
+        handles.append(layer.self_attn.register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(f"{i}.attn_out", o[0])))
+    with torch.no_grad():
+        output = model(
+            genes=genes,
+            values=values,
+            gen_masks=torch.zeros_like(genes, dtype=torch.bool),
+            key_padding_mask=key_padding_mask,
+            skip_decoders=True,
+        )
+    tensors = {f"state.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"hook.{k}": v.contiguous() for k, v in captured.items()})
+    tensors["out.cell_emb"] = output["cell_emb"].contiguous()
+    tensors["out.gene_emb"] = output["gene_emb"].contiguous()
+    save_file(tensors, output_path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
