@@ -28,10 +28,10 @@ def _home() -> Home:
 def _materialize(home: Home, name: str) -> int:
     from sae_genomics_dagster.definitions import build_definitions
     from sae_genomics_dagster.instance import get_instance, run_failure_messages
-    from sae_genomics_dagster.jobs import INGEST_ASSETS, ingest_dataset_job
+    from sae_genomics_dagster.jobs import DATASET_ASSETS, dataset_pipeline_job
 
     instance = get_instance(home)
-    job = build_definitions(home).resolve_job_def(ingest_dataset_job.name)
+    job = build_definitions(home).resolve_job_def(dataset_pipeline_job.name)
     result = job.execute_in_process(
         partition_key=name,
         instance=instance,
@@ -43,7 +43,7 @@ def _materialize(home: Home, name: str) -> int:
             print(f"error: {message}", file=sys.stderr)
         print(f"run {result.run_id} failed (history: `make ui`, then Runs)", file=sys.stderr)
         return 1
-    print(f"materialised {', '.join(INGEST_ASSETS)} for {name} (run {result.run_id})")
+    print(f"materialised {', '.join(DATASET_ASSETS)} for {name} (run {result.run_id})")
     return 0
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from sae_genomics_core.config import Home
+from sae_genomics_dagster.assets.activations import activation_sets, activations
 from sae_genomics_dagster.assets.data import dataset_h5ad, dataset_tables
 from sae_genomics_dagster.io_manager import WarehouseIOManager
-from sae_genomics_dagster.jobs import ingest_dataset_job
-from sae_genomics_dagster.resources import HomeResource
+from sae_genomics_dagster.jobs import dataset_pipeline_job
+from sae_genomics_dagster.resources import HomeResource, ModelResource
 from sae_genomics_dagster.sensors import build_incoming_sensor
 
 
@@ -16,12 +19,16 @@ def build_definitions(home: Home | None = None) -> dg.Definitions:
     """All definitions for one home (tests pass a temporary one; the default comes from the environment)."""
     home = (home or Home.from_env()).ensure()
     return dg.Definitions(
-        assets=[dataset_h5ad, dataset_tables],
-        jobs=[ingest_dataset_job],
+        assets=[dataset_h5ad, dataset_tables, activations, activation_sets],
+        jobs=[dataset_pipeline_job],
         sensors=[build_incoming_sensor(home)],
         resources={
             "home": HomeResource(root=str(home.root)),
             "warehouse": WarehouseIOManager(database=str(home.warehouse), schema="main"),
+            "model": ModelResource(
+                spec=os.environ.get("SAE_GENOMICS_MODEL", "tiny-random"),
+                device=os.environ.get("SAE_GENOMICS_DEVICE", "auto"),
+            ),
         },
     )
 

@@ -4,12 +4,12 @@ import dagster as dg
 
 from sae_genomics_dagster.partitions import dataset_partitions
 
-# Everything partitioned by dataset alone; later stages add their assets to this selection.
-INGEST_ASSETS = ["cells", "genes", "datasets"]
+# Everything partitioned by dataset alone, in graph order; later stages add their assets here.
+DATASET_ASSETS = ["cells", "genes", "datasets", "activations", "activation_sets"]
 
-ingest_dataset_job = dg.define_asset_job(
-    "ingest_dataset",
-    selection=dg.AssetSelection.assets(*INGEST_ASSETS),
+dataset_pipeline_job = dg.define_asset_job(
+    "dataset_pipeline",
+    selection=dg.AssetSelection.assets(*DATASET_ASSETS),
     partitions_def=dataset_partitions,
-    description="Validate a registered .h5ad and write its cells, genes and datasets rows.",
+    description="Everything for one registered dataset: validate and ingest the .h5ad, run the model, catalogue the activations.",
 )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from sae_genomics_core.config import Home
 from sae_genomics_core.data.registry import Registry
@@ -22,3 +24,63 @@ class HomeResource(dg.ConfigurableResource):
     @property
     def registry(self) -> Registry:
         return Registry(self.home)
+
+
+class ModelResource(dg.ConfigurableResource):
+    """Which tahoe-x1 to run and how. Weights load lazily, inside the asset that needs them."""
+
+    spec: str = Field(
+        default="tiny-random",
+        description="tahoe-x1-70m, tahoe-x1-1.3b, tahoe-x1-3b, dir:<path> or tiny-random (random weights, offline demo)",
+    )
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:<i>")
+    batch_size: int = Field(default=16, description="cells per forward pass")
+    max_length: int | None = Field(default=None, description="tokens per cell incl. <cls>; None: the model's")
+    layers: list[int] | None = Field(default=None, description="layers to extract; None: all")
+    hooks: list[str] = Field(
+        default=["resid_post", "mlp_out"], description="of mlp_out, resid_post, attn_out, mlp_hidden"
+    )
+    storage_dtype: str = Field(default="bfloat16", description="bfloat16, float16 or float32 on disk")
+    shard_cells: int = Field(
+        default=2048, description="cells per shard (memory is bounded by one shard's batch)"
+    )
+    seed: int = Field(default=0, description="seeds tiny-random weights and per-cell gene sampling")
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise dg.Failure(
+                description=f"device {self.device!r} was asked for but CUDA is not available; use device: cpu or auto"
+            )
+        return self.device
+
+    def load(self, gene_keys_source: Any, device: str) -> Any:
+        from sae_genomics_core.model.load import TINY_RANDOM, load_model
+
+        genes = None
+        if self.spec == TINY_RANDOM:
+            genes = [
+                e or s
+                for e, s in zip(
+                    gene_keys_source["ensembl_id"].to_list(),
+                    gene_keys_source["symbol"].to_list(),
+                    strict=True,
+                )
+            ]
+        return load_model(self.spec, dataset_genes=genes, device=device, seed=self.seed)
+
+    def settings(self, n_layers: int) -> Any:
+        from sae_genomics_core.activations.extract import ExtractionSettings
+
+        return ExtractionSettings(
+            layers=tuple(self.layers if self.layers is not None else range(n_layers)),
+            hooks=tuple(self.hooks),
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            storage_dtype=self.storage_dtype,
+            shard_cells=self.shard_cells,
+            seed=self.seed,
+        )

@@ -10,7 +10,7 @@ import dagster as dg
 from sae_genomics_core.config import Home
 from sae_genomics_core.data.h5ad import DatasetError
 from sae_genomics_core.data.registry import Registry
-from sae_genomics_dagster.jobs import ingest_dataset_job
+from sae_genomics_dagster.jobs import dataset_pipeline_job
 from sae_genomics_dagster.partitions import dataset_partitions
 
 # A file modified more recently than this may still be being copied; it is picked up next tick.
@@ -20,7 +20,7 @@ SETTLE_SECONDS = 5.0
 def build_incoming_sensor(home: Home, settle_seconds: float = SETTLE_SECONDS) -> dg.SensorDefinition:
     @dg.sensor(
         name="incoming_h5ad",
-        job=ingest_dataset_job,
+        job=dataset_pipeline_job,
         minimum_interval_seconds=15,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Registers each new or changed .h5ad in {home.incoming} as a dataset partition "

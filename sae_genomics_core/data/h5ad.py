@@ -246,6 +246,41 @@ def inspect_h5ad(
 # -- opening and choosing the matrix ---------------------------------------------------------------
 
 
+@dataclass
+class OpenMatrix:
+    """The chosen matrix of an open .h5ad, readable in row chunks, with its genes."""
+
+    matrix: Any
+    source: str
+    n_cells: int
+    genes: pl.DataFrame  # gene_index, feature_name, ensembl_id, symbol (as in the `genes` table)
+
+    def row_chunks(self, chunk_cells: int, start: int = 0) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """(first row, CSR block) pairs from `start` to the end, explicit zeros removed."""
+        for first in range(start, self.n_cells, chunk_cells):
+            block = self.matrix[first : min(first + chunk_cells, self.n_cells)]
+            block = block.tocsr() if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+            block.eliminate_zeros()
+            yield first, block
+
+
+@contextlib.contextmanager
+def open_matrix(path: Path | str, options: DatasetOptions | None = None) -> Iterator[OpenMatrix]:
+    """Open a registered dataset's matrix for streaming (the same choice of matrix and genes as validation)."""
+    path = Path(path)
+    options = options or DatasetOptions()
+    adata = _open_backed(path)
+    try:
+        matrix, var, source = _select_matrix(adata, path, options)
+        problems: list[Problem] = []
+        genes, _, _ = _gene_table(var, options, problems, [])
+        if problems:
+            raise DatasetError(path, problems)
+        yield OpenMatrix(matrix=matrix, source=source, n_cells=int(adata.n_obs), genes=genes)
+    finally:
+        _close(adata)
+
+
 def _open_backed(path: Path) -> Any:
     import anndata as ad
 

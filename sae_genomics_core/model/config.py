@@ -63,10 +63,15 @@ class TahoeConfig:
         decoder = model.get("expression_decoder") or {}
         mvc = model.get("mvc")
         n_heads = int(model["n_heads"])
-        if attn.get("attn_type", "grouped_query_attention") not in {"grouped_query_attention", "multihead_attention"}:
+        if attn.get("attn_type", "grouped_query_attention") not in {
+            "grouped_query_attention",
+            "multihead_attention",
+        }:
             raise ValueError(f"unsupported attention type {attn.get('attn_type')!r} in model_config.yml")
         if attn.get("qk_ln") or attn.get("qk_gn") or attn.get("clip_qkv"):
-            raise ValueError("qk_ln / qk_gn / clip_qkv are not used by any released tahoe-x1 model and are not supported")
+            raise ValueError(
+                "qk_ln / qk_gn / clip_qkv are not used by any released tahoe-x1 model and are not supported"
+            )
         if expression.get("input_emb_style", "continuous") != "continuous":
             raise ValueError("only the 'continuous' expression encoder of tahoe-x1 is supported")
         return cls(

@@ -71,7 +71,9 @@ class TXBlock(nn.Module):
         self.use_glu = config.use_glu
         self.pre_norm = config.norm_scheme == "pre"
 
-    def forward(self, x: Tensor, attend: Tensor | None, keep: set[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, x: Tensor, attend: Tensor | None, keep: set[str] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         captured: dict[str, Tensor] = {}
         attn_out = self.self_attn(self.norm1(x) if self.pre_norm else x, attend)
         x = x + attn_out if self.pre_norm else self.norm1(x + attn_out)
@@ -83,7 +85,12 @@ class TXBlock(nn.Module):
         mlp_out = self.down_proj(hidden)
         x = x + mlp_out if self.pre_norm else self.norm2(x + mlp_out)
         if keep:
-            for name, value in (("attn_out", attn_out), ("mlp_hidden", hidden), ("mlp_out", mlp_out), ("resid_post", x)):
+            for name, value in (
+                ("attn_out", attn_out),
+                ("mlp_hidden", hidden),
+                ("mlp_out", mlp_out),
+                ("resid_post", x),
+            ):
                 if name in keep:
                     captured[name] = value
         return x, captured
@@ -164,7 +171,9 @@ class TXModel(nn.Module):
         if config.use_chem_token:
             raise ValueError("build the inference model from config.without_chem_token()")
         if config.cell_emb_style != "cls":
-            raise ValueError(f"cell_emb_style {config.cell_emb_style!r} is not used by released tahoe-x1 models")
+            raise ValueError(
+                f"cell_emb_style {config.cell_emb_style!r} is not used by released tahoe-x1 models"
+            )
         self.config = config
         self.gene_encoder = GeneEncoder(config)
         self.flag_encoder = nn.Embedding(2, config.d_model)

@@ -18,7 +18,7 @@ def test_definitions_load_with_the_expected_graph(home: Home) -> None:
         assert dg.AssetKey("dataset_h5ad") in node.parent_keys
         assert node.description
     assert defs.resolve_sensor_def("incoming_h5ad").default_status == dg.DefaultSensorStatus.RUNNING
-    assert defs.resolve_job_def("ingest_dataset") is not None
+    assert defs.resolve_job_def("dataset_pipeline") is not None
 
 
 def test_definitions_module_uses_the_home_from_the_environment(home: Home) -> None:

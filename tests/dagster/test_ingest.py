@@ -11,14 +11,14 @@ from sae_genomics_core.data.h5ad import DatasetOptions
 from sae_genomics_core.data.registry import Registry
 from sae_genomics_core.warehouse.schema import columns
 from sae_genomics_dagster.definitions import build_definitions
-from sae_genomics_dagster.jobs import ingest_dataset_job
+from sae_genomics_dagster.jobs import dataset_pipeline_job
 from tests.conftest import counts, write_h5ad
 
 
 def _ingest(home: Home, instance: dg.DagsterInstance, name: str) -> dg.ExecuteInProcessResult:
     if not instance.has_dynamic_partition("dataset", name):
         instance.add_dynamic_partitions("dataset", [name])
-    job = build_definitions(home).resolve_job_def(ingest_dataset_job.name)
+    job = build_definitions(home).resolve_job_def(dataset_pipeline_job.name)
     return job.execute_in_process(partition_key=name, instance=instance, raise_on_error=False)
 
 

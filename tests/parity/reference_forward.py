@@ -55,7 +55,8 @@ blocks.TXEncoder._make_mask = _inference_mask
 
 
 def main(config_path: str, output_path: str) -> None:
-    spec = json.loads(open(config_path).read())
+    with open(config_path) as handle:
+        spec = json.load(handle)
     torch.manual_seed(spec["seed"])
     model_config = OmegaConf.create(spec["model_config"])
     collator_config = OmegaConf.create(spec["collator_config"])
@@ -72,10 +73,24 @@ def main(config_path: str, output_path: str) -> None:
     captured: dict[str, torch.Tensor] = {}
     handles = []
     for i, layer in enumerate(model.transformer_encoder.layers):
-        handles.append(layer.down_proj.register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(f"{i}.mlp_out", o)))
-        handles.append(layer.down_proj.register_forward_pre_hook(lambda m, a, i=i: captured.__setitem__(f"{i}.mlp_hidden", a[0])))
-        handles.append(layer.register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(f"{i}.resid_post", o)))
-        handles.append(layer.self_attn.register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(f"{i}.attn_out", o[0])))
+        handles.append(
+            layer.down_proj.register_forward_hook(
+                lambda m, a, o, i=i: captured.__setitem__(f"{i}.mlp_out", o)
+            )
+        )
+        handles.append(
+            layer.down_proj.register_forward_pre_hook(
+                lambda m, a, i=i: captured.__setitem__(f"{i}.mlp_hidden", a[0])
+            )
+        )
+        handles.append(
+            layer.register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(f"{i}.resid_post", o))
+        )
+        handles.append(
+            layer.self_attn.register_forward_hook(
+                lambda m, a, o, i=i: captured.__setitem__(f"{i}.attn_out", o[0])
+            )
+        )
     with torch.no_grad():
         output = model(
             genes=genes,

@@ -21,7 +21,9 @@ from sae_genomics_core.model.config import TahoeConfig
 from sae_genomics_core.model.tx import HOOKS, TXModel, load_tahoe_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
-REFERENCE_PYTHON = Path(os.environ.get("SAE_GENOMICS_REFERENCE_PYTHON", REPO / ".venv-reference" / "bin" / "python"))
+REFERENCE_PYTHON = Path(
+    os.environ.get("SAE_GENOMICS_REFERENCE_PYTHON", REPO / ".venv-reference" / "bin" / "python")
+)
 TOLERANCE = 1e-5
 PAD_ID = 0
 
@@ -80,7 +82,9 @@ def test_native_forward_matches_official(tmp_path: Path, activation: str, kv_n_h
     reference = _run_reference(spec, tmp_path)
     config = TahoeConfig.from_dicts(spec["model_config"], spec["collator_config"])
     model = TXModel(config).eval()
-    load_tahoe_state_dict(model, {k.removeprefix("state."): v for k, v in reference.items() if k.startswith("state.")})
+    load_tahoe_state_dict(
+        model, {k.removeprefix("state."): v for k, v in reference.items() if k.startswith("state.")}
+    )
 
     genes = torch.tensor(spec["genes"])
     values = torch.tensor(spec["values"], dtype=torch.float32)

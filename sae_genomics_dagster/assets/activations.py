@@ -1,0 +1,156 @@
+"""Activations: one tahoe-x1 forward pass per dataset for every configured layer and hook point.
+
+Logic: sae_genomics_core.activations.extract.extract_activations (model: sae_genomics_core.model).
+"""
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from sae_genomics_core.activations.extract import (
+    NoGenesInVocab,
+    extract_activations,
+)
+from sae_genomics_core.activations.store import ActivationStore
+from sae_genomics_core.data.h5ad import DatasetError, file_checksum, open_matrix
+from sae_genomics_core.data.registry import DatasetNotRegistered
+from sae_genomics_core.model.load import ModelUnavailable
+from sae_genomics_dagster.partitions import dataset_partitions
+from sae_genomics_dagster.resources import HomeResource, ModelResource
+
+GROUP = "activations"
+OWNERS = ["team:sae-genomics"]
+CURRENT = "CURRENT.json"  # points at the latest complete extraction of a dataset
+
+
+def _dataset_dir(home: HomeResource, dataset: str) -> Path:
+    return home.home.artefacts / "activations" / dataset
+
+
+@dg.asset(
+    partitions_def=dataset_partitions,
+    deps=["cells", "genes"],
+    group_name=GROUP,
+    kinds={"torch", "numpy"},
+    owners=OWNERS,
+    pool="gpu",
+    description=(
+        "Token activations of tahoe-x1 for every configured layer and hook point (mlp_out, resid_post, "
+        "attn_out, mlp_hidden), from one forward pass per batch, streamed to shards under "
+        "$SAE_GENOMICS_HOME/artefacts/activations/<dataset>/. PAD tokens are never stored; the <cls> "
+        "row is kept apart as the cell vector. With the model spec `tiny-random` (the offline demo) "
+        "the weights are RANDOM: the architecture is real, the features are not biology."
+    ),
+)
+def activations(
+    context: dg.AssetExecutionContext, home: HomeResource, model: ModelResource
+) -> dg.MaterializeResult:
+    dataset = context.partition_key
+    try:
+        entry = home.registry.get(dataset)
+        with open_matrix(entry.path, entry.options) as opened:
+            genes = opened.genes
+        device = model.resolved_device()
+        loaded = model.load(gene_keys_source=genes, device=device)
+    except (DatasetError, DatasetNotRegistered, ModelUnavailable) as error:
+        raise dg.Failure(description=str(error)) from error
+    settings = model.settings(loaded.config.n_layers)
+    header = {
+        "dataset": dataset,
+        "dataset_checksum": file_checksum(entry.path),
+        "model_id": loaded.model_id,
+        "revision": loaded.revision,
+        "random_weights": loaded.random_weights,
+    }
+    key = hashlib.sha256(
+        json.dumps([header, settings.__dict__], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
+    out_dir = _dataset_dir(home, dataset) / key
+    if loaded.random_weights:
+        context.log.warning(
+            f"{loaded.model_id}: RANDOM weights (tiny-random); activations are for smoke runs only"
+        )
+    try:
+        result = extract_activations(
+            loaded, entry.path, entry.options, out_dir, settings, header, device=device,
+            progress=lambda done, total: context.log.info(f"{dataset}: {done}/{total} cells"),
+        )  # fmt: skip
+    except NoGenesInVocab as error:
+        raise dg.Failure(description=str(error)) from error
+    pointer = _dataset_dir(home, dataset) / CURRENT
+    tmp = pointer.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"path": str(out_dir), "checksum": result.store.manifest["checksum"]}))
+    os.replace(tmp, pointer)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/uri": out_dir.as_uri(),
+            "path": dg.MetadataValue.path(str(out_dir)),
+            "checksum": result.store.manifest["checksum"],
+            "model_id": loaded.model_id,
+            "revision": str(loaded.revision),
+            "random_weights": loaded.random_weights,
+            "device": device,
+            "layers": dg.MetadataValue.json(list(settings.layers)),
+            "hooks": dg.MetadataValue.json(list(settings.hooks)),
+            "n_cells": result.n_cells,
+            "n_cells_skipped": result.n_cells_skipped,
+            "n_tokens": result.n_tokens,
+            "n_genes_in_vocab": result.n_genes_in_vocab,
+            "n_genes": result.n_genes,
+            "bytes": result.bytes,
+            "storage_dtype": settings.storage_dtype,
+            "max_length": result.store.manifest["max_length"],
+            "seconds": round(result.seconds, 2),
+            "tokens_per_second": round(result.tokens_per_second, 1),
+            "cells_per_second": round(result.cells_per_second, 2),
+            "resumed_from_cell": result.resumed_from_cell,
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=dataset_partitions,
+    deps=[activations],
+    io_manager_key="warehouse",
+    metadata={"partition_expr": "dataset"},
+    group_name=GROUP,
+    kinds={"duckdb", "polars"},
+    owners=OWNERS,
+    pool="duckdb",
+    description="Catalogue of a dataset's activations: one row per layer × hook with uri, shape, dtype, checksum and model. Table `activation_sets`.",
+)
+def activation_sets(context: dg.AssetExecutionContext, home: HomeResource) -> pl.DataFrame:
+    dataset = context.partition_key
+    pointer = _dataset_dir(home, dataset) / CURRENT
+    if not pointer.exists():
+        raise dg.Failure(description=f"no activations for {dataset}; materialise `activations` for it first")
+    store = ActivationStore(Path(json.loads(pointer.read_text())["path"]))
+    manifest = store.manifest
+    rows = [
+        {
+            "dataset": dataset,
+            "layer": layer,
+            "hook": hook,
+            "n_cells": manifest["n_cells"],
+            "n_tokens": manifest["n_tokens"],
+            "d_model": manifest["widths"][f"L{layer}.{hook}"],
+            "dtype": manifest["dtype"],
+            "uri": (store.root / f"L{layer}.{hook}").as_uri(),
+            "checksum": manifest["checksum"],
+            "model_id": manifest["model_id"],
+            "revision": manifest["revision"],
+            "random_weights": manifest["random_weights"],
+            "max_length": manifest["max_length"],
+            "n_cells_skipped": manifest["n_cells_skipped"],
+            "n_genes_in_vocab": manifest["n_genes_in_vocab"],
+            "created_at": datetime.now(UTC),
+        }
+        for layer in manifest["layers"]
+        for hook in manifest["hooks"]
+    ]
+    return pl.DataFrame(rows, schema_overrides={"revision": pl.String})
