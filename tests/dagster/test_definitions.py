@@ -17,6 +17,11 @@ def test_definitions_load_with_the_expected_graph(home: Home) -> None:
         assert node.pools == {"duckdb"}
         assert dg.AssetKey("dataset_h5ad") in node.parent_keys
         assert node.description
+    activations = graph.get(dg.AssetKey("activations"))
+    assert activations.pools == {"gpu"}
+    assert {dg.AssetKey("cells"), dg.AssetKey("genes")} <= activations.parent_keys
+    assert "RANDOM" in activations.description  # the demo's tiny-random model says what it is
+    assert graph.get(dg.AssetKey("activation_sets")).pools == {"duckdb"}
     assert defs.resolve_sensor_def("incoming_h5ad").default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resolve_job_def("dataset_pipeline") is not None
 

@@ -39,6 +39,14 @@ def test_demo_then_sql_prints_700(demo_home: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1].strip(" |") == "700"
     assert (demo_home / "warehouse.duckdb").exists()
+    sets = cli(
+        demo_home,
+        "sql",
+        "select count(*) as n, bool_and(random_weights) as r from activation_sets",
+        "--format",
+        "csv",
+    )
+    assert sets.stdout == "n,r\n8,true\n"
     # run history lives in the home's Dagster instance
     assert (demo_home / "dagster" / "dagster.yaml").exists()
     assert any((demo_home / "dagster").rglob("runs.db")) or any((demo_home / "dagster").rglob("*.db"))

@@ -101,6 +101,10 @@ def main(config_path: str, output_path: str) -> None:
         )
     tensors = {f"state.{k}": v.contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"hook.{k}": v.contiguous() for k, v in captured.items()})
+    from tahoe_x1.data.collator import binning
+
+    for index, row in enumerate(spec.get("binning_rows", [])):
+        tensors[f"binning.{index}"] = binning(torch.tensor(row, dtype=torch.float32), n_bins=51).contiguous()
     tensors["out.cell_emb"] = output["cell_emb"].contiguous()
     tensors["out.gene_emb"] = output["gene_emb"].contiguous()
     save_file(tensors, output_path)

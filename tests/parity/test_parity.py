@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from sae_genomics_core.model.config import TahoeConfig
+from sae_genomics_core.model.tokenize import bin_values
 from sae_genomics_core.model.tx import HOOKS, TXModel, load_tahoe_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,8 +58,14 @@ def _spec(activation: str, kv_n_heads: int, seed: int) -> dict:
         genes[row, 0] = 1  # <cls>
         genes[row, 1:length] = rng.choice(np.arange(3, vocab_size), size=length - 1, replace=False)
         values[row, 1:length] = rng.integers(1, 51, size=length - 1)
+    binning_rows = [
+        rng.integers(1, 500, size=300).tolist(),  # raw counts with many ties
+        np.log1p(rng.integers(1, 500, size=77)).tolist(),  # log1p values
+        rng.gamma(0.5, 3.0, size=1000).tolist(),  # continuous
+        [3.0],  # a cell with a single gene
+    ]
     return {"seed": seed, "model_config": model_config, "collator_config": collator_config,
-            "genes": genes.tolist(), "values": values.tolist()}  # fmt: skip
+            "genes": genes.tolist(), "values": values.tolist(), "binning_rows": binning_rows}  # fmt: skip
 
 
 def _run_reference(spec: dict, tmp_path: Path) -> dict[str, torch.Tensor]:
@@ -102,6 +109,9 @@ def test_native_forward_matches_official(tmp_path: Path, activation: str, kv_n_h
             assert difference <= TOLERANCE, f"layer {layer} {hook}: max abs diff {difference:.2e}"
     assert (output.cell_emb - reference["out.cell_emb"]).abs().max().item() <= TOLERANCE
     assert (output.final[real] - reference["out.gene_emb"][real]).abs().max().item() <= TOLERANCE
+    for index, row in enumerate(spec["binning_rows"]):
+        ours_bins = bin_values(np.asarray(row, dtype=np.float32), 51)
+        assert ours_bins.tolist() == reference[f"binning.{index}"].tolist(), f"binning row {index}"
     print(f"max abs difference over all hooks ({activation}, kv_n_heads={kv_n_heads}): {worst:.2e}")
 
 
