@@ -23,14 +23,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _synthetic import synthetic_h5ad  # noqa: E402
+from _synthetic import synthetic_h5ad
 
-from sae_genomics_core.activations.extract import ExtractionSettings, extract_activations, gene_keys  # noqa: E402
-from sae_genomics_core.data.h5ad import DatasetOptions, open_matrix  # noqa: E402
-from sae_genomics_core.model.config import TahoeConfig  # noqa: E402
-from sae_genomics_core.model.load import LoadedModel  # noqa: E402
-from sae_genomics_core.model.tokenize import GeneVocab  # noqa: E402
-from sae_genomics_core.model.tx import HOOKS, TXModel  # noqa: E402
+from sae_genomics_core.activations.extract import ExtractionSettings, extract_activations, gene_keys
+from sae_genomics_core.data.h5ad import DatasetOptions, open_matrix
+from sae_genomics_core.model.config import TahoeConfig
+from sae_genomics_core.model.load import LoadedModel
+from sae_genomics_core.model.tokenize import GeneVocab
+from sae_genomics_core.model.tx import HOOKS, TXModel
 
 
 def build_model(genes: list[str], d_model: int, n_layers: int) -> LoadedModel:
@@ -42,7 +42,9 @@ def build_model(genes: list[str], d_model: int, n_layers: int) -> LoadedModel:
         {"pad_token_id": vocab.pad_id, "max_length": 1024},
     )  # fmt: skip
     torch.manual_seed(0)
-    return LoadedModel(TXModel(config).eval(), config, vocab, f"bench-random-d{d_model}-L{n_layers}", None, True)
+    return LoadedModel(
+        TXModel(config).eval(), config, vocab, f"bench-random-d{d_model}-L{n_layers}", None, True
+    )
 
 
 def _loaded_for(path: Path, d_model: int, n_layers: int) -> LoadedModel:
@@ -62,7 +64,13 @@ def bare_forward_seconds(loaded: LoadedModel, path: Path, settings: ExtractionSe
             lengths = batch.key_padding_mask.sum(dim=1)
             for rows in torch.argsort(lengths, descending=True, stable=True).split(settings.batch_size):
                 width = int(lengths[rows].max())
-                batches.append((batch.genes[rows, :width], batch.values[rows, :width], batch.key_padding_mask[rows, :width]))
+                batches.append(
+                    (
+                        batch.genes[rows, :width],
+                        batch.values[rows, :width],
+                        batch.key_padding_mask[rows, :width],
+                    )
+                )
     started = time.perf_counter()
     with torch.inference_mode():
         for genes, values, real in batches:
@@ -73,13 +81,17 @@ def bare_forward_seconds(loaded: LoadedModel, path: Path, settings: ExtractionSe
 def ratio(args: argparse.Namespace, work: Path) -> dict:
     path = synthetic_h5ad(work / f"cells{args.cells}.h5ad", args.cells)
     loaded = _loaded_for(path, args.d_model, args.layers)
-    settings = ExtractionSettings(layers=tuple(range(args.layers)), hooks=HOOKS, batch_size=16, shard_cells=512)
+    settings = ExtractionSettings(
+        layers=tuple(range(args.layers)), hooks=HOOKS, batch_size=16, shard_cells=512
+    )
     torch.set_num_threads(torch.get_num_threads())
     bare = min(bare_forward_seconds(loaded, path, settings) for _ in range(2))
     runs = []
     for attempt in range(2):
         started = time.perf_counter()
-        result = extract_activations(loaded, path, DatasetOptions(), work / f"ratio-run{attempt}", settings, {"dataset": "bench"})
+        result = extract_activations(
+            loaded, path, DatasetOptions(), work / f"ratio-run{attempt}", settings, {"dataset": "bench"}
+        )
         runs.append((time.perf_counter() - started, result))
     seconds, result = min(runs, key=lambda run: run[0])
     return {
@@ -92,10 +104,18 @@ def ratio(args: argparse.Namespace, work: Path) -> dict:
 
 def memory_child(path: str, out: str, d_model: int, n_layers: int) -> None:
     loaded = _loaded_for(Path(path), d_model, n_layers)
-    settings = ExtractionSettings(layers=tuple(range(n_layers)), hooks=("resid_post", "mlp_out"), shard_cells=1024)
-    result = extract_activations(loaded, Path(path), DatasetOptions(), Path(out), settings, {"dataset": "bench"})
+    settings = ExtractionSettings(
+        layers=tuple(range(n_layers)), hooks=("resid_post", "mlp_out"), shard_cells=1024
+    )
+    result = extract_activations(
+        loaded, Path(path), DatasetOptions(), Path(out), settings, {"dataset": "bench"}
+    )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"tokens": result.n_tokens, "peak_rss_mb": round(peak_mb), "seconds": round(result.seconds, 1)}))
+    print(
+        json.dumps(
+            {"tokens": result.n_tokens, "peak_rss_mb": round(peak_mb), "seconds": round(result.seconds, 1)}
+        )
+    )
 
 
 def memory(args: argparse.Namespace, work: Path) -> list[dict]:

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,14 @@ def site_name(layer: int, hook: str) -> str:
     return f"L{layer}.{hook}"
 
 
-def _sha256(path: Path) -> str:
+def _array_sha256(path: Path) -> str:
+    """sha256 of an .npy file's data (C order), the same digest the writer accumulated while filling it."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(8 << 20):
-            digest.update(chunk)
+    array = np.load(path, mmap_mode="r") if path.stat().st_size else np.empty(0)
+    flat = array.reshape(-1) if array.size else array
+    step = max(1, (8 << 20) // max(1, flat.itemsize))
+    for start in range(0, flat.size, step):
+        digest.update(np.ascontiguousarray(flat[start : start + step]).tobytes())
     return digest.hexdigest()
 
 
@@ -69,6 +72,13 @@ class ShardWriter:
     _arrays: dict[str, np.ndarray]
     _token_cursor: int = 0
     _cell_cursor: int = 0
+    _digests: dict[str, Any] = field(default_factory=dict)
+
+    def _put(self, name: str, start: int, values: np.ndarray) -> None:
+        # rows are filled in order, so the file's digest is accumulated here instead of re-reading it
+        block = np.ascontiguousarray(values, dtype=self._arrays[name].dtype)
+        self._arrays[name][start : start + len(block)] = block
+        self._digests.setdefault(name, hashlib.sha256()).update(block.tobytes())
 
     def add(
         self,
@@ -80,22 +90,20 @@ class ShardWriter:
         n, m = len(tokens["cell_index"]), len(cls_cells)
         t0, c0 = self._token_cursor, self._cell_cursor
         for name in TOKEN_FIELDS:
-            self._arrays[f"tokens/{name}"][t0 : t0 + n] = tokens[name]
-        self._arrays["tokens/cls_cell_index"][c0 : c0 + m] = cls_cells
+            self._put(f"tokens/{name}", t0, tokens[name])
+        self._put("tokens/cls_cell_index", c0, cls_cells)
         dtype = self.store.manifest["dtype"]
         for site, values in acts.items():
-            self._arrays[f"{site}/acts"][t0 : t0 + n] = to_storage(values, dtype)
-            self._arrays[f"{site}/cls"][c0 : c0 + m] = to_storage(cls[site], dtype)
+            self._put(f"{site}/acts", t0, to_storage(values, dtype))
+            self._put(f"{site}/cls", c0, to_storage(cls[site], dtype))
         self._token_cursor, self._cell_cursor = t0 + n, c0 + m
 
     def commit(self, first_cell: int, last_cell: int, n_skipped: int) -> None:
         if self._token_cursor != self.n_tokens or self._cell_cursor != self.n_cells:
             raise RuntimeError(f"shard {self.index}: filled {self._token_cursor}/{self.n_tokens} tokens")
-        files: dict[str, str] = {}
-        for name, array in self._arrays.items():
-            if isinstance(array, np.memmap):
-                array.flush()
-            files[name] = _sha256(self._tmp / f"{name}.npy")
+        # no msync: the kernel writes the pages back even if this process dies, and checksums catch
+        # anything a machine crash could leave half-written
+        files = {name: self._digests.get(name, hashlib.sha256()).hexdigest() for name in self._arrays}
         del self._arrays
         self.store._commit_shard(self, files, first_cell, last_cell, n_skipped)
 
@@ -199,10 +207,10 @@ class ActivationStore:
     def verify(self) -> None:
         for shard in self.manifest["shards"]:
             for name, expected in shard["sha256"].items():
-                group, field = name.split("/")
-                if _sha256(self.root / group / shard["name"] / f"{field}.npy") != expected:
+                group, array_name = name.split("/")
+                if _array_sha256(self.root / group / shard["name"] / f"{array_name}.npy") != expected:
                     raise ValueError(
-                        f"{self.root}: {group}/{shard['name']}/{field}.npy does not match its checksum"
+                        f"{self.root}: {group}/{shard['name']}/{array_name}.npy does not match its checksum"
                     )
 
     @property
@@ -213,11 +221,11 @@ class ActivationStore:
     def n_cells(self) -> int:
         return sum(s["n_cells"] for s in self.manifest["shards"])
 
-    def _array(self, group: str, shard: str, field: str) -> np.ndarray:
-        return np.load(self.root / group / shard / f"{field}.npy", mmap_mode="r")
+    def _array(self, group: str, shard: str, name: str) -> np.ndarray:
+        return np.load(self.root / group / shard / f"{name}.npy", mmap_mode="r")
 
     def tokens(self, shard: str) -> dict[str, np.ndarray]:
-        return {field: self._array("tokens", shard, field) for field in (*TOKEN_FIELDS, "cls_cell_index")}
+        return {name: self._array("tokens", shard, name) for name in (*TOKEN_FIELDS, "cls_cell_index")}
 
     def acts(self, layer: int, hook: str, shard: str) -> np.ndarray:
         return self._array(site_name(layer, hook), shard, "acts")

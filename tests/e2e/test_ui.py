@@ -87,8 +87,8 @@ def test_ui_lists_assets_with_dataset_partitions_and_history(webserver: str) -> 
               assetMaterializations(limit: 1) { partition runId } } }""",
     )
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
-    assert {"dataset_h5ad", "cells", "genes", "datasets"} <= set(nodes)
-    for name in ("cells", "genes", "datasets"):
+    assert {"dataset_h5ad", "cells", "genes", "datasets", "activations", "activation_sets"} <= set(nodes)
+    for name in ("cells", "genes", "datasets", "activations", "activation_sets"):
         assert nodes[name]["partitionKeysByDimension"][0]["partitionKeys"] == ["pbmc68k"]
         # the demo's run (in-process, before the server started) is in the persistent history
         assert nodes[name]["assetMaterializations"][0]["partition"] == "pbmc68k"
