@@ -78,11 +78,11 @@ def bare_forward_seconds(loaded: LoadedModel, path: Path, settings: ExtractionSe
     return time.perf_counter() - started
 
 
-def ratio(args: argparse.Namespace, work: Path) -> dict:
+def ratio(args: argparse.Namespace, work: Path, hooks: tuple[str, ...]) -> dict:
     path = synthetic_h5ad(work / f"cells{args.cells}.h5ad", args.cells)
     loaded = _loaded_for(path, args.d_model, args.layers)
     settings = ExtractionSettings(
-        layers=tuple(range(args.layers)), hooks=HOOKS, batch_size=16, shard_cells=512
+        layers=tuple(range(args.layers)), hooks=hooks, batch_size=16, shard_cells=512
     )
     torch.set_num_threads(torch.get_num_threads())
     bare = min(bare_forward_seconds(loaded, path, settings) for _ in range(2))
@@ -90,12 +90,17 @@ def ratio(args: argparse.Namespace, work: Path) -> dict:
     for attempt in range(2):
         started = time.perf_counter()
         result = extract_activations(
-            loaded, path, DatasetOptions(), work / f"ratio-run{attempt}", settings, {"dataset": "bench"}
+            loaded,
+            path,
+            DatasetOptions(),
+            work / f"ratio-{len(hooks)}-{attempt}",
+            settings,
+            {"dataset": "bench"},
         )
         runs.append((time.perf_counter() - started, result))
     seconds, result = min(runs, key=lambda run: run[0])
     return {
-        "cells": args.cells, "d_model": args.d_model, "layers": args.layers, "hooks": len(HOOKS),
+        "cells": args.cells, "d_model": args.d_model, "layers": args.layers, "hooks": ",".join(hooks),
         "tokens": result.n_tokens, "bare_forward_s": round(bare, 2), "extraction_s": round(seconds, 2),
         "ratio": round(seconds / bare, 3), "stored_gb": round(result.bytes / 1e9, 2),
         "tokens_per_s": round(result.n_tokens / seconds),
@@ -136,13 +141,19 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--memory-cells", type=int, default=2000)
     parser.add_argument("--child", nargs=4)
+    parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
     if args.child:
         memory_child(args.child[0], args.child[1], int(args.child[2]), int(args.child[3]))
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        print(json.dumps({"ratio": ratio(args, work)}))
+        if args.skip_memory:
+            for hooks in (("resid_post", "mlp_out"), HOOKS):
+                print(json.dumps({"ratio": ratio(args, work, hooks)}), flush=True)
+            return
+        for hooks in (("resid_post", "mlp_out"), HOOKS):
+            print(json.dumps({"ratio": ratio(args, work, hooks)}), flush=True)
         for row in memory(args, work):
             print(json.dumps({"memory": row}))
 

@@ -107,6 +107,7 @@ def extract_activations(
     capture = {layer: set(settings.hooks) for layer in settings.layers}
     use_autocast = device.startswith("cuda") and settings.compute_dtype in {"auto", "bfloat16"}
     model = loaded.model
+    storage_dtype = STORAGE_DTYPES[settings.storage_dtype]
 
     with open_matrix(h5ad_path, options) as opened:
         keys = gene_keys(opened.genes, loaded)
@@ -157,8 +158,9 @@ def extract_activations(
                 acts, cls = {}, {}
                 for layer, hooks in output.captured.items():
                     for hook, value in hooks.items():
-                        acts[site_name(layer, hook)] = value[gene_tokens]
-                        cls[site_name(layer, hook)] = value[:, 0]
+                        stored = value.to(storage_dtype)  # convert before gathering: half the bytes to move
+                        acts[site_name(layer, hook)] = stored[gene_tokens]
+                        cls[site_name(layer, hook)] = stored[:, 0]
                 writer.add(
                     {
                         "cell_index": np.repeat(batch.cell_index[rows.numpy()], per_cell),

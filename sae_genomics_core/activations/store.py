@@ -6,7 +6,7 @@ Layout of one extraction (a directory under the artefact root):
     tokens/shard-00000.npz-less     per shard: cell_index.npy, gene_id.npy, value.npy, bin.npy, cls_cell_index.npy
     L{layer}.{hook}/shard-00000/    per shard: acts.npy (n_tokens × width) and cls.npy (n_cells × width)
 
-Arrays are .npy files (memory-mappable; bf16 kept as its uint16 bit pattern, the manifest says so).
+Arrays are .npy files (memory-mappable; bf16 kept as its uint16 bit pattern, the manifest says so),\nwritten sequentially.
 A shard is written into a temporary directory, checksummed, renamed into place, and only then listed
 in the manifest (itself replaced atomically). A run that crashes half-way leaves at most an unlisted
 temporary directory, which the next run removes before it resumes after the last listed shard: no
@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ def _array_sha256(path: Path) -> str:
     flat = array.reshape(-1) if array.size else array
     step = max(1, (8 << 20) // max(1, flat.itemsize))
     for start in range(0, flat.size, step):
-        digest.update(np.ascontiguousarray(flat[start : start + step]).tobytes())
+        digest.update(memoryview(np.ascontiguousarray(flat[start : start + step])).cast("B"))
     return digest.hexdigest()
 
 
@@ -62,23 +63,41 @@ def from_storage(array: np.ndarray, dtype: str) -> torch.Tensor:
 
 @dataclass
 class ShardWriter:
-    """Preallocated, memory-mapped arrays of one shard, filled batch by batch, then committed."""
+    """The .npy files of one shard, each filled front to back by appending rows, then committed.
+
+    Rows arrive in order, so each file is written sequentially (much faster than page-faulting a
+    fresh memory map) and its digest is accumulated on the way instead of re-reading the file.
+    """
 
     store: ActivationStore
     index: int
     n_tokens: int
     n_cells: int
     _tmp: Path
-    _arrays: dict[str, np.ndarray]
+    _files: dict[str, Any]  # name -> open binary handle, positioned after the .npy header
+    _dtypes: dict[str, np.dtype]
     _token_cursor: int = 0
     _cell_cursor: int = 0
     _digests: dict[str, Any] = field(default_factory=dict)
+    # one background thread writes and hashes (both release the GIL) while the next batch computes;
+    # a single worker keeps every file's blocks in order
+    _io: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1))
+    _pending: list[Future] = field(default_factory=list)
 
-    def _put(self, name: str, start: int, values: np.ndarray) -> None:
-        # rows are filled in order, so the file's digest is accumulated here instead of re-reading it
-        block = np.ascontiguousarray(values, dtype=self._arrays[name].dtype)
-        self._arrays[name][start : start + len(block)] = block
-        self._digests.setdefault(name, hashlib.sha256()).update(block.tobytes())
+    def _write(self, name: str, block: np.ndarray) -> None:
+        view = memoryview(block).cast("B")
+        self._files[name].write(view)
+        self._digests.setdefault(name, hashlib.sha256()).update(view)
+
+    def _put(self, name: str, values: np.ndarray) -> None:
+        block = np.ascontiguousarray(values, dtype=self._dtypes[name])
+        self._pending.append(self._io.submit(self._write, name, block))
+        if len(self._pending) > 256:  # bound the memory held by queued blocks
+            self._drain(keep=128)
+
+    def _drain(self, keep: int = 0) -> None:
+        while len(self._pending) > keep:
+            self._pending.pop(0).result()
 
     def add(
         self,
@@ -87,24 +106,26 @@ class ShardWriter:
         acts: dict[str, torch.Tensor],
         cls: dict[str, torch.Tensor],
     ) -> None:
-        n, m = len(tokens["cell_index"]), len(cls_cells)
-        t0, c0 = self._token_cursor, self._cell_cursor
         for name in TOKEN_FIELDS:
-            self._put(f"tokens/{name}", t0, tokens[name])
-        self._put("tokens/cls_cell_index", c0, cls_cells)
+            self._put(f"tokens/{name}", tokens[name])
+        self._put("tokens/cls_cell_index", cls_cells)
         dtype = self.store.manifest["dtype"]
         for site, values in acts.items():
-            self._put(f"{site}/acts", t0, to_storage(values, dtype))
-            self._put(f"{site}/cls", c0, to_storage(cls[site], dtype))
-        self._token_cursor, self._cell_cursor = t0 + n, c0 + m
+            self._put(f"{site}/acts", to_storage(values, dtype))
+            self._put(f"{site}/cls", to_storage(cls[site], dtype))
+        self._token_cursor += len(tokens["cell_index"])
+        self._cell_cursor += len(cls_cells)
 
     def commit(self, first_cell: int, last_cell: int, n_skipped: int) -> None:
+        self._drain()
+        self._io.shutdown()
+        for handle in self._files.values():
+            handle.close()
         if self._token_cursor != self.n_tokens or self._cell_cursor != self.n_cells:
             raise RuntimeError(f"shard {self.index}: filled {self._token_cursor}/{self.n_tokens} tokens")
-        # no msync: the kernel writes the pages back even if this process dies, and checksums catch
+        # no fsync: the kernel writes the pages back even if this process dies, and checksums catch
         # anything a machine crash could leave half-written
-        files = {name: self._digests.get(name, hashlib.sha256()).hexdigest() for name in self._arrays}
-        del self._arrays
+        files = {name: self._digests.get(name, hashlib.sha256()).hexdigest() for name in self._files}
         self.store._commit_shard(self, files, first_cell, last_cell, n_skipped)
 
 
@@ -156,16 +177,21 @@ class ActivationStore:
         for site, width in widths.items():
             layout[f"{site}/acts"] = ((n_tokens, width), storage)
             layout[f"{site}/cls"] = ((n_cells, width), storage)
-        arrays = {}
+        files, dtypes = {}, {}
         for name, (shape, dtype_) in layout.items():
             path = tmp / f"{name}.npy"
             path.parent.mkdir(parents=True, exist_ok=True)
-            if shape[0] == 0:  # an empty file cannot be memory-mapped
-                np.save(path, np.empty(shape, dtype=dtype_))
-                arrays[name] = np.load(path)
-            else:
-                arrays[name] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype_, shape=shape)
-        return ShardWriter(self, index, n_tokens, n_cells, tmp, arrays)
+            handle = open(path, "wb", buffering=1 << 22)  # noqa: SIM115 - closed in commit()
+            np.lib.format.write_array_header_1_0(
+                handle,
+                {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(dtype_)),
+                    "fortran_order": False,
+                    "shape": shape,
+                },
+            )
+            files[name], dtypes[name] = handle, np.dtype(dtype_)
+        return ShardWriter(self, index, n_tokens, n_cells, tmp, files, dtypes)
 
     def _commit_shard(
         self, writer: ShardWriter, files: dict[str, str], first: int, last: int, skipped: int
