@@ -25,25 +25,45 @@ def _home() -> Home:
     return prepare_home(Home.from_env())
 
 
-def _materialize(home: Home, name: str) -> int:
-    from sae_genomics_dagster.definitions import build_definitions
-    from sae_genomics_dagster.instance import get_instance, run_failure_messages
-    from sae_genomics_dagster.jobs import DATASET_ASSETS, dataset_pipeline_job
+def _execute(job: object, partition_key: str, instance: object, run_config: dict | None = None) -> bool:
+    from sae_genomics_dagster.instance import run_failure_messages
 
-    instance = get_instance(home)
-    job = build_definitions(home).resolve_job_def(dataset_pipeline_job.name)
-    result = job.execute_in_process(
-        partition_key=name,
+    result = job.execute_in_process(  # type: ignore[attr-defined]
+        partition_key=partition_key,
         instance=instance,
         raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})},
     )
     if not result.success:
         for message in run_failure_messages(result):
             print(f"error: {message}", file=sys.stderr)
         print(f"run {result.run_id} failed (history: `make ui`, then Runs)", file=sys.stderr)
+        return False
+    print(f"{partition_key}: run {result.run_id} succeeded")
+    return True
+
+
+def _materialize(home: Home, name: str, sae_tokens: int | None = None, train_saes: bool = True) -> int:
+    """Run the dataset pipeline, then train the SAE of every extracted layer, in-process on the home's instance."""
+    import dagster as dg
+
+    from sae_genomics_dagster.definitions import build_definitions
+    from sae_genomics_dagster.instance import get_instance
+    from sae_genomics_dagster.sensors import extracted_layers
+
+    instance = get_instance(home)
+    defs = build_definitions(home)
+    if not _execute(defs.resolve_job_def("dataset_pipeline"), name, instance):
         return 1
-    print(f"materialised {', '.join(DATASET_ASSETS)} for {name} (run {result.run_id})")
+    if not train_saes:
+        return 0
+    sae_config = {} if sae_tokens is None else {"training_tokens": sae_tokens}
+    run_config = {"ops": {"sae_checkpoint": {"config": sae_config}}}
+    sae_job = defs.resolve_job_def("sae_pipeline")
+    for layer in extracted_layers(home, name):
+        key = dg.MultiPartitionKey({"dataset": name, "layer": str(layer)})
+        if not _execute(sae_job, key, instance, run_config):
+            return 1
     return 0
 
 
@@ -62,7 +82,7 @@ def _register(home: Home, path: str, name: str | None, args: argparse.Namespace,
     )
     for warning in report.warnings:
         print(f"  note: {warning}")
-    return 0 if args.no_run else _materialize(home, entry.name)
+    return 0 if args.no_run else _materialize(home, entry.name, args.sae_tokens, not args.no_sae)
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
@@ -101,7 +121,7 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     except DatasetNotRegistered as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return _materialize(home, args.dataset)
+    return _materialize(home, args.dataset, args.sae_tokens, not args.no_sae)
 
 
 def demo_source_file() -> Path:
@@ -141,6 +161,13 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(command, env={**os.environ, "DAGSTER_HOME": str(home.dagster_home)})
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-sae", action="store_true", help="stop after the activations; train SAEs later")
+    parser.add_argument(
+        "--sae-tokens", type=int, help="training tokens per SAE (default: the asset's config)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sae-genomics",
@@ -155,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--name", help="dataset key (default: the file stem, sanitised)")
     add_dataset_options(register)
     register.add_argument("--no-run", action="store_true", help="only register; materialise later in the UI")
+    _add_run_options(register)
     register.set_defaults(handler=_cmd_register)
 
     unregister = commands.add_parser("unregister", help="remove a dataset from the registry and partitions")
@@ -168,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         "materialize", help="materialise a registered dataset's assets in-process"
     )
     materialize.add_argument("dataset")
+    _add_run_options(materialize)
     materialize.set_defaults(handler=_cmd_materialize)
 
     demo = commands.add_parser(
@@ -175,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_dataset_options(demo)
     demo.add_argument("--no-run", action="store_true", help="only register")
+    _add_run_options(demo)
     demo.set_defaults(handler=_cmd_demo)
 
     init = commands.add_parser("init", help="create the home and install the Dagster instance config")

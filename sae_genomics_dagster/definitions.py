@@ -7,26 +7,32 @@ import os
 import dagster as dg
 
 from sae_genomics_core.config import Home
+from sae_genomics_core.model.load import n_layers_of
 from sae_genomics_dagster.assets.activations import activation_sets, activations
 from sae_genomics_dagster.assets.data import dataset_h5ad, dataset_tables
+from sae_genomics_dagster.assets.sae import build_sae_assets
 from sae_genomics_dagster.io_manager import WarehouseIOManager
-from sae_genomics_dagster.jobs import dataset_pipeline_job
+from sae_genomics_dagster.jobs import build_sae_job, dataset_pipeline_job
+from sae_genomics_dagster.partitions import dataset_layer_partitions
 from sae_genomics_dagster.resources import HomeResource, ModelResource
-from sae_genomics_dagster.sensors import build_incoming_sensor
+from sae_genomics_dagster.sensors import build_incoming_sensor, build_sae_after_ingest_sensor
 
 
 def build_definitions(home: Home | None = None) -> dg.Definitions:
     """All definitions for one home (tests pass a temporary one; the default comes from the environment)."""
     home = (home or Home.from_env()).ensure()
+    model_spec = os.environ.get("SAE_GENOMICS_MODEL", "tiny-random")
+    partitions = dataset_layer_partitions(n_layers_of(model_spec))
+    sae_job = build_sae_job(partitions)
     return dg.Definitions(
-        assets=[dataset_h5ad, dataset_tables, activations, activation_sets],
-        jobs=[dataset_pipeline_job],
-        sensors=[build_incoming_sensor(home)],
+        assets=[dataset_h5ad, dataset_tables, activations, activation_sets, *build_sae_assets(partitions)],
+        jobs=[dataset_pipeline_job, sae_job],
+        sensors=[build_incoming_sensor(home), build_sae_after_ingest_sensor(home, sae_job)],
         resources={
             "home": HomeResource(root=str(home.root)),
             "warehouse": WarehouseIOManager(database=str(home.warehouse), schema="main"),
             "model": ModelResource(
-                spec=os.environ.get("SAE_GENOMICS_MODEL", "tiny-random"),
+                spec=model_spec,
                 device=os.environ.get("SAE_GENOMICS_DEVICE", "auto"),
             ),
         },

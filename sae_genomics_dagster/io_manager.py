@@ -117,6 +117,18 @@ class PolarsByNameTypeHandler(DbTypeHandler[pl.DataFrame]):
         return [pl.DataFrame]
 
 
+class _InstanceAwareDbIOManager(DbIOManager):
+    # DbIOManager resolves multi-partition keys with a dynamic dimension without the instance at hand
+    # ("The instance is not available to load partitions"); give it the step's instance.
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        with dg.partition_loading_context(dynamic_partitions_store=context.step_context.instance):
+            super().handle_output(context, obj)
+
+    def load_input(self, context: dg.InputContext) -> object:
+        with dg.partition_loading_context(dynamic_partitions_store=context.instance):
+            return super().load_input(context)
+
+
 class WarehouseIOManager(DuckDBIOManager):
     """Writes polars frames to the DuckDB warehouse, one transaction per partition slice."""
 
@@ -131,7 +143,7 @@ class WarehouseIOManager(DuckDBIOManager):
         return pl.DataFrame
 
     def create_io_manager(self, context: Any) -> DbIOManager:
-        return DbIOManager(
+        return _InstanceAwareDbIOManager(
             db_client=TransactionalDuckDbClient(),
             database=self.database,
             schema=self.schema_,

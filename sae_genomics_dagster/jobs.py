@@ -1,5 +1,7 @@
 """Jobs: what a newly registered dataset runs."""
 
+from typing import Any
+
 import dagster as dg
 
 from sae_genomics_dagster.partitions import dataset_partitions
@@ -13,3 +15,15 @@ dataset_pipeline_job = dg.define_asset_job(
     partitions_def=dataset_partitions,
     description="Everything for one registered dataset: validate and ingest the .h5ad, run the model, catalogue the activations.",
 )
+
+
+SAE_ASSETS = ["sae_checkpoint", "sae_checkpoints", "sae_training_log"]
+
+
+def build_sae_job(partitions: dg.MultiPartitionsDefinition) -> Any:  # an unresolved asset job
+    return dg.define_asset_job(
+        "sae_pipeline",
+        selection=dg.AssetSelection.assets(*SAE_ASSETS),
+        partitions_def=partitions,
+        description="Train the SAE of one dataset × layer and write its checkpoint row and training log.",
+    )

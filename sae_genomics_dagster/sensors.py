@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import dagster as dg
 
@@ -61,3 +62,39 @@ def build_incoming_sensor(home: Home, settle_seconds: float = SETTLE_SECONDS) ->
         )
 
     return incoming_h5ad
+
+
+def build_sae_after_ingest_sensor(
+    home: Home, sae_job: dg.UnresolvedAssetJobDefinition
+) -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        name="train_saes_after_activations",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitored_jobs=[dataset_pipeline_job],
+        request_job=sae_job,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="When a dataset's pipeline has extracted activations, requests the SAE training of every extracted layer.",
+    )
+    def train_saes_after_activations(
+        context: dg.RunStatusSensorContext,
+    ) -> list[dg.RunRequest] | dg.SkipReason:
+        dataset = context.dagster_run.tags.get("dagster/partition")
+        if not dataset:
+            return dg.SkipReason("the run had no dataset partition")
+        return [
+            dg.RunRequest(
+                partition_key=dg.MultiPartitionKey({"dataset": dataset, "layer": str(layer)}),
+                run_key=f"{context.dagster_run.run_id}:{layer}",
+            )
+            for layer in extracted_layers(home, dataset)
+        ] or dg.SkipReason(f"no activations found for {dataset}")
+
+    return train_saes_after_activations
+
+
+def extracted_layers(home: Home, dataset: str) -> list[int]:
+    pointer = home.artefacts / "activations" / dataset / "CURRENT.json"
+    if not pointer.exists():
+        return []
+    manifest = json.loads((Path(json.loads(pointer.read_text())["path"]) / "manifest.json").read_text())
+    return [int(layer) for layer in manifest["layers"]]

@@ -50,7 +50,12 @@ def n_layers_of(spec: str) -> int:
     if spec == TINY_RANDOM:
         return TINY_RANDOM_SHAPE["n_layers"]
     if spec.startswith("dir:"):
-        with open(Path(spec.removeprefix("dir:")) / "model_config.yml") as handle:
+        config = Path(spec.removeprefix("dir:")).expanduser() / "model_config.yml"
+        if not config.exists():
+            raise ModelUnavailable(
+                f"model spec {spec}: {config} does not exist; a model folder holds {', '.join(MODEL_FILES)}"
+            )
+        with open(config) as handle:
             return int(yaml.safe_load(handle)["n_layers"])
     if spec in HUB_SPECS:
         return int(model_sources()["sizes"][spec]["n_layers"])

@@ -59,7 +59,10 @@ def test_pipeline_extracts_and_catalogues_activations(
 def test_missing_weights_fail_with_the_ways_to_provide_them(
     home: Home, instance: dg.DagsterInstance, tenx_h5ad: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("SAE_GENOMICS_MODEL", f"dir:{tmp_path / 'no-such-model'}")
+    folder = tmp_path / "half-copied-model"
+    folder.mkdir()
+    (folder / "model_config.yml").write_text("n_layers: 2\n")  # the weights never arrived
+    monkeypatch.setenv("SAE_GENOMICS_MODEL", f"dir:{folder}")
     Registry(home).register(tenx_h5ad, "chr21")
     result = _run(home, instance, "chr21")
     assert not result.success

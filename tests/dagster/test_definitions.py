@@ -22,6 +22,22 @@ def test_definitions_load_with_the_expected_graph(home: Home) -> None:
     assert {dg.AssetKey("cells"), dg.AssetKey("genes")} <= activations.parent_keys
     assert "RANDOM" in activations.description  # the demo's tiny-random model says what it is
     assert graph.get(dg.AssetKey("activation_sets")).pools == {"duckdb"}
+    sae = graph.get(dg.AssetKey("sae_checkpoint"))
+    assert sae.pools == {"gpu"} and dg.AssetKey("activations") in sae.parent_keys
+    assert isinstance(sae.partitions_def, dg.MultiPartitionsDefinition)
+    assert sae.partitions_def.get_partitions_def_for_dimension("layer").get_partition_keys() == [
+        "0",
+        "1",
+        "2",
+        "3",
+    ]
+    assert {key.name for key in graph.get_check_keys_for_assets({dg.AssetKey("sae_checkpoint")})} == {
+        "explained_variance_floor", "dead_fraction_ceiling",
+    }  # fmt: skip
+    assert (
+        defs.resolve_sensor_def("train_saes_after_activations").default_status
+        == dg.DefaultSensorStatus.RUNNING
+    )
     assert defs.resolve_sensor_def("incoming_h5ad").default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resolve_job_def("dataset_pipeline") is not None
 

@@ -28,7 +28,7 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("cli") / "home"
-    result = cli(home, "demo")
+    result = cli(home, "demo", "--sae-tokens", "40000")
     assert result.returncode == 0, result.stderr
     assert "registered pbmc68k" in result.stdout
     return home
@@ -47,6 +47,14 @@ def test_demo_then_sql_prints_700(demo_home: Path) -> None:
         "csv",
     )
     assert sets.stdout == "n,r\n8,true\n"
+    saes = cli(
+        demo_home,
+        "sql",
+        "select count(*) as n from sae_checkpoints where dataset = 'pbmc68k'",
+        "--format",
+        "csv",
+    )
+    assert saes.stdout == "n\n4\n"
     # run history lives in the home's Dagster instance
     assert (demo_home / "dagster" / "dagster.yaml").exists()
     assert any((demo_home / "dagster").rglob("runs.db")) or any((demo_home / "dagster").rglob("*.db"))

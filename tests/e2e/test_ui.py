@@ -29,7 +29,7 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**os.environ, "SAE_GENOMICS_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
     subprocess.run(
-        [sys.executable, "-m", "sae_genomics_dagster.cli", "demo"],
+        [sys.executable, "-m", "sae_genomics_dagster.cli", "demo", "--sae-tokens", "20000"],
         env=env,
         check=True,
         capture_output=True,
@@ -87,7 +87,8 @@ def test_ui_lists_assets_with_dataset_partitions_and_history(webserver: str) -> 
               assetMaterializations(limit: 1) { partition runId } } }""",
     )
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
-    assert {"dataset_h5ad", "cells", "genes", "datasets", "activations", "activation_sets"} <= set(nodes)
+    assert {"dataset_h5ad", "cells", "genes", "datasets", "activations", "activation_sets", "sae_checkpoint",
+            "sae_checkpoints", "sae_training_log"} <= set(nodes)  # fmt: skip
     for name in ("cells", "genes", "datasets", "activations", "activation_sets"):
         assert nodes[name]["partitionKeysByDimension"][0]["partitionKeys"] == ["pbmc68k"]
         # the demo's run (in-process, before the server started) is in the persistent history

@@ -1,0 +1,222 @@
+"""SAE training [dataset × layer]: a TopK sparse autoencoder per layer on the dataset's activations.
+
+Logic: sae_genomics_core.sae.train.train_sae (sae-lens TopKTrainingSAE) and sae.checkpoint.
+"""
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from sae_genomics_core.activations.store import ActivationStore
+from sae_genomics_core.sae.checkpoint import METRICS, PROVENANCE, save_checkpoint
+from sae_genomics_core.sae.train import SaeTrainingConfig, StoreSource, train_sae
+from sae_genomics_core.viz.charts import chart_markdown, save_chart, training_curves
+from sae_genomics_dagster.assets.activations import CURRENT, activations
+from sae_genomics_dagster.resources import HomeResource
+
+GROUP = "sae"
+OWNERS = ["team:sae-genomics"]
+EV_CHECK = "explained_variance_floor"
+DEAD_CHECK = "dead_fraction_ceiling"
+
+
+class SaeConfig(dg.Config):
+    hook: str = Field(default="resid_post", description="hook point to train on (must have been extracted)")
+    expansion_factor: int = Field(default=8, description="d_sae = expansion_factor × d_in")
+    k: int | None = Field(
+        default=None, description="active latents per token; None: 64 for real models, 16 for tiny-random"
+    )
+    training_tokens: int = Field(
+        default=1_000_000, description="tokens to train on (epochs repeat when the data is smaller)"
+    )
+    batch_size: int = Field(default=4096)
+    lr: float | None = Field(default=None, description="None: 2e-4 / sqrt(d_sae / 2^14)")
+    seed: int = Field(default=0)
+    dead_window_tokens: int = Field(
+        default=200_000, description="a latent silent this long is dead (AuxK trains it)"
+    )
+    explained_variance_floor: float = Field(
+        default=0.7, description="asset check: held-out explained variance at least this"
+    )
+    dead_fraction_ceiling: float = Field(
+        default=0.1, description="asset check: dead latents at most this fraction"
+    )
+
+
+def _sae_dir(home: HomeResource, dataset: str, layer: int) -> Path:
+    return home.home.artefacts / "sae" / dataset / f"L{layer}"
+
+
+def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
+    @dg.asset(
+        partitions_def=partitions,
+        # dataset × layer depends on the dataset's activations (Dagster infers the dimension mapping)
+        deps=[activations],
+        group_name=GROUP,
+        kinds={"torch", "safetensors"},
+        owners=OWNERS,
+        pool="gpu",
+        check_specs=[
+            dg.AssetCheckSpec(
+                EV_CHECK,
+                asset="sae_checkpoint",
+                description="held-out explained variance ≥ the configured floor",
+            ),
+            dg.AssetCheckSpec(
+                DEAD_CHECK,
+                asset="sae_checkpoint",
+                description="dead-latent fraction ≤ the configured ceiling",
+            ),
+        ],
+        description=(
+            "A TopK sparse autoencoder (sae-lens) for one dataset × layer, trained on that layer's activations "
+            "(hook from run config) with AuxK dead-latent revival, mean-centred and scaled inputs and 10% of cells "
+            "held out for metrics. Checkpoint in sae-lens format plus provenance under "
+            "$SAE_GENOMICS_HOME/artefacts/sae/<dataset>/L<layer>/."
+        ),
+    )
+    def sae_checkpoint(
+        context: dg.AssetExecutionContext, config: SaeConfig, home: HomeResource
+    ) -> dg.MaterializeResult:
+        keys = context.partition_key.keys_by_dimension
+        dataset, layer = keys["dataset"], int(keys["layer"])
+        pointer = home.home.artefacts / "activations" / dataset / CURRENT
+        if not pointer.exists():
+            raise dg.Failure(
+                description=f"no activations for {dataset}; materialise `activations` for it first"
+            )
+        store = ActivationStore(Path(json.loads(pointer.read_text())["path"]))
+        manifest = store.manifest
+        if f"L{layer}.{config.hook}" not in manifest["sites"]:
+            raise dg.Failure(
+                description=f"{dataset} has no activations for layer {layer}, hook {config.hook}; it has "
+                f"{', '.join(manifest['sites'])}. Extract that layer and hook (model resource `layers`, `hooks`) "
+                "or choose one of these."
+            )
+        k = config.k if config.k is not None else (16 if manifest["random_weights"] else 64)
+        training = SaeTrainingConfig(
+            expansion_factor=config.expansion_factor, k=k, training_tokens=config.training_tokens,
+            batch_size=config.batch_size, lr=config.lr, seed=config.seed, dead_window_tokens=config.dead_window_tokens,
+            device=os.environ.get("SAE_GENOMICS_SAE_DEVICE", "cpu"),
+        )  # fmt: skip
+        key = hashlib.sha256(
+            json.dumps([manifest["checksum"], config.hook, training.to_dict()], sort_keys=True).encode()
+        ).hexdigest()[:16]
+        work = _sae_dir(home, dataset, layer) / f"{config.hook}-{key}"
+        work.mkdir(parents=True, exist_ok=True)
+        source = StoreSource(store, layer, config.hook, training.holdout_fraction, training.seed)
+        outcome = train_sae(
+            source, training, state_path=work / "train_state.pt",
+            on_log=lambda row: context.log.info(f"step {row['step']}: EV {row['explained_variance']:.4f}, dead {row['dead_fraction']:.3f}"),
+        )  # fmt: skip
+        provenance = {
+            "dataset": dataset, "layer": layer, "hook": config.hook, "model_id": manifest["model_id"],
+            "revision": manifest["revision"], "random_weights": manifest["random_weights"],
+            "dataset_checksum": manifest["dataset_checksum"], "activations_checksum": manifest["checksum"],
+            "seed": training.seed, "held_out_cells": int(source.held_out_cells.size), "config": training.to_dict(),
+        }  # fmt: skip
+        checkpoint = work / "checkpoint"
+        save_checkpoint(checkpoint, outcome, provenance)
+        (work / "train_state.pt").unlink(missing_ok=True)
+        chart = training_curves(outcome.log, f"{dataset} layer {layer} {config.hook}")
+        save_chart(chart, work / "training_curves")
+        tmp = _sae_dir(home, dataset, layer) / (CURRENT + ".tmp")
+        tmp.write_text(json.dumps({"path": str(checkpoint)}))
+        os.replace(tmp, _sae_dir(home, dataset, layer) / CURRENT)
+        final = outcome.final
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/uri": checkpoint.as_uri(),
+                "path": dg.MetadataValue.path(str(checkpoint)),
+                "hook": config.hook,
+                "d_in": source.d_in,
+                "d_sae": source.d_in * training.expansion_factor,
+                "k": k,
+                "explained_variance": final["explained_variance"],
+                "mse": final["mse"],
+                "l0": final["l0"],
+                "dead_fraction": final["dead_fraction"],
+                "dense_fraction": final["dense_fraction"],
+                "tokens_seen": outcome.tokens_seen,
+                "steps": outcome.steps,
+                "gamma": outcome.gamma,
+                "resumed_from_step": outcome.resumed_from_step,
+                "random_weights": manifest["random_weights"],
+                "training_curves": dg.MetadataValue.md(chart_markdown(chart, "training curves")),
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=EV_CHECK,
+                    passed=final["explained_variance"] >= config.explained_variance_floor,
+                    metadata={
+                        "explained_variance": final["explained_variance"],
+                        "floor": config.explained_variance_floor,
+                    },
+                ),
+                dg.AssetCheckResult(
+                    check_name=DEAD_CHECK,
+                    passed=final["dead_fraction"] <= config.dead_fraction_ceiling,
+                    metadata={
+                        "dead_fraction": final["dead_fraction"],
+                        "ceiling": config.dead_fraction_ceiling,
+                    },
+                ),
+            ],
+        )
+
+    def _table_out(description: str) -> dg.AssetOut:
+        return dg.AssetOut(
+            io_manager_key="warehouse", metadata={"partition_expr": {"dataset": "dataset", "layer": "layer"}},
+            kinds={"duckdb", "polars"}, owners=OWNERS, group_name=GROUP, description=description,
+        )  # fmt: skip
+
+    @dg.multi_asset(
+        outs={
+            "sae_checkpoints": _table_out(
+                "One row per dataset × layer: the SAE's shape, training and final held-out metrics, uri. Table `sae_checkpoints`."
+            ),
+            "sae_training_log": _table_out(
+                "Metrics every N steps of training (held-out cells). Table `sae_training_log`."
+            ),
+        },
+        deps=[sae_checkpoint],
+        partitions_def=partitions,
+        pool="duckdb",
+    )
+    def sae_tables(context: dg.AssetExecutionContext, home: HomeResource):
+        keys = context.partition_key.keys_by_dimension
+        dataset, layer = keys["dataset"], int(keys["layer"])
+        pointer = _sae_dir(home, dataset, layer) / CURRENT
+        if not pointer.exists():
+            raise dg.Failure(
+                description=f"no SAE for {dataset} layer {layer}; materialise `sae_checkpoint` first"
+            )
+        checkpoint = Path(json.loads(pointer.read_text())["path"])
+        provenance = json.loads((checkpoint / PROVENANCE).read_text())
+        metrics = json.loads((checkpoint / METRICS).read_text())
+        final = metrics["final"]
+        summary = pl.DataFrame([{
+            "dataset": dataset, "layer": layer, "hook": provenance["hook"], "d_in": provenance["d_in"],
+            "d_sae": provenance["d_sae"], "k": provenance["k"], "train_tokens": provenance["tokens_seen"],
+            "seed": provenance["seed"], "explained_variance": final["explained_variance"], "mse": final["mse"],
+            "l0": final["l0"], "dead_fraction": final["dead_fraction"], "dense_fraction": final["dense_fraction"],
+            "uri": checkpoint.as_uri(), "model_id": provenance["model_id"], "random_weights": provenance["random_weights"],
+            "gamma": provenance["gamma"], "created_at": datetime.now(UTC),
+        }])  # fmt: skip
+        log = pl.DataFrame(metrics["log"]).select(
+            pl.lit(dataset).alias("dataset"), pl.lit(layer, dtype=pl.Int64).alias("layer"),
+            pl.col("step").cast(pl.Int64), pl.col("tokens_seen").cast(pl.Int64), "mse", "explained_variance", "l0",
+            "dead_fraction", "dense_fraction", "aux_loss", "lr",
+        )  # fmt: skip
+        yield dg.Output(
+            summary, "sae_checkpoints", metadata={"explained_variance": final["explained_variance"]}
+        )
+        yield dg.Output(log, "sae_training_log", metadata={"rows": log.height})
+
+    return [sae_checkpoint, sae_tables]

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from sae_genomics_core.config import Home
+from sae_genomics_core.data.registry import Registry
+from sae_genomics_core.sae.checkpoint import load_checkpoint
+from sae_genomics_dagster.definitions import build_definitions
+from sae_genomics_dagster.sensors import build_sae_after_ingest_sensor
+
+SMALL = {"training_tokens": 60_000, "batch_size": 2048, "dead_window_tokens": 20_000}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tenx_h5ad: Path):
+    root = tmp_path_factory.mktemp("sae") / "home"
+    home = Home(root).ensure()
+    with dg.DagsterInstance.ephemeral() as instance:
+        Registry(home).register(tenx_h5ad, "chr21")
+        instance.add_dynamic_partitions("dataset", ["chr21"])
+        defs = build_definitions(home)
+        assert (
+            defs.resolve_job_def("dataset_pipeline")
+            .execute_in_process(partition_key="chr21", instance=instance)
+            .success
+        )
+        key = dg.MultiPartitionKey({"dataset": "chr21", "layer": "1"})
+        result = defs.resolve_job_def("sae_pipeline").execute_in_process(
+            partition_key=key,
+            instance=instance,
+            run_config={"ops": {"sae_checkpoint": {"config": SMALL}}},
+            raise_on_error=False,
+        )
+        yield home, instance, defs, result
+
+
+def test_sae_pipeline_writes_checkpoint_tables_and_checks(trained) -> None:
+    home, instance, _, result = trained
+    assert result.success
+    with duckdb.connect(str(home.warehouse), read_only=True) as connection:
+        row = connection.execute(
+            "select hook, d_in, d_sae, k, explained_variance, dead_fraction, uri, random_weights from sae_checkpoints "
+            "where dataset = 'chr21' and layer = 1"
+        ).fetchone()
+        steps = connection.execute(
+            "select count(*), max(tokens_seen) from sae_training_log where dataset = 'chr21' and layer = 1"
+        ).fetchone()
+    hook, d_in, d_sae, k, ev, dead, uri, random_weights = row
+    assert (hook, d_in, d_sae, k, random_weights) == ("resid_post", 64, 512, 16, True)
+    assert 0 < ev <= 1 and 0 <= dead <= 1
+    assert steps[0] >= 1 and steps[1] > 0
+    loaded = load_checkpoint(
+        Path(uri.removeprefix("file://")),
+        expect={"layer": 1, "hook": "resid_post", "d_in": 64, "dataset": "chr21"},
+    )
+    assert loaded.provenance["random_weights"] is True
+    event = instance.get_latest_materialization_event(dg.AssetKey("sae_checkpoint"))
+    metadata = event.asset_materialization.metadata
+    assert "data:image/png;base64," in metadata["training_curves"].value
+    assert metadata["explained_variance"].value == pytest.approx(ev)
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(checks) == {"explained_variance_floor", "dead_fraction_ceiling"}
+    assert checks["explained_variance_floor"].passed == (ev >= 0.7)
+
+
+def test_a_hook_that_was_not_extracted_fails_clearly(trained) -> None:
+    _, instance, defs, _ = trained
+    key = dg.MultiPartitionKey({"dataset": "chr21", "layer": "2"})
+    result = defs.resolve_job_def("sae_pipeline").execute_in_process(
+        partition_key=key, instance=instance, raise_on_error=False,
+        run_config={"ops": {"sae_checkpoint": {"config": {**SMALL, "hook": "mlp_hidden"}}}},
+    )  # fmt: skip
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert (
+        "no activations for layer 2, hook mlp_hidden"
+        in failure.step_failure_data.user_failure_data.description
+    )
+
+
+def test_finished_ingest_requests_one_sae_run_per_extracted_layer(trained) -> None:
+    home, instance, defs, _ = trained
+    sae_job = defs.resolve_job_def("sae_pipeline")
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name="dataset_pipeline"))
+    run = runs[0]
+    success = next(
+        iter(instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS).records)
+    ).event_log_entry.dagster_event
+    context = dg.build_run_status_sensor_context(
+        sensor_name="train_saes_after_activations",
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=success,
+    )
+    requests = build_sae_after_ingest_sensor(home, sae_job)(context)
+    assert sorted(r.partition_key for r in requests) == [f"chr21|{layer}" for layer in range(4)]
