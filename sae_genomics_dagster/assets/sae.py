@@ -49,6 +49,15 @@ class SaeConfig(dg.Config):
     )
 
 
+def _sae_device() -> str:
+    configured = os.environ.get("SAE_GENOMICS_SAE_DEVICE", "auto")
+    if configured != "auto":
+        return configured
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _sae_dir(home: HomeResource, dataset: str, layer: int) -> Path:
     return home.home.artefacts / "sae" / dataset / f"L{layer}"
 
@@ -103,7 +112,7 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         training = SaeTrainingConfig(
             expansion_factor=config.expansion_factor, k=k, training_tokens=config.training_tokens,
             batch_size=config.batch_size, lr=config.lr, seed=config.seed, dead_window_tokens=config.dead_window_tokens,
-            device=os.environ.get("SAE_GENOMICS_SAE_DEVICE", "cpu"),
+            device=_sae_device(),
         )  # fmt: skip
         key = hashlib.sha256(
             json.dumps([manifest["checksum"], config.hook, training.to_dict()], sort_keys=True).encode()
