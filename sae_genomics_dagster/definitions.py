@@ -10,6 +10,7 @@ from sae_genomics_core.config import Home
 from sae_genomics_core.model.load import n_layers_of
 from sae_genomics_dagster.assets.activations import activation_sets, activations
 from sae_genomics_dagster.assets.data import dataset_h5ad, dataset_tables
+from sae_genomics_dagster.assets.features import build_feature_assets
 from sae_genomics_dagster.assets.sae import build_sae_assets
 from sae_genomics_dagster.io_manager import WarehouseIOManager
 from sae_genomics_dagster.jobs import build_sae_job, dataset_pipeline_job
@@ -25,7 +26,14 @@ def build_definitions(home: Home | None = None) -> dg.Definitions:
     partitions = dataset_layer_partitions(n_layers_of(model_spec))
     sae_job = build_sae_job(partitions)
     return dg.Definitions(
-        assets=[dataset_h5ad, dataset_tables, activations, activation_sets, *build_sae_assets(partitions)],
+        assets=[
+            dataset_h5ad,
+            dataset_tables,
+            activations,
+            activation_sets,
+            *build_sae_assets(partitions),
+            *build_feature_assets(partitions),
+        ],
         jobs=[dataset_pipeline_job, sae_job],
         sensors=[build_incoming_sensor(home), build_sae_after_ingest_sensor(home, sae_job)],
         resources={

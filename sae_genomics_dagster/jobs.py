@@ -17,7 +17,11 @@ dataset_pipeline_job = dg.define_asset_job(
 )
 
 
-SAE_ASSETS = ["sae_checkpoint", "sae_checkpoints", "sae_training_log"]
+# Everything partitioned by dataset × layer, in graph order.
+SAE_ASSETS = [
+    "sae_checkpoint", "sae_checkpoints", "sae_training_log",
+    "feature_stats", "feature_genes", "feature_cells", "feature_cell_types",
+]  # fmt: skip
 
 
 def build_sae_job(partitions: dg.MultiPartitionsDefinition) -> Any:  # an unresolved asset job
@@ -25,5 +29,5 @@ def build_sae_job(partitions: dg.MultiPartitionsDefinition) -> Any:  # an unreso
         "sae_pipeline",
         selection=dg.AssetSelection.assets(*SAE_ASSETS),
         partitions_def=partitions,
-        description="Train the SAE of one dataset × layer and write its checkpoint row and training log.",
+        description="Train the SAE of one dataset × layer, write its checkpoint row and training log, and tie its features to genes, cells and cell types.",
     )

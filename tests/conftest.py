@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -66,3 +69,24 @@ def counts(n_cells: int = 40, n_genes: int = 30, seed: int = 0) -> sp.csr_matrix
     dense = rng.poisson(1.0, size=(n_cells, n_genes)).astype(np.float32)
     dense[:, 0] += 1  # every cell expresses something
     return sp.csr_matrix(dense)
+
+
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SAE_GENOMICS_HOME": str(home)}
+    env.pop("DAGSTER_HOME", None)  # the CLI must set it from the home itself
+    return subprocess.run(
+        [sys.executable, "-m", "sae_genomics_dagster.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("cli") / "home"
+    result = cli(home, "demo", "--sae-tokens", "60000")
+    assert result.returncode == 0, result.stderr
+    assert "registered pbmc68k" in result.stdout
+    return home

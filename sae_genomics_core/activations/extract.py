@@ -128,6 +128,7 @@ def extract_activations(
              "seed": settings.seed, "n_cells_total": opened.n_cells, "n_genes": len(keys),
              "n_genes_in_vocab": n_in_vocab},
         )  # fmt: skip
+        loaded.vocab.save(store.root / "vocab.json")  # token ids in the shards mean these genes
         resumed_from = store.next_cell
         started = time.perf_counter()
         written = 0

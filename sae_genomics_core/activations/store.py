@@ -57,7 +57,10 @@ def to_storage(tensor: torch.Tensor, dtype: str) -> np.ndarray:
 
 
 def from_storage(array: np.ndarray, dtype: str) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # a slice of a read-only memory map: torch wants memory it may own
+        array = array.copy()
+    tensor = torch.from_numpy(array)
     return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
 
 

@@ -98,3 +98,44 @@ def test_finished_ingest_requests_one_sae_run_per_extracted_layer(trained) -> No
     )
     requests = build_sae_after_ingest_sensor(home, sae_job)(context)
     assert sorted(r.partition_key for r in requests) == [f"chr21|{layer}" for layer in range(4)]
+
+
+def test_feature_tables_are_written_and_the_summary_view_reads_them(trained) -> None:
+    home, instance, defs, _ = trained
+    key = dg.MultiPartitionKey({"dataset": "chr21", "layer": "1"})
+    result = defs.resolve_job_def("sae_pipeline").execute_in_process(
+        partition_key=key, instance=instance, run_config={"ops": {"sae_checkpoint": {"config": SMALL}}}, raise_on_error=False,
+        asset_selection=[dg.AssetKey(name) for name in ("feature_stats", "feature_genes", "feature_cells", "feature_cell_types")],
+    )  # fmt: skip
+    assert result.success
+    with duckdb.connect(str(home.warehouse), read_only=True) as connection:
+        n_features = connection.execute(
+            "select count(*) from feature_stats where dataset = 'chr21' and layer = 1"
+        ).fetchone()[0]
+        genes = connection.execute(
+            "select count(*), count(ensembl_id), bool_and(ensembl_id like 'ENSG%') from feature_genes where dataset = 'chr21' and layer = 1"
+        ).fetchone()
+        summary = connection.execute(
+            "select count(*), count(top_genes) from feature_summary where dataset = 'chr21'"
+        ).fetchone()
+    assert n_features == 512
+    assert genes[0] > 0 and genes[0] == genes[1] and genes[2]
+    assert summary[0] == 512 and summary[1] > 0
+
+
+def test_a_checkpoint_for_another_layer_is_refused(trained) -> None:
+    import shutil
+
+    home, instance, defs, _ = trained
+    # point layer 3's SAE at layer 1's checkpoint, as a mistaken copy would
+    source, target = home.artefacts / "sae" / "chr21" / "L1", home.artefacts / "sae" / "chr21" / "L3"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source / "CURRENT.json", target / "CURRENT.json")
+    result = defs.resolve_job_def("sae_pipeline").execute_in_process(
+        partition_key=dg.MultiPartitionKey({"dataset": "chr21", "layer": "3"}), instance=instance, raise_on_error=False,
+        asset_selection=[dg.AssetKey(name) for name in ("feature_stats", "feature_genes", "feature_cells", "feature_cell_types")],
+    )  # fmt: skip
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.user_failure_data.description
+    assert "refused" in message and "layer" in message

@@ -3,35 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import counts, write_h5ad
-
-
-def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SAE_GENOMICS_HOME": str(home)}
-    env.pop("DAGSTER_HOME", None)  # the CLI must set it from the home itself
-    return subprocess.run(
-        [sys.executable, "-m", "sae_genomics_dagster.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-@pytest.fixture(scope="module")
-def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("cli") / "home"
-    result = cli(home, "demo", "--sae-tokens", "40000")
-    assert result.returncode == 0, result.stderr
-    assert "registered pbmc68k" in result.stdout
-    return home
+from tests.conftest import cli, counts, write_h5ad
 
 
 def test_demo_then_sql_prints_700(demo_home: Path) -> None:

@@ -1,0 +1,146 @@
+"""Feature analysis [dataset × layer]: SAE features tied to genes, cells and cell types, as DuckDB tables.
+
+Logic: sae_genomics_core.features.associate.associate.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+from pydantic import Field
+
+from sae_genomics_core.activations.store import ActivationStore
+from sae_genomics_core.features.associate import AssociationSettings, associate
+from sae_genomics_core.sae.checkpoint import CheckpointMismatch, load_checkpoint
+from sae_genomics_core.warehouse.views import FEATURE_SUMMARY
+from sae_genomics_dagster.assets.activations import CURRENT
+from sae_genomics_dagster.io_manager import warehouse_lock
+from sae_genomics_dagster.resources import HomeResource
+
+GROUP = "features"
+OWNERS = ["team:sae-genomics"]
+TABLE = {"partition_expr": {"dataset": "dataset", "layer": "layer"}}
+
+
+class FeatureConfig(dg.Config):
+    top_genes: int = Field(default=50, description="genes kept per feature in feature_genes")
+    top_cells: int = Field(default=50, description="cells kept per feature in feature_cells")
+    min_gene_tokens: int = Field(default=3, description="a gene needs this many firing tokens to be ranked")
+    batch_tokens: int = Field(default=8192, description="tokens encoded at once")
+
+
+def _out(description: str) -> dg.AssetOut:
+    return dg.AssetOut(
+        io_manager_key="warehouse",
+        metadata=TABLE,
+        kinds={"duckdb", "polars"},
+        owners=OWNERS,
+        group_name=GROUP,
+        description=description,
+    )
+
+
+def _device() -> str:
+    configured = os.environ.get("SAE_GENOMICS_SAE_DEVICE", "auto")
+    if configured != "auto":
+        return configured
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
+    @dg.multi_asset(
+        outs={
+            "feature_stats": _out(
+                "Per feature: fire count, frequency, mean and max activation, cells active. Table `feature_stats`."
+            ),
+            "feature_genes": _out(
+                "Per feature: top genes by specificity (lift) with score = Σ activation × expression. Table `feature_genes`."
+            ),
+            "feature_cells": _out("Per feature: top cells by max activation. Table `feature_cells`."),
+            "feature_cell_types": _out(
+                "Per feature × cell type: mean activation, fraction active, log2 FC, Mann–Whitney U with BH q. Table `feature_cell_types`."
+            ),
+        },
+        ins={"cells": dg.AssetIn(), "genes": dg.AssetIn()},
+        deps=["sae_checkpoint", "activations"],
+        partitions_def=partitions,
+        pool="gpu",
+    )
+    def feature_tables(
+        context: dg.AssetExecutionContext,
+        config: FeatureConfig,
+        home: HomeResource,
+        cells: pl.DataFrame,
+        genes: pl.DataFrame,
+    ):
+        keys = context.partition_key.keys_by_dimension
+        dataset, layer = keys["dataset"], int(keys["layer"])
+        sae_pointer = home.home.artefacts / "sae" / dataset / f"L{layer}" / CURRENT
+        acts_pointer = home.home.artefacts / "activations" / dataset / CURRENT
+        if not sae_pointer.exists() or not acts_pointer.exists():
+            raise dg.Failure(
+                description=f"{dataset} layer {layer} needs its activations and sae_checkpoint first"
+            )
+        store = ActivationStore(Path(json.loads(acts_pointer.read_text())["path"]))
+        checkpoint = Path(json.loads(sae_pointer.read_text())["path"])
+        hook = json.loads((checkpoint / "provenance.json").read_text())["hook"]
+        manifest = store.manifest
+        try:
+            loaded = load_checkpoint(
+                checkpoint,
+                expect={
+                    "model_id": manifest["model_id"],
+                    "layer": layer,
+                    "hook": hook,
+                    "d_in": manifest["widths"][f"L{layer}.{hook}"],
+                },
+                device=_device(),
+            )
+        except CheckpointMismatch as error:
+            raise dg.Failure(description=str(error)) from error
+        settings = AssociationSettings(
+            config.top_genes, config.top_cells, config.min_gene_tokens, config.batch_tokens, _device()
+        )
+        tables = associate(
+            store, layer, hook, loaded, cells.select("cell_index", "cell_id", "cell_type"), settings
+        )
+        vocab = json.loads((store.root / "vocab.json").read_text())
+        token_of = pl.DataFrame(
+            {"gene_id": list(vocab.values()), "token": list(vocab.keys())},
+            schema={"gene_id": pl.Int64, "token": pl.String},
+        )
+        names = genes.select(
+            pl.coalesce("ensembl_id", "symbol").alias("token"), "ensembl_id", "symbol"
+        ).unique("token")  # tiny-random vocabs use the symbol where no Ensembl id exists
+        gene_rows = tables.genes.join(token_of, on="gene_id", how="left").join(names, on="token", how="left")
+        gene_rows = gene_rows.with_columns(pl.coalesce("ensembl_id", "token").alias("ensembl_id")).drop(
+            "token"
+        )
+
+        def keyed(frame: pl.DataFrame) -> pl.DataFrame:
+            return frame.select(
+                pl.lit(dataset).alias("dataset"), pl.lit(layer, dtype=pl.Int64).alias("layer"), pl.all()
+            )
+
+        yield dg.Output(keyed(tables.stats), "feature_stats", metadata={"features": tables.stats.height, "tokens": tables.n_tokens,
+                                                                      "alive_features": int((tables.stats["fire_count"] > 0).sum())})  # fmt: skip
+        yield dg.Output(keyed(gene_rows.select("feature", "ensembl_id", "symbol", "score", "n_tokens", "mean_activation", "specificity", "rank", "gene_id")),
+                        "feature_genes", metadata={"rows": gene_rows.height})  # fmt: skip
+        yield dg.Output(keyed(tables.cells), "feature_cells", metadata={"rows": tables.cells.height})
+        significant = int((tables.cell_types["q_value"] < 0.05).sum()) if tables.cell_types.height else 0
+        yield dg.Output(
+            keyed(tables.cell_types),
+            "feature_cell_types",
+            metadata={"rows": tables.cell_types.height, "significant_q05": significant},
+        )
+        # the outputs above are written as they are yielded; the view over them can now be (re)created
+        database = str(home.home.warehouse)
+        with warehouse_lock(database), duckdb.connect(database) as connection:
+            connection.execute(FEATURE_SUMMARY)
+
+    return [feature_tables]

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from scipy.stats import mannwhitneyu
+
+from sae_genomics_core.activations.extract import ExtractionSettings, extract_activations
+from sae_genomics_core.data.h5ad import DatasetOptions, inspect_h5ad, open_matrix
+from sae_genomics_core.features.associate import AssociationSettings, associate
+from sae_genomics_core.model.load import load_model
+from sae_genomics_core.sae.checkpoint import load_checkpoint, save_checkpoint
+from sae_genomics_core.sae.train import SaeTrainingConfig, StoreSource, train_sae
+
+
+@pytest.fixture(scope="module")
+def setup(tenx_h5ad: Path, tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("features")
+    with open_matrix(tenx_h5ad) as opened:
+        genes = opened.genes["ensembl_id"].to_list()
+    loaded = load_model("tiny-random", dataset_genes=genes)
+    settings = ExtractionSettings(
+        layers=(2,), hooks=("resid_post",), storage_dtype="float32", shard_cells=400
+    )
+    store = extract_activations(
+        loaded, tenx_h5ad, DatasetOptions(), work / "acts", settings, {"dataset": "t"}
+    ).store
+    config = SaeTrainingConfig(
+        expansion_factor=4,
+        k=8,
+        training_tokens=40_000,
+        batch_size=2048,
+        log_every_steps=10,
+        eval_tokens=2000,
+        stats_tokens=4000,
+    )
+    outcome = train_sae(StoreSource(store, 2, "resid_post", 0.1, 0), config)
+    save_checkpoint(work / "sae", outcome, {"layer": 2, "hook": "resid_post"})
+    sae = load_checkpoint(work / "sae")
+    cells = inspect_h5ad(tenx_h5ad).cells
+    # two made-up cell types so the per-type test has something to compare
+    cells = cells.with_columns(
+        pl.when(pl.col("cell_index") % 3 == 0).then(pl.lit("A")).otherwise(pl.lit("B")).alias("cell_type")
+    )
+    tables = associate(
+        store,
+        2,
+        "resid_post",
+        sae,
+        cells,
+        AssociationSettings(top_genes=10_000, top_cells=10_000, min_gene_tokens=1, batch_tokens=1000),
+    )
+    return store, sae, cells, tables
+
+
+def _dense(store, sae):
+    """The straightforward dense computation: every token's full latent vector."""
+    tokens = {
+        k: np.concatenate([store.tokens(s["name"])[k] for s in store.manifest["shards"]])
+        for k in ("gene_id", "value", "cell_index")
+    }
+    acts = torch.from_numpy(
+        np.concatenate([np.asarray(store.acts(2, "resid_post", s["name"])) for s in store.manifest["shards"]])
+    )
+    return tokens, sae.encode(acts).numpy().astype(np.float64)
+
+
+def test_stats_genes_and_cells_equal_the_dense_computation(setup) -> None:
+    store, sae, _, tables = setup
+    tokens, dense = _dense(store, sae)
+    assert tables.n_tokens == dense.shape[0]
+    stats = tables.stats.sort("feature")
+    np.testing.assert_array_equal(stats["fire_count"].to_numpy(), (dense > 0).sum(axis=0))
+    np.testing.assert_allclose(stats["max_activation"].to_numpy(), dense.max(axis=0), rtol=1e-5)
+    feature = int(stats.sort("fire_count", descending=True)["feature"][0])
+    # gene scores of the busiest feature: Σ activation × expression per gene
+    expected = {}
+    for gene, value, activation in zip(tokens["gene_id"], tokens["value"], dense[:, feature], strict=True):
+        if activation > 0:
+            expected[int(gene)] = expected.get(int(gene), 0.0) + activation * value
+    ours = {
+        int(g): s
+        for g, s in tables.genes.filter(pl.col("feature") == feature).select("gene_id", "score").iter_rows()
+    }
+    assert ours.keys() == expected.keys()
+    assert all(abs(ours[g] - expected[g]) <= 1e-4 * max(1.0, abs(expected[g])) for g in ours)
+    # per-cell maximum
+    per_cell = {}
+    for cell, activation in zip(tokens["cell_index"], dense[:, feature], strict=True):
+        per_cell[int(cell)] = max(per_cell.get(int(cell), 0.0), activation)
+    top = tables.cells.filter(pl.col("feature") == feature).sort("rank")
+    assert top["max_activation"][0] == pytest.approx(max(per_cell.values()), rel=1e-5)
+    assert top["rank"].to_list() == list(range(1, top.height + 1))
+    assert top["cell_id"].null_count() == 0
+
+
+def test_genes_are_ranked_by_specificity_with_enough_support(setup) -> None:
+    _, _, _, tables = setup
+    ranked = tables.genes.filter(pl.col("feature") == tables.genes["feature"][0]).sort("rank")
+    assert ranked["specificity"].is_sorted(descending=True)
+
+
+def test_cell_type_test_uses_cells_as_units_with_bh(setup) -> None:
+    store, sae, cells, tables = setup
+    tokens, dense = _dense(store, sae)
+    row = tables.cell_types.sort("p_value").row(0, named=True)
+    per_cell = np.zeros(cells.height)
+    np.maximum.at(per_cell, tokens["cell_index"], dense[:, row["feature"]])
+    types = cells["cell_type"].to_numpy()
+    inside = types == row["cell_type"]
+    expected = mannwhitneyu(per_cell[inside], per_cell[~inside], alternative="greater").pvalue
+    assert row["p_value"] == pytest.approx(expected, rel=1e-6)
+    assert row["mean_activation"] == pytest.approx(per_cell[inside].mean(), rel=1e-6)
+    assert row["n_cells"] == int(inside.sum())
+    q = tables.cell_types["q_value"].to_numpy()
+    assert (q >= tables.cell_types["p_value"].to_numpy() - 1e-15).all() and (q <= 1).all()
