@@ -91,6 +91,8 @@ def run_dense_baseline(root: Path) -> None:
 
 
 def child(kind: str, root: str) -> None:
+    import sae_lens  # noqa: F401 - imported before the clock starts: both sides pay it equally
+
     started = time.perf_counter()
     (run_ours if kind == "ours" else run_dense_baseline)(Path(root))
     seconds = time.perf_counter() - started

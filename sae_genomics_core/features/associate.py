@@ -72,13 +72,9 @@ def associate(
     d_sae = int(sae.cfg.d_sae)
     storage = store.manifest["dtype"]
     n_cells_total = int(store.manifest["n_cells_total"])
-    vocab_size = 0
-    Triplets = list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (row, feature, value) parts to sum or max
-    gene_act: Triplets = []
-    gene_score: Triplets = []
-    gene_fires: Triplets = []
+    gene_parts: list[tuple[np.ndarray, np.ndarray]] = []  # per shard: (gene × d_sae + feature keys, sums)
     gene_tokens: dict[int, int] = {}
-    cell_max: Triplets = []
+    cell_max: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per shard: (cell, feature, max)
     fire_count = np.zeros(d_sae, dtype=np.int64)
     act_sum = np.zeros(d_sae, dtype=np.float64)
     act_max = np.zeros(d_sae, dtype=np.float64)
@@ -91,7 +87,6 @@ def associate(
         gene_ids = np.asarray(tokens["gene_id"], dtype=np.int64)
         values_expr = np.asarray(tokens["value"], dtype=np.float64)
         owners = np.asarray(tokens["cell_index"], dtype=np.int64)
-        vocab_size = max(vocab_size, int(gene_ids.max()) + 1)
         for gene, count in zip(*np.unique(gene_ids, return_counts=True), strict=True):
             gene_tokens[int(gene)] = gene_tokens.get(int(gene), 0) + int(count)
         rows, cols, vals = [], [], []
@@ -118,13 +113,22 @@ def associate(
         fire_count += np.bincount(features, minlength=d_sae)
         act_sum += np.bincount(features, weights=activation, minlength=d_sae)
         np.maximum.at(act_max, features, activation)
-        genes_of = gene_ids[token_rows]
-        gene_act.append((genes_of, features, activation))
-        gene_score.append((genes_of, features, activation * values_expr[token_rows]))
-        gene_fires.append((genes_of, features, np.ones_like(activation)))
-        # per-cell maximum activation: reduce (cell, feature) duplicates with a sort
-        cells_of = owners[token_rows]
-        cell_max.append(_max_coo(cells_of, features, activation))
+        gene_parts.append(
+            _sum_by_key(
+                gene_ids[token_rows] * d_sae + features,
+                np.ones_like(activation),
+                activation,
+                activation * values_expr[token_rows],
+            )
+        )
+        # per-cell maximum activation: a dense (cells of this shard × d_sae) buffer reduced with amax
+        shard_cells, local = np.unique(owners[token_rows], return_inverse=True)
+        buffer = torch.zeros(shard_cells.size * d_sae, dtype=torch.float64)
+        buffer.scatter_reduce_(
+            0, torch.from_numpy(local * d_sae + features), torch.from_numpy(activation), "amax"
+        )
+        nonzero = torch.nonzero(buffer).squeeze(1).numpy()
+        cell_max.append((shard_cells[nonzero // d_sae], nonzero % d_sae, buffer.numpy()[nonzero]))
 
     stats = pl.DataFrame({
         "feature": np.arange(d_sae, dtype=np.int64),
@@ -133,90 +137,66 @@ def associate(
         "mean_activation": np.divide(act_sum, fire_count, out=np.zeros(d_sae), where=fire_count > 0),
         "max_activation": act_max,
     })  # fmt: skip
-    per_cell = _stack(cell_max, n_cells_total, d_sae, reduce_max=True).tocsc()
+    per_cell = _stack(cell_max, n_cells_total, d_sae).tocsc()
     stats = stats.with_columns(pl.Series("n_cells_active", np.diff(per_cell.indptr).astype(np.int64)))
     feature_mean_all = act_sum / max(1, n_tokens)
-    genes = _gene_table(
-        _stack(gene_act, vocab_size, d_sae), _stack(gene_score, vocab_size, d_sae), _stack(gene_fires, vocab_size, d_sae),
-        gene_tokens, feature_mean_all, settings,
-    )  # fmt: skip
+    if gene_parts:  # shards share genes: sum their partial sums once more
+        keys, sums = _sum_by_key(
+            np.concatenate([k for k, _ in gene_parts]), *np.concatenate([v for _, v in gene_parts]).T
+        )
+    else:
+        keys, sums = np.zeros(0, dtype=np.int64), np.zeros((0, 3))
+    genes = _gene_table(keys // d_sae, keys % d_sae, sums, gene_tokens, feature_mean_all, settings)
     cell_table = _cell_table(per_cell, cells, settings.top_cells)
     cell_types = _cell_type_table(per_cell, cells)
     return FeatureTables(stats=stats, genes=genes, cells=cell_table, cell_types=cell_types, n_tokens=n_tokens)
 
 
-def _max_coo(
-    rows: np.ndarray, cols: np.ndarray, values: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    order = np.lexsort((-values, cols, rows))
-    rows, cols, values = rows[order], cols[order], values[order]
-    first = np.ones(rows.size, dtype=bool)
-    first[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
-    return rows[first], cols[first], values[first]
+def _sum_by_key(keys: np.ndarray, *weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique keys and, per key, the sum of each weight array (one column per array)."""
+    unique, inverse = np.unique(keys, return_inverse=True)
+    return unique, np.stack([np.bincount(inverse, weights=w, minlength=unique.size) for w in weights], axis=1)
 
 
-def _stack(
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_rows: int, n_cols: int, reduce_max: bool = False
-) -> sp.csr_matrix:
+def _stack(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_rows: int, n_cols: int) -> sp.csr_matrix:
+    """Per-shard (row, column, value) parts as one matrix (cells never span shards: no duplicates)."""
     if not parts:
         return sp.csr_matrix((n_rows, n_cols))
-    rows = np.concatenate([p[0] for p in parts])
-    cols = np.concatenate([p[1] for p in parts])
-    values = np.concatenate([p[2] for p in parts])
-    if reduce_max:  # cells never span shards, so the parts hold no duplicates across them
-        rows, cols, values = _max_coo(rows, cols, values)
-    return sp.csr_matrix((values, (rows, cols)), shape=(n_rows, n_cols))  # duplicates are summed
+    rows, cols, values = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    return sp.csr_matrix((values, (rows, cols)), shape=(n_rows, n_cols))
 
 
 def _gene_table(
-    act: sp.csr_matrix, score: sp.csr_matrix, fires: sp.csr_matrix, gene_tokens: dict[int, int],
+    genes: np.ndarray, features: np.ndarray, sums: np.ndarray, gene_tokens: dict[int, int],
     feature_mean_all: np.ndarray, settings: AssociationSettings,
 ) -> pl.DataFrame:  # fmt: skip
-    coo = score.tocoo()
-    genes, features = coo.row.astype(np.int64), coo.col.astype(np.int64)
-    totals = np.array([gene_tokens.get(int(g), 0) for g in range(act.shape[0])], dtype=np.float64)
-    act_values = np.asarray(act[genes, features]).ravel()
-    n_fired = np.asarray(fires[genes, features]).ravel().astype(np.int64)
-    mean_activation = act_values / np.maximum(totals[genes], 1)
+    n_fired, activation, score = sums[:, 0].astype(np.int64), sums[:, 1], sums[:, 2]
+    totals = np.zeros(max([*gene_tokens, -1]) + 1)
+    totals[list(gene_tokens)] = list(gene_tokens.values())
+    mean_activation = activation / np.maximum(totals[genes], 1) if genes.size else activation
     specificity = mean_activation / np.maximum(feature_mean_all[features], 1e-12)
     frame = pl.DataFrame({
-        "feature": features, "gene_id": genes, "score": coo.data.astype(np.float64), "n_tokens": n_fired,
+        "feature": features.astype(np.int64), "gene_id": genes.astype(np.int64), "score": score, "n_tokens": n_fired,
         "mean_activation": mean_activation, "specificity": specificity,
     })  # fmt: skip
     supported = frame.filter(pl.col("n_tokens") >= settings.min_gene_tokens)
     ranked = supported.sort(["feature", "specificity", "score"], descending=[False, True, True]).with_columns(
-        (pl.col("specificity").cum_count().over("feature")).cast(pl.Int64).alias("rank")
+        pl.int_range(1, pl.len() + 1).over("feature").cast(pl.Int64).alias("rank")
     )
     return ranked.filter(pl.col("rank") <= settings.top_genes)
 
 
 def _cell_table(per_cell: sp.csc_matrix, cells: pl.DataFrame, top: int) -> pl.DataFrame:
-    parts = []
-    for feature in range(per_cell.shape[1]):
-        start, stop = per_cell.indptr[feature], per_cell.indptr[feature + 1]
-        if start == stop:
-            continue
-        values = per_cell.data[start:stop]
-        rows = per_cell.indices[start:stop]
-        best = np.argsort(-values, kind="stable")[:top]
-        parts.append((np.full(best.size, feature), rows[best], values[best], np.arange(1, best.size + 1)))
-    if not parts:
-        return pl.DataFrame(
-            schema={
-                "feature": pl.Int64,
-                "cell_index": pl.Int64,
-                "max_activation": pl.Float64,
-                "rank": pl.Int64,
-                "cell_id": pl.String,
-            }
-        )
+    coo = per_cell.tocoo()
     frame = pl.DataFrame({
-        "feature": np.concatenate([p[0] for p in parts]).astype(np.int64),
-        "cell_index": np.concatenate([p[1] for p in parts]).astype(np.int64),
-        "max_activation": np.concatenate([p[2] for p in parts]).astype(np.float64),
-        "rank": np.concatenate([p[3] for p in parts]).astype(np.int64),
+        "feature": coo.col.astype(np.int64), "cell_index": coo.row.astype(np.int64), "max_activation": coo.data.astype(np.float64),
     })  # fmt: skip
-    return frame.join(cells.select("cell_index", "cell_id"), on="cell_index", how="left")
+    ranked = frame.sort(
+        ["feature", "max_activation", "cell_index"], descending=[False, True, False]
+    ).with_columns(pl.int_range(1, pl.len() + 1).over("feature").cast(pl.Int64).alias("rank"))
+    return ranked.filter(pl.col("rank") <= top).join(
+        cells.select("cell_index", "cell_id"), on="cell_index", how="left"
+    )
 
 
 def _cell_type_table(per_cell: sp.csc_matrix, cells: pl.DataFrame, chunk: int = 256) -> pl.DataFrame:
