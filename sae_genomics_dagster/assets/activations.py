@@ -20,11 +20,11 @@ from sae_genomics_core.activations.store import ActivationStore
 from sae_genomics_core.data.h5ad import DatasetError, file_checksum, open_matrix
 from sae_genomics_core.data.registry import DatasetNotRegistered
 from sae_genomics_core.model.load import ModelUnavailable
+from sae_genomics_dagster.assets.common import BY_DATASET, OWNERS
 from sae_genomics_dagster.partitions import dataset_partitions
 from sae_genomics_dagster.resources import HomeResource, ModelResource
 
 GROUP = "activations"
-OWNERS = ["team:sae-genomics"]
 CURRENT = "CURRENT.json"  # points at the latest complete extraction of a dataset
 
 
@@ -117,7 +117,7 @@ def activations(
     partitions_def=dataset_partitions,
     deps=[activations],
     io_manager_key="warehouse",
-    metadata={"partition_expr": "dataset"},
+    metadata=BY_DATASET,
     group_name=GROUP,
     kinds={"duckdb", "polars"},
     owners=OWNERS,

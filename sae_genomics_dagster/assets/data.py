@@ -12,12 +12,11 @@ import polars as pl
 from sae_genomics_core.data.h5ad import DatasetError, file_checksum, inspect_h5ad
 from sae_genomics_core.data.registry import DatasetNotRegistered
 from sae_genomics_core.warehouse.sql import format_frame
+from sae_genomics_dagster.assets.common import BY_DATASET, OWNERS, table_out
 from sae_genomics_dagster.partitions import dataset_partitions
 from sae_genomics_dagster.resources import HomeResource
 
 GROUP = "datasets"
-OWNERS = ["team:sae-genomics"]
-WAREHOUSE_TABLE = {"partition_expr": "dataset"}
 
 dataset_h5ad = dg.AssetSpec(
     "dataset_h5ad",
@@ -33,14 +32,7 @@ dataset_h5ad = dg.AssetSpec(
 
 
 def _out(description: str) -> dg.AssetOut:
-    return dg.AssetOut(
-        io_manager_key="warehouse",
-        metadata=WAREHOUSE_TABLE,
-        kinds={"duckdb", "polars"},
-        owners=OWNERS,
-        group_name=GROUP,
-        description=description,
-    )
+    return table_out(description, GROUP, BY_DATASET)
 
 
 @dg.multi_asset(

@@ -4,7 +4,6 @@ Logic: sae_genomics_core.features.associate.associate.
 """
 
 import json
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -17,12 +16,11 @@ from sae_genomics_core.features.associate import AssociationSettings, associate
 from sae_genomics_core.sae.checkpoint import CheckpointMismatch, load_checkpoint
 from sae_genomics_core.warehouse.views import FEATURE_SUMMARY
 from sae_genomics_dagster.assets.activations import CURRENT
+from sae_genomics_dagster.assets.common import BY_DATASET_LAYER, sae_device, table_out
 from sae_genomics_dagster.io_manager import warehouse_lock
 from sae_genomics_dagster.resources import HomeResource
 
 GROUP = "features"
-OWNERS = ["team:sae-genomics"]
-TABLE = {"partition_expr": {"dataset": "dataset", "layer": "layer"}}
 
 
 class FeatureConfig(dg.Config):
@@ -33,23 +31,7 @@ class FeatureConfig(dg.Config):
 
 
 def _out(description: str) -> dg.AssetOut:
-    return dg.AssetOut(
-        io_manager_key="warehouse",
-        metadata=TABLE,
-        kinds={"duckdb", "polars"},
-        owners=OWNERS,
-        group_name=GROUP,
-        description=description,
-    )
-
-
-def _device() -> str:
-    configured = os.environ.get("SAE_GENOMICS_SAE_DEVICE", "auto")
-    if configured != "auto":
-        return configured
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return table_out(description, GROUP, BY_DATASET_LAYER)
 
 
 def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
@@ -99,12 +81,12 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
                     "hook": hook,
                     "d_in": manifest["widths"][f"L{layer}.{hook}"],
                 },
-                device=_device(),
+                device=sae_device(),
             )
         except CheckpointMismatch as error:
             raise dg.Failure(description=str(error)) from error
         settings = AssociationSettings(
-            config.top_genes, config.top_cells, config.min_gene_tokens, config.batch_tokens, _device()
+            config.top_genes, config.top_cells, config.min_gene_tokens, config.batch_tokens, sae_device()
         )
         tables = associate(
             store, layer, hook, loaded, cells.select("cell_index", "cell_id", "cell_type"), settings

@@ -18,10 +18,10 @@ from sae_genomics_core.sae.checkpoint import METRICS, PROVENANCE, save_checkpoin
 from sae_genomics_core.sae.train import SaeTrainingConfig, StoreSource, train_sae
 from sae_genomics_core.viz.charts import chart_markdown, save_chart, training_curves
 from sae_genomics_dagster.assets.activations import CURRENT, activations
+from sae_genomics_dagster.assets.common import BY_DATASET_LAYER, OWNERS, sae_device, table_out
 from sae_genomics_dagster.resources import HomeResource
 
 GROUP = "sae"
-OWNERS = ["team:sae-genomics"]
 EV_CHECK = "explained_variance_floor"
 DEAD_CHECK = "dead_fraction_ceiling"
 
@@ -47,15 +47,6 @@ class SaeConfig(dg.Config):
     dead_fraction_ceiling: float = Field(
         default=0.1, description="asset check: dead latents at most this fraction"
     )
-
-
-def _sae_device() -> str:
-    configured = os.environ.get("SAE_GENOMICS_SAE_DEVICE", "auto")
-    if configured != "auto":
-        return configured
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _sae_dir(home: HomeResource, dataset: str, layer: int) -> Path:
@@ -112,7 +103,7 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         training = SaeTrainingConfig(
             expansion_factor=config.expansion_factor, k=k, training_tokens=config.training_tokens,
             batch_size=config.batch_size, lr=config.lr, seed=config.seed, dead_window_tokens=config.dead_window_tokens,
-            device=_sae_device(),
+            device=sae_device(),
         )  # fmt: skip
         key = hashlib.sha256(
             json.dumps([manifest["checksum"], config.hook, training.to_dict()], sort_keys=True).encode()
@@ -180,10 +171,7 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         )
 
     def _table_out(description: str) -> dg.AssetOut:
-        return dg.AssetOut(
-            io_manager_key="warehouse", metadata={"partition_expr": {"dataset": "dataset", "layer": "layer"}},
-            kinds={"duckdb", "polars"}, owners=OWNERS, group_name=GROUP, description=description,
-        )  # fmt: skip
+        return table_out(description, GROUP, BY_DATASET_LAYER)
 
     @dg.multi_asset(
         outs={
