@@ -9,6 +9,8 @@ columns.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -52,17 +54,32 @@ class TransactionalDuckDbClient(DuckDbClient):
     def connect(context: Any, _: TableSlice) -> Iterator[duckdb.DuckDBPyConnection]:
         database = context.resource_config["database"]
         config = {"custom_user_agent": "sae-genomics", **context.resource_config["connection_config"]}
-        with warehouse_lock(database, context.resource_config["lock_timeout_s"]):
-            connection = duckdb.connect(database, read_only=False, config=config)
+        timeout = context.resource_config["lock_timeout_s"]
+        with warehouse_lock(database, timeout):
+            connection = _connect_when_free(database, config, timeout)
             try:
                 connection.execute("begin transaction")
                 yield connection
                 connection.execute("commit")
             except BaseException:
-                connection.execute("rollback")
+                with contextlib.suppress(duckdb.Error):  # the failed commit may have ended it already
+                    connection.execute("rollback")
                 raise
             finally:
                 connection.close()
+
+
+def _connect_when_free(database: str, config: dict[str, Any], timeout_s: float) -> duckdb.DuckDBPyConnection:
+    """Open read-write, waiting while a reader outside the file lock (a SQL session) holds DuckDB's lock."""
+    deadline, delay = time.monotonic() + timeout_s, 0.2
+    while True:
+        try:
+            return duckdb.connect(database, read_only=False, config=config)
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower() or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 class PolarsByNameTypeHandler(DbTypeHandler[pl.DataFrame]):
@@ -70,7 +87,8 @@ class PolarsByNameTypeHandler(DbTypeHandler[pl.DataFrame]):
         self, context: dg.OutputContext, table_slice: TableSlice, obj: pl.DataFrame, connection: Any
     ) -> dict[str, Any]:
         target = _quoted(table_slice)
-        connection.register("incoming_frame", obj.to_arrow())
+        arrow = obj.to_arrow()
+        connection.register("incoming_frame", arrow)
         try:
             if not _table_exists(connection, table_slice.schema, table_slice.table):
                 connection.execute(f"create table {target} as select * from incoming_frame")
@@ -83,11 +101,24 @@ class PolarsByNameTypeHandler(DbTypeHandler[pl.DataFrame]):
                         [table_slice.schema, table_slice.table],
                     ).fetchall()
                 }
-                for name, sql_type, *_ in connection.execute(
-                    "describe select * from incoming_frame"
-                ).fetchall():
-                    if name not in present:
+                missing = [
+                    (name, sql_type)
+                    for name, sql_type, *_ in connection.execute(
+                        "describe select * from incoming_frame"
+                    ).fetchall()
+                    if name not in present
+                ]
+                if missing:
+                    # DuckDB will not commit an ALTER in the transaction that deleted the slice: undo the
+                    # delete, add the columns in a transaction of their own, then delete and insert again
+                    connection.execute("rollback")
+                    connection.execute("begin transaction")
+                    for name, sql_type in missing:
                         connection.execute(f'alter table {target} add column "{name}" {sql_type}')
+                    connection.execute("commit")
+                    connection.execute("begin transaction")
+                    DuckDbClient.delete_table_slice(context, table_slice, connection)
+                    connection.register("incoming_frame", arrow)  # the rollback dropped the view
                 connection.execute(f"insert into {target} by name select * from incoming_frame")
             (total,) = connection.execute(f"select count(*) from {target}").fetchone()
         finally:

@@ -47,6 +47,25 @@ def test_new_columns_are_added_and_rows_insert_by_name(tmp_path: Path) -> None:
     wider = {"b": pl.DataFrame({"extra": ["x"], "value": [5], "part": ["b"]})}  # new column, other order
     assert _materialise(database, wider, "b").success
     assert _rows(database) == [("a", 1, None), ("b", 5, "x")]
+    # and an existing slice re-written with yet another column replaces its rows
+    wider_again = {"a": pl.DataFrame({"part": ["a"], "value": [7], "extra": ["y"], "more": [1.5]})}
+    assert _materialise(database, wider_again, "a").success
+    assert _rows(database) == [("a", 7, "y", 1.5), ("b", 5, "x", None)]
+
+
+def test_writes_wait_while_a_reader_holds_the_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    database = tmp_path / "w.duckdb"
+    assert _materialise(database, {"a": pl.DataFrame({"part": ["a"], "value": [1]})}, "a").success
+    # another process reading (e.g. `sae-genomics sql` or a notebook) holds DuckDB's lock for a while
+    code = f"import duckdb, time; c = duckdb.connect({str(database)!r}, read_only=True); print('open', flush=True); time.sleep(2)"
+    reader = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "open"
+    assert _materialise(database, {"b": pl.DataFrame({"part": ["b"], "value": [2]})}, "b").success
+    reader.wait(timeout=30)
+    assert _rows(database) == [("a", 1), ("b", 2)]
 
 
 def test_writes_wait_for_the_warehouse_lock(tmp_path: Path) -> None:
