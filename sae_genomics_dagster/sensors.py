@@ -40,11 +40,22 @@ def build_incoming_sensor(home: Home, settle_seconds: float = SETTLE_SECONDS) ->
             if seen.get(path.name) == mtime or now - mtime < settle_seconds:
                 continue
             seen[path.name] = mtime
+            known_entry = registry.find_by_path(path)
+            if known_entry is not None and known_entry.mtime == mtime:
+                continue  # registered from the shell already (with its own name and options)
             try:
-                entry, _ = registry.register(path, source="sensor")
-            except DatasetError as error:
+                entry, _ = registry.register(
+                    path,
+                    name=known_entry.name if known_entry else None,
+                    options=known_entry.options if known_entry else None,
+                    source="sensor",
+                )
+            except Exception as error:  # one bad file must not stop the others (nor retry every tick)
+                problems = error.problems if isinstance(error, DatasetError) else []
                 context.log.error(str(error))
-                refused.append(f"{path.name} ({'; '.join(p.problem for p in error.problems)})")
+                refused.append(
+                    f"{path.name} ({'; '.join(p.problem for p in problems) or type(error).__name__})"
+                )
                 continue
             if entry.name not in known and entry.name not in new_keys:
                 new_keys.append(entry.name)

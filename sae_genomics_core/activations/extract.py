@@ -125,7 +125,8 @@ def extract_activations(
             out_dir,
             {**header, "sites": sites, "layers": list(settings.layers), "hooks": list(settings.hooks),
              "dtype": settings.storage_dtype, "widths": widths, "max_length": tokenizer.max_length,
-             "seed": settings.seed, "n_cells_total": opened.n_cells, "n_genes": len(keys),
+             "seed": settings.seed, "compute_dtype": "bfloat16-autocast" if use_autocast else "float32",
+             "n_cells_total": opened.n_cells, "n_genes": len(keys),
              "n_genes_in_vocab": n_in_vocab},
         )  # fmt: skip
         loaded.vocab.save(store.root / "vocab.json")  # token ids in the shards mean these genes

@@ -151,6 +151,16 @@ def inspect_h5ad(
     try:
         matrix, var, source = _select_matrix(adata, path, options)
         n_cells, n_genes = int(adata.n_obs), int(var.shape[0])
+        if matrix is None:
+            raise DatasetError(
+                path,
+                [
+                    Problem(
+                        f"the file has no matrix {source}",
+                        f"write the counts into it, or choose another with --matrix ({MATRIX_CHOICES})",
+                    )
+                ],
+            )
         if n_cells == 0 or n_genes == 0:
             raise DatasetError(
                 path,
@@ -162,7 +172,11 @@ def inspect_h5ad(
         cell_types, cell_type_key = _cell_types(adata.obs, options, problems, notes)
 
         scan_rows = n_cells if max_cells is None else min(n_cells, max_cells)
-        stats = _scan_matrix(matrix, scan_rows, n_genes, chunk_cells)
+        try:
+            stats = _scan_matrix(matrix, scan_rows, n_genes, chunk_cells)
+        except (OSError, KeyError, ValueError) as error:  # truncated or corrupt data inside a readable file
+            raise DatasetError(path, [Problem(f"{source} cannot be read ({type(error).__name__}: {error})",
+                                              "re-export the file with adata.write_h5ad(...)")]) from error  # fmt: skip
         uns_log1p = "log1p" in adata.uns
     finally:
         _close(adata)
@@ -319,7 +333,18 @@ def _select_matrix(adata: Any, path: Path, options: DatasetOptions) -> tuple[Any
         else:
             choice = "X"
     if choice == "X":
-        return adata.X, adata.var, "X"
+        try:
+            return adata.X, adata.var, "X"
+        except KeyError as error:  # anndata reads X lazily in backed mode
+            raise DatasetError(
+                path,
+                [
+                    Problem(
+                        "the file has no X matrix",
+                        f"write the counts into X or a layer and choose it with --matrix ({MATRIX_CHOICES})",
+                    )
+                ],
+            ) from error
     if choice == "raw":
         if adata.raw is None:
             raise DatasetError(path, [Problem("--matrix raw was asked for but the file has no .raw",
@@ -387,7 +412,7 @@ def _gene_table(
                 f"var column '{ensembl_column}' does not hold Ensembl gene ids ({share:.0%} look like "
                 f"ENSG…; e.g. {example})",
                 "pass the column that holds Ensembl ids with --ensembl-column, or leave it out to use gene "
-                "symbols, which are mapped to Ensembl through HGNC",
+                "symbols (only the tiny-random model can use symbols until the HGNC mapping lands)",
             ))  # fmt: skip
             ensembl_column = None
     else:
@@ -432,7 +457,8 @@ def _gene_table(
         gene_id_source = f"symbol:{symbol_column}"
         notes.append(
             f"genes are identified by symbol (var '{symbol_column}'), not Ensembl id; they are mapped to "
-            "Ensembl through HGNC (gene_identifiers). Pass --ensembl-column if the file has Ensembl ids."
+            "Ensembl through HGNC once gene_identifiers exists; until then only the tiny-random model can "
+            "use them. Pass --ensembl-column if the file has Ensembl ids."
         )
         key = pd.Series(symbols, dtype="string")
     else:

@@ -68,7 +68,8 @@ def activations(
         "random_weights": loaded.random_weights,
     }
     key = hashlib.sha256(
-        json.dumps([header, settings.__dict__], sort_keys=True, default=str).encode()
+        # the device decides the compute precision (bf16 autocast on CUDA), so it is part of the identity
+        json.dumps([header, settings.__dict__, device], sort_keys=True, default=str).encode()
     ).hexdigest()[:16]
     out_dir = _dataset_dir(home, dataset) / key
     if loaded.random_weights:

@@ -80,6 +80,8 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
                     "layer": layer,
                     "hook": hook,
                     "d_in": manifest["widths"][f"L{layer}.{hook}"],
+                    # an SAE trained on other (older) activations of this dataset is refused too
+                    "activations_checksum": manifest["checksum"],
                 },
                 device=sae_device(),
             )

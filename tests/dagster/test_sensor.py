@@ -74,3 +74,36 @@ def test_a_file_still_being_written_waits(home: Home, instance: dg.DagsterInstan
     result = _tick(home, instance)
     assert result.run_requests == []
     assert Registry(home).names() == []
+
+
+def test_a_file_registered_from_the_shell_keeps_its_name_and_options(
+    home: Home, instance: dg.DagsterInstance
+) -> None:
+    from sae_genomics_core.data.h5ad import DatasetOptions
+
+    path = write_h5ad(home.incoming / "sample.h5ad", counts(), obs={"label": ["x", "y"] * 20})
+    _age(path)
+    Registry(home).register(path, name="custom", options=DatasetOptions(cell_type_key="label"))
+    result = _tick(home, instance)
+    assert result.run_requests == []  # nothing new: the shell did it
+    assert Registry(home).names() == ["custom"]
+    _age(path, 10.0)  # the file changes: ingest again, under the same name and options
+    changed = _tick(home, instance, cursor=result.cursor)
+    assert [r.partition_key for r in changed.run_requests] == ["custom"]
+    assert Registry(home).get("custom").options.cell_type_key == "label"
+
+
+def test_an_unreadable_file_does_not_block_the_others(
+    home: Home, instance: dg.DagsterInstance, demo_h5ad: Path
+) -> None:
+    import h5py
+
+    with h5py.File(home.incoming / "a_no_matrix.h5ad", "w") as handle:
+        handle.create_group("obs")
+    _age(home.incoming / "a_no_matrix.h5ad")
+    shutil.copyfile(demo_h5ad, home.incoming / "b_good.h5ad")
+    _age(home.incoming / "b_good.h5ad")
+    result = _tick(home, instance)
+    assert [r.partition_key for r in result.run_requests] == ["b_good"]
+    again = _tick(home, instance, cursor=result.cursor)
+    assert again.run_requests == []  # the bad one is not retried until it changes
