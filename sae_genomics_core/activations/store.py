@@ -287,6 +287,9 @@ class ActivationStore:
             )
         generator = np.random.default_rng(seed)
         storage = self.manifest["dtype"]
+        # rows are read in blocks and pooled in the storage dtype; only the batch handed out is
+        # converted, so memory stays near the shuffle buffer's size whatever a shard holds
+        block = max(batch_size, shuffle_buffer_tokens // 4)
         buffer: list[torch.Tensor] = []
         buffered = 0
         for position in generator.permutation(len(self.manifest["shards"])):
@@ -298,16 +301,19 @@ class ActivationStore:
                     rows = rows[np.isin(owner, cells)]
                 if exclude_cells is not None:
                     rows = rows[~np.isin(owner, exclude_cells)]
-            if rows.size == 0:
-                continue
-            buffer.append(from_storage(self.acts(layer, hook, shard)[rows], storage).to(dtype))
-            buffered += rows.size
-            while buffered >= shuffle_buffer_tokens:
-                pool = torch.cat(buffer)
-                pool = pool[torch.from_numpy(generator.permutation(pool.shape[0]))]
-                n_out = (pool.shape[0] // 2 // batch_size) * batch_size or batch_size
-                yield from pool[:n_out].split(batch_size)
-                buffer, buffered = [pool[n_out:]], pool.shape[0] - n_out
+            acts = self.acts(layer, hook, shard)
+            for start in range(0, rows.size, block):
+                chunk = rows[start : start + block]
+                buffer.append(from_storage(acts[chunk[0] : chunk[-1] + 1][chunk - chunk[0]], storage))
+                buffered += chunk.size
+                while buffered >= shuffle_buffer_tokens:
+                    pool = torch.cat(buffer)
+                    pool = pool[torch.from_numpy(generator.permutation(pool.shape[0]))]
+                    n_out = (pool.shape[0] // 2 // batch_size) * batch_size or batch_size
+                    for batch in pool[:n_out].split(batch_size):
+                        yield batch.to(dtype)
+                    buffer, buffered = [pool[n_out:]], pool.shape[0] - n_out
         if buffered:
             pool = torch.cat(buffer)
-            yield from pool[torch.from_numpy(generator.permutation(pool.shape[0]))].split(batch_size)
+            for batch in pool[torch.from_numpy(generator.permutation(pool.shape[0]))].split(batch_size):
+                yield batch.to(dtype)

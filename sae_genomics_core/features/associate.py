@@ -15,7 +15,8 @@ Definitions (per dataset × layer, feature f, gene g, cell c):
 - feature_cells: a cell's activation is its maximum over its tokens; the top `top_cells` cells.
 - feature_cell_types: per cell type, the mean of the cells' activations (0 when silent), the
   fraction of cells active, log2 fold change of the means (type vs the rest, +1e-6), and a one-sided
-  Mann–Whitney U test (type > rest) with the cell as the unit; BH q-values over all features × types.
+  Mann–Whitney U test (type > rest) with the cell as the unit, over the cells the model saw; BH
+  q-values over all features × types (pairs that could not be tested count as p = 1).
 """
 
 from __future__ import annotations
@@ -121,6 +122,12 @@ def associate(
                 activation * values_expr[token_rows],
             )
         )
+        if len(gene_parts) > 1:  # fold into one running total: memory stays at the distinct pairs seen
+            gene_parts = [
+                _sum_by_key(
+                    np.concatenate([k for k, _ in gene_parts]), *np.concatenate([v for _, v in gene_parts]).T
+                )
+            ]
         # per-cell maximum activation: a dense (cells of this shard × d_sae) buffer reduced with amax
         shard_cells, local = np.unique(owners[token_rows], return_inverse=True)
         buffer = torch.zeros(shard_cells.size * d_sae, dtype=torch.float64)
@@ -140,15 +147,20 @@ def associate(
     per_cell = _stack(cell_max, n_cells_total, d_sae).tocsc()
     stats = stats.with_columns(pl.Series("n_cells_active", np.diff(per_cell.indptr).astype(np.int64)))
     feature_mean_all = act_sum / max(1, n_tokens)
-    if gene_parts:  # shards share genes: sum their partial sums once more
-        keys, sums = _sum_by_key(
-            np.concatenate([k for k, _ in gene_parts]), *np.concatenate([v for _, v in gene_parts]).T
-        )
+    if gene_parts:
+        keys, sums = gene_parts[0]
     else:
         keys, sums = np.zeros(0, dtype=np.int64), np.zeros((0, 3))
     genes = _gene_table(keys // d_sae, keys % d_sae, sums, gene_tokens, feature_mean_all, settings)
     cell_table = _cell_table(per_cell, cells, settings.top_cells)
-    cell_types = _cell_type_table(per_cell, cells)
+    seen = (
+        np.concatenate([store.tokens(s["name"])["cls_cell_index"] for s in store.manifest["shards"]])
+        if store.manifest["shards"]
+        else np.zeros(0)
+    )
+    cell_types = _cell_type_table(
+        per_cell, cells.filter(pl.col("cell_index").is_in(seen.astype(np.int64).tolist()))
+    )
     return FeatureTables(stats=stats, genes=genes, cells=cell_table, cell_types=cell_types, n_tokens=n_tokens)
 
 
@@ -233,5 +245,9 @@ def _cell_type_table(per_cell: sp.csc_matrix, cells: pl.DataFrame, chunk: int = 
     if not frames:
         return empty
     table = pl.concat(frames)
-    q_values = multipletests(table["p_value"].to_numpy(), method="fdr_bh")[1]
+    # BH over every feature × cell type pair: pairs not tested (feature silent in all typed cells, or a
+    # type covering every cell) count as p = 1 so they still weigh in the correction
+    n_untested = matrix.shape[1] * types.size - table.height
+    p_values = np.concatenate([table["p_value"].to_numpy(), np.ones(max(0, n_untested))])
+    q_values = multipletests(p_values, method="fdr_bh")[1][: table.height]
     return table.with_columns(pl.Series("q_value", q_values)).select(empty.columns)

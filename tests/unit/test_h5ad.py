@@ -167,13 +167,22 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, DatasetOptions, str]]:
     cases["missing layer"] = (plain, DatasetOptions(matrix="layers/counts"), "no layer 'counts'")
     cases["missing raw"] = (plain, DatasetOptions(matrix="raw"), "has no .raw")
     cases["unknown matrix"] = (plain, DatasetOptions(matrix="obsm"), "unknown --matrix")
+    import anndata as ad
+    import pandas as pd
+
+    no_x = tmp / "no_x.h5ad"
+    ad.AnnData(
+        obs=pd.DataFrame(index=[f"c{i}" for i in range(5)]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(4)]),
+    ).write_h5ad(no_x)
+    cases["no X"] = (no_x, DatasetOptions(), "has no X matrix")
     return cases
 
 
 BAD_CASES = [
     "missing", "not hdf5", "suffix", "truncated", "nan", "negative", "no ensembl column", "not ensembl",
     "duplicate ensembl", "duplicate symbol", "cell type key", "all empty", "no cells", "missing layer",
-    "missing raw", "unknown matrix",
+    "missing raw", "unknown matrix", "no X",
 ]  # fmt: skip
 
 
