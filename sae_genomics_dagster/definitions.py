@@ -7,7 +7,7 @@ import os
 import dagster as dg
 
 from sae_genomics_core.config import Home
-from sae_genomics_core.model.load import n_layers_of
+from sae_genomics_core.model.specs import n_layers_of
 from sae_genomics_dagster.assets.activations import activation_sets, activations
 from sae_genomics_dagster.assets.data import dataset_h5ad, dataset_tables
 from sae_genomics_dagster.assets.features import build_feature_assets

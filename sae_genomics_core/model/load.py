@@ -13,57 +13,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from sae_genomics_core.model.config import TahoeConfig
+from sae_genomics_core.model.specs import (
+    HUB_SPECS,
+    MODEL_FILES,
+    TINY_RANDOM,
+    TINY_RANDOM_SHAPE,
+    ModelUnavailable,
+    model_sources,
+    n_layers_of,
+    unknown_spec_message,
+)
 from sae_genomics_core.model.tokenize import GeneVocab, Tokenizer
 from sae_genomics_core.model.tx import TXModel, load_tahoe_state_dict
 
-MODEL_FILES = ("vocab.json", "model_config.yml", "collator_config.yml", "model.safetensors")
-HUB_SPECS = ("tahoe-x1-70m", "tahoe-x1-1.3b", "tahoe-x1-3b")
-TINY_RANDOM = "tiny-random"
-TINY_RANDOM_SHAPE = {"d_model": 64, "n_layers": 4, "n_heads": 4, "expansion_ratio": 4}
-SOURCES_ENV = "SAE_GENOMICS_SOURCES"
-
-
-class ModelUnavailable(RuntimeError):
-    """The weights cannot be had here; the message lists every way to provide them."""
-
-
-def sources_file() -> Path:
-    import os
-
-    configured = os.environ.get(SOURCES_ENV)
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[2] / "external" / "sources.yaml"
-
-
-def model_sources(path: Path | None = None) -> dict[str, Any]:
-    with open(path or sources_file()) as handle:
-        return yaml.safe_load(handle)["models"]
-
-
-def n_layers_of(spec: str) -> int:
-    """Layer count of a spec without loading weights (Dagster builds the `layer` partitions from it)."""
-    if spec == TINY_RANDOM:
-        return TINY_RANDOM_SHAPE["n_layers"]
-    if spec.startswith("dir:"):
-        config = Path(spec.removeprefix("dir:")).expanduser() / "model_config.yml"
-        if not config.exists():
-            raise ModelUnavailable(
-                f"model spec {spec}: {config} does not exist; a model folder holds {', '.join(MODEL_FILES)}"
-            )
-        with open(config) as handle:
-            return int(yaml.safe_load(handle)["n_layers"])
-    if spec in HUB_SPECS:
-        return int(model_sources()["sizes"][spec]["n_layers"])
-    raise ValueError(_unknown_spec(spec))
-
-
-def _unknown_spec(spec: str) -> str:
-    return f"unknown model spec {spec!r}; use one of {', '.join(HUB_SPECS)}, dir:<path> or {TINY_RANDOM}"
+__all__ = [
+    "HUB_SPECS",
+    "MODEL_FILES",
+    "TINY_RANDOM",
+    "TINY_RANDOM_SHAPE",
+    "LoadedModel",
+    "ModelUnavailable",
+    "load_model",
+    "model_sources",
+    "n_layers_of",
+]
 
 
 @dataclass
@@ -127,7 +103,7 @@ def load_model(
     elif spec in HUB_SPECS:
         directory, model_id, revision = _hub_folder(spec, sources or model_sources())
     else:
-        raise ValueError(_unknown_spec(spec))
+        raise ValueError(unknown_spec_message(spec))
     missing = [name for name in MODEL_FILES if not (directory / name).exists()]
     if missing:
         raise ModelUnavailable(

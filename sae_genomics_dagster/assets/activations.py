@@ -12,14 +12,9 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from sae_genomics_core.activations.extract import (
-    NoGenesInVocab,
-    extract_activations,
-)
-from sae_genomics_core.activations.store import ActivationStore
 from sae_genomics_core.data.h5ad import DatasetError, file_checksum, open_matrix
 from sae_genomics_core.data.registry import DatasetNotRegistered
-from sae_genomics_core.model.load import ModelUnavailable
+from sae_genomics_core.model.specs import ModelUnavailable
 from sae_genomics_dagster.assets.common import BY_DATASET, OWNERS
 from sae_genomics_dagster.partitions import dataset_partitions
 from sae_genomics_dagster.resources import HomeResource, ModelResource
@@ -50,6 +45,9 @@ def _dataset_dir(home: HomeResource, dataset: str) -> Path:
 def activations(
     context: dg.AssetExecutionContext, home: HomeResource, model: ModelResource
 ) -> dg.MaterializeResult:
+    # torch and the model load here, not when Dagster imports the definitions
+    from sae_genomics_core.activations.extract import NoGenesInVocab, extract_activations
+
     dataset = context.partition_key
     try:
         entry = home.registry.get(dataset)
@@ -126,6 +124,8 @@ def activations(
     description="Catalogue of a dataset's activations: one row per layer × hook with uri, shape, dtype, checksum and model. Table `activation_sets`.",
 )
 def activation_sets(context: dg.AssetExecutionContext, home: HomeResource) -> pl.DataFrame:
+    from sae_genomics_core.activations.store import ActivationStore
+
     dataset = context.partition_key
     pointer = _dataset_dir(home, dataset) / CURRENT
     if not pointer.exists():

@@ -11,9 +11,6 @@ import duckdb
 import polars as pl
 from pydantic import Field
 
-from sae_genomics_core.activations.store import ActivationStore
-from sae_genomics_core.features.associate import AssociationSettings, associate
-from sae_genomics_core.sae.checkpoint import CheckpointMismatch, load_checkpoint
 from sae_genomics_core.warehouse.views import FEATURE_SUMMARY
 from sae_genomics_dagster.assets.activations import CURRENT
 from sae_genomics_dagster.assets.common import BY_DATASET_LAYER, sae_device, table_out
@@ -60,6 +57,11 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         cells: pl.DataFrame,
         genes: pl.DataFrame,
     ):
+        # torch, scipy and sae-lens load here, not when Dagster imports the definitions
+        from sae_genomics_core.activations.store import ActivationStore
+        from sae_genomics_core.features.associate import AssociationSettings, associate
+        from sae_genomics_core.sae.checkpoint import CheckpointMismatch, load_checkpoint
+
         keys = context.partition_key.keys_by_dimension
         dataset, layer = keys["dataset"], int(keys["layer"])
         sae_pointer = home.home.artefacts / "sae" / dataset / f"L{layer}" / CURRENT

@@ -13,10 +13,6 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from sae_genomics_core.activations.store import ActivationStore
-from sae_genomics_core.sae.checkpoint import METRICS, PROVENANCE, save_checkpoint
-from sae_genomics_core.sae.train import SaeTrainingConfig, StoreSource, train_sae
-from sae_genomics_core.viz.charts import chart_markdown, save_chart, training_curves
 from sae_genomics_dagster.assets.activations import CURRENT, activations
 from sae_genomics_dagster.assets.common import BY_DATASET_LAYER, OWNERS, sae_device, table_out
 from sae_genomics_dagster.resources import HomeResource
@@ -84,6 +80,12 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
     def sae_checkpoint(
         context: dg.AssetExecutionContext, config: SaeConfig, home: HomeResource
     ) -> dg.MaterializeResult:
+        # torch, sae-lens and altair load here, not when Dagster imports the definitions
+        from sae_genomics_core.activations.store import ActivationStore
+        from sae_genomics_core.sae.checkpoint import save_checkpoint
+        from sae_genomics_core.sae.train import SaeTrainingConfig, StoreSource, train_sae
+        from sae_genomics_core.viz.charts import chart_markdown, save_chart, training_curves
+
         keys = context.partition_key.keys_by_dimension
         dataset, layer = keys["dataset"], int(keys["layer"])
         pointer = home.home.artefacts / "activations" / dataset / CURRENT
@@ -187,6 +189,8 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         pool="duckdb",
     )
     def sae_tables(context: dg.AssetExecutionContext, home: HomeResource):
+        from sae_genomics_core.sae.checkpoint import METRICS, PROVENANCE
+
         keys = context.partition_key.keys_by_dimension
         dataset, layer = keys["dataset"], int(keys["layer"])
         pointer = _sae_dir(home, dataset, layer) / CURRENT

@@ -50,3 +50,14 @@ def test_definitions_module_uses_the_home_from_the_environment(home: Home) -> No
     reloaded = importlib.reload(module)
     resource = reloaded.defs.resources["home"]
     assert resource.root == str(home.root)
+
+
+def test_loading_the_definitions_does_not_import_torch(home: Home) -> None:
+    """Code servers, the daemon and sensors import the definitions often; torch loads only inside assets."""
+    import subprocess
+    import sys
+
+    code = "import sys, sae_genomics_dagster.definitions; print(sorted(m for m in ('torch', 'sae_lens', 'scipy.stats') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
