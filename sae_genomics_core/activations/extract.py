@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from sae_genomics_core.activations.store import STORAGE_DTYPES, ActivationStore, site_name
 from sae_genomics_core.data.h5ad import DatasetOptions, open_matrix
@@ -90,6 +91,7 @@ def extract_activations(
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     stop_after_shards: int | None = None,
+    lock_timeout_s: float = 24 * 3600,
 ) -> ExtractionResult:
     """Extract every configured site into `out_dir`, resuming a previous partial run there.
 
@@ -109,7 +111,16 @@ def extract_activations(
     model = loaded.model
     storage_dtype = STORAGE_DTYPES[settings.storage_dtype]
 
-    with open_matrix(h5ad_path, options) as opened:
+    # one writer per store: a second run of the same extraction waits, then finds it done (or resumes it)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{out_dir}.lock", timeout=lock_timeout_s)
+    try:
+        held = lock.acquire()  # released when the `with` below ends
+    except Timeout as error:
+        raise RuntimeError(
+            f"another run is writing the activations in {out_dir}; wait for it to finish"
+        ) from error
+    with held, open_matrix(h5ad_path, options) as opened:
         keys = gene_keys(opened.genes, loaded)
         vocab_ids = loaded.vocab.ids_for(keys)
         n_in_vocab = int((vocab_ids >= 0).sum())

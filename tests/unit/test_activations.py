@@ -200,3 +200,17 @@ def test_cells_left_without_genes_are_skipped_and_counted(tmp_path: Path) -> Non
     result = _extract(load_model(f"dir:{folder}"), path, tmp_path / "run", layers=(0,), hooks=("mlp_out",))
     assert (result.n_cells, result.n_cells_skipped, result.n_tokens) == (3, 3, 3)
     assert result.n_genes_in_vocab == 7
+
+
+def test_a_second_writer_of_the_same_store_waits(tenx_h5ad: Path, tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    loaded = _tiny(tenx_h5ad)
+    out = tmp_path / "run"
+    settings = ExtractionSettings(layers=(0,), hooks=("mlp_out",))
+    with FileLock(f"{out}.lock"), pytest.raises(RuntimeError, match="another run is writing"):
+        extract_activations(loaded, tenx_h5ad, DatasetOptions(), out, settings, HEADER, lock_timeout_s=0.2)
+    assert not out.exists()
+    extract_activations(loaded, tenx_h5ad, DatasetOptions(), out, settings, HEADER)
+    with FileLock(f"{out}.lock", timeout=0):  # released once the run is over
+        pass
