@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from sae_genomics_core.annotations.identifiers import GeneResolver
 from sae_genomics_core.config import Home
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -90,3 +91,12 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.returncode == 0, result.stderr
     assert "registered pbmc68k" in result.stdout
     return home
+
+
+SNAPSHOTS = TESTS_DIR.parent / "external" / "snapshots"
+
+
+@pytest.fixture(scope="session")
+def gene_resolver() -> GeneResolver:
+
+    return GeneResolver.from_hgnc_file(SNAPSHOTS / "hgnc" / "hgnc_complete_set.txt.gz")
