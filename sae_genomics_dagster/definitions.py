@@ -9,6 +9,11 @@ import dagster as dg
 from sae_genomics_core.config import Home
 from sae_genomics_core.model.specs import n_layers_of
 from sae_genomics_dagster.assets.activations import activation_sets, activations
+from sae_genomics_dagster.assets.annotations import (
+    build_annotation_assets,
+    build_annotation_schedules,
+    gene_identifiers,
+)
 from sae_genomics_dagster.assets.data import dataset_h5ad, dataset_tables
 from sae_genomics_dagster.assets.features import build_feature_assets
 from sae_genomics_dagster.assets.sae import build_sae_assets
@@ -25,6 +30,7 @@ def build_definitions(home: Home | None = None) -> dg.Definitions:
     model_spec = os.environ.get("SAE_GENOMICS_MODEL", "tiny-random")
     partitions = dataset_layer_partitions(n_layers_of(model_spec))
     sae_job = build_sae_job(partitions)
+    annotation_assets = build_annotation_assets()
     return dg.Definitions(
         assets=[
             dataset_h5ad,
@@ -33,7 +39,10 @@ def build_definitions(home: Home | None = None) -> dg.Definitions:
             activation_sets,
             *build_sae_assets(partitions),
             *build_feature_assets(partitions),
+            gene_identifiers,
+            *annotation_assets,
         ],
+        schedules=build_annotation_schedules(annotation_assets),
         jobs=[dataset_pipeline_job, sae_job],
         sensors=[build_incoming_sensor(home), build_sae_after_ingest_sensor(home, sae_job)],
         resources={

@@ -110,10 +110,11 @@ class GeneSet:
     ensembl_ids: list[str]
     symbols: list[str]
     entrez_ids: list[str]
+    hgnc_ids: list[str] = field(default_factory=list)
 
     @classmethod
     def empty(cls) -> GeneSet:
-        return cls([], [], [])
+        return cls([], [], [], [])
 
     def __len__(self) -> int:
         return len(self.ensembl_ids)
