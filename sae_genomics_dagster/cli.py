@@ -25,7 +25,9 @@ def _home() -> Home:
     return prepare_home(Home.from_env())
 
 
-def _execute(job: object, partition_key: str, instance: object, run_config: dict | None = None) -> bool:
+def _execute(
+    job: object, partition_key: str | None, instance: object, run_config: dict | None = None
+) -> bool:
     from sae_genomics_dagster.instance import run_failure_messages
 
     result = job.execute_in_process(  # type: ignore[attr-defined]
@@ -39,8 +41,47 @@ def _execute(job: object, partition_key: str, instance: object, run_config: dict
             print(f"error: {message}", file=sys.stderr)
         print(f"run {result.run_id} failed (history: `make ui`, then Runs)", file=sys.stderr)
         return False
-    print(f"{partition_key}: run {result.run_id} succeeded")
+    print(f"{partition_key or job.name}: run {result.run_id} succeeded")  # type: ignore[attr-defined]
     return True
+
+
+def _annotate(home: Home, mode: str, only: Sequence[str] = (), files: Sequence[str] = ()) -> int:
+    """Refresh gene_identifiers, then every annotation database (each its own run; one failing spares the rest)."""
+    from sae_genomics_core.annotations.refresh import CLIENTS
+    from sae_genomics_dagster.definitions import build_definitions
+    from sae_genomics_dagster.instance import get_instance
+
+    unknown = sorted(set(only) - set(CLIENTS))
+    if unknown:
+        print(
+            f"error: unknown database(s) {', '.join(unknown)}; known: {', '.join(CLIENTS)}", file=sys.stderr
+        )
+        return 2
+    if mode == "file" and len(only) != 1:
+        print(
+            "error: --mode file reads one database's download: name it with --only DB --file PATH",
+            file=sys.stderr,
+        )
+        return 2
+    instance = get_instance(home)
+    defs = build_definitions(home)
+    failed = []
+    from sae_genomics_core.annotations.store import read_table
+
+    # --mode file refreshes one database: keep the identifiers there are, else take the bundled ones
+    keep_identifiers = mode == "file" and read_table(home.warehouse, "gene_identifiers") is not None
+    assets = [] if keep_identifiers else ["gene_identifiers"]
+    for asset in [*assets, *(f"annotations_{db}" for db in (only or CLIENTS))]:
+        asset_mode = "snapshot" if mode == "file" and asset == "gene_identifiers" else mode
+        asset_files = list(files) if asset_mode == "file" else []
+        run_config = {"ops": {asset: {"config": {"mode": asset_mode, "files": asset_files}}}}
+        if not _execute(defs.resolve_job_def(f"refresh_{asset}"), None, instance, run_config):
+            if asset == "gene_identifiers":
+                return 1
+            failed.append(asset)
+    if failed:
+        print(f"not refreshed (previous tables kept): {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _materialize(home: Home, name: str, sae_tokens: int | None = None, train_saes: bool = True) -> int:
@@ -142,7 +183,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not target.exists() or target.stat().st_size != source.stat().st_size:
         shutil.copyfile(source, target)
     args.cell_type_key = args.cell_type_key or DEMO_CELL_TYPE_KEY
+    if not args.no_run:
+        # the offline demo annotates genes from the bundled snapshots (external/snapshots)
+        status = _annotate(home, "snapshot")
+        if status:
+            return status
     return _register(home, str(target), DEMO_NAME, args, source="demo")
+
+
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    return _annotate(_home(), args.mode, args.only, args.file)
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -206,6 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-run", action="store_true", help="only register")
     _add_run_options(demo)
     demo.set_defaults(handler=_cmd_demo)
+
+    annotate = commands.add_parser(
+        "annotate",
+        help="refresh gene_identifiers and the annotation databases now (as their schedules would)",
+    )
+    annotate.add_argument("--mode", choices=["live", "file", "snapshot"], default="live")
+    annotate.add_argument("--only", nargs="*", default=[], metavar="DB", help="only these databases")
+    annotate.add_argument(
+        "--file", action="append", default=[], help="with --mode file: the downloaded file(s)"
+    )
+    annotate.set_defaults(handler=_cmd_annotate)
 
     init = commands.add_parser("init", help="create the home and install the Dagster instance config")
     init.set_defaults(handler=_cmd_init)

@@ -92,10 +92,13 @@ def extract_activations(
     progress: Callable[[int, int], None] | None = None,
     stop_after_shards: int | None = None,
     lock_timeout_s: float = 24 * 3600,
+    genes: Any = None,
 ) -> ExtractionResult:
     """Extract every configured site into `out_dir`, resuming a previous partial run there.
 
-    `stop_after_shards` ends the run early (as a crash would), for tests of resumption.
+    `stop_after_shards` ends the run early (as a crash would), for tests of resumption. `genes` (the
+    `genes` table of the dataset, with symbols already mapped to Ensembl through HGNC) overrides the ids
+    read from the file.
     """
     config = loaded.config
     settings.validate(config.n_layers)
@@ -121,7 +124,7 @@ def extract_activations(
             f"another run is writing the activations in {out_dir}; wait for it to finish"
         ) from error
     with held, open_matrix(h5ad_path, options) as opened:
-        keys = gene_keys(opened.genes, loaded)
+        keys = gene_keys(opened.genes if genes is None else genes, loaded)
         vocab_ids = loaded.vocab.ids_for(keys)
         n_in_vocab = int((vocab_ids >= 0).sum())
         if n_in_vocab == 0:

@@ -412,7 +412,7 @@ def _gene_table(
                 f"var column '{ensembl_column}' does not hold Ensembl gene ids ({share:.0%} look like "
                 f"ENSG…; e.g. {example})",
                 "pass the column that holds Ensembl ids with --ensembl-column, or leave it out to use gene "
-                "symbols (only the tiny-random model can use symbols until the HGNC mapping lands)",
+                "symbols (they are mapped to Ensembl through HGNC)",
             ))  # fmt: skip
             ensembl_column = None
     else:
@@ -457,8 +457,9 @@ def _gene_table(
         gene_id_source = f"symbol:{symbol_column}"
         notes.append(
             f"genes are identified by symbol (var '{symbol_column}'), not Ensembl id; they are mapped to "
-            "Ensembl through HGNC once gene_identifiers exists; until then only the tiny-random model can "
-            "use them. Pass --ensembl-column if the file has Ensembl ids."
+            "Ensembl through HGNC (the gene_identifiers table, else the bundled HGNC snapshot), and what "
+            "does not map is reported in genes.ensembl_id_source. Pass --ensembl-column if the file has "
+            "Ensembl ids."
         )
         key = pd.Series(symbols, dtype="string")
     else:

@@ -19,6 +19,8 @@ TABLES: dict[str, dict[str, tuple[str, str]]] = {
         "matrix_source": ("VARCHAR", "which matrix was read: layers['counts'], raw.X or X"),
         "value_kind": ("VARCHAR", "raw_counts, log1p or normalised"),
         "gene_id_source": ("VARCHAR", "ensembl:<var column> or symbol:<var column>"),
+        "n_genes_with_ensembl": ("BIGINT", "genes with an Ensembl id (from the file or mapped through HGNC)"),
+        "gene_id_mapping": ("VARCHAR", "the HGNC table symbols were mapped with (and its release)"),
         "cell_type_key": ("VARCHAR", "obs column used for cell types (NULL if none)"),
         "n_cell_types": ("BIGINT", "distinct cell types"),
         "n_empty_cells": ("BIGINT", "cells with no expressed gene"),
@@ -37,10 +39,18 @@ TABLES: dict[str, dict[str, tuple[str, str]]] = {
         "dataset": ("VARCHAR", "dataset key"),
         "gene_index": ("BIGINT", "column of the gene in the matrix (0-based); the key"),
         "feature_name": ("VARCHAR", "var name in the file"),
-        "ensembl_id": ("VARCHAR", "unversioned Ensembl gene id (NULL when only a symbol is known)"),
+        "ensembl_id": (
+            "VARCHAR",
+            "unversioned Ensembl gene id, from the file or mapped from the symbol through HGNC (NULL: see ensembl_id_source)",
+        ),
         "symbol": ("VARCHAR", "gene symbol"),
         "in_vocab": ("BOOLEAN", "whether the model vocab has the gene (NULL until tokenised)"),
         "n_cells_expressed": ("BIGINT", "cells with a value > 0"),
+        "ensembl_id_source": (
+            "VARCHAR",
+            "dataset, hgnc:<symbol|prev_symbol|alias_symbol|symbol_upper>, or why not: unmapped, ambiguous, "
+            "no_ensembl, duplicate of <symbol>",
+        ),
     },
 }
 

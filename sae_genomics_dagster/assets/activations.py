@@ -12,6 +12,8 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from sae_genomics_core.annotations.store import read_table
+from sae_genomics_core.data.gene_ids import default_resolver, map_gene_ids
 from sae_genomics_core.data.h5ad import DatasetError, file_checksum, open_matrix
 from sae_genomics_core.data.registry import DatasetNotRegistered
 from sae_genomics_core.model.specs import ModelUnavailable
@@ -21,6 +23,17 @@ from sae_genomics_dagster.resources import HomeResource, ModelResource
 
 GROUP = "activations"
 CURRENT = "CURRENT.json"  # points at the latest complete extraction of a dataset
+
+
+def dataset_genes(warehouse: Path, dataset: str, from_file: pl.DataFrame) -> pl.DataFrame:
+    """The dataset's `genes` rows as ingested (symbols mapped to Ensembl), else the file's mapped now."""
+    stored = read_table(warehouse, "genes")
+    if stored is not None:
+        stored = stored.filter(pl.col("dataset") == dataset).sort("gene_index")
+        if stored.height == from_file.height:
+            return stored.select("gene_index", "feature_name", "ensembl_id", "symbol")
+    resolver, _ = default_resolver(warehouse)
+    return map_gene_ids(from_file, resolver)[0]
 
 
 def _dataset_dir(home: HomeResource, dataset: str) -> Path:
@@ -52,7 +65,7 @@ def activations(
     try:
         entry = home.registry.get(dataset)
         with open_matrix(entry.path, entry.options) as opened:
-            genes = opened.genes
+            genes = dataset_genes(home.home.warehouse, dataset, opened.genes)
         device = model.resolved_device()
         loaded = model.load(gene_keys_source=genes, device=device)
     except (DatasetError, DatasetNotRegistered, ModelUnavailable) as error:
@@ -64,6 +77,8 @@ def activations(
         "model_id": loaded.model_id,
         "revision": loaded.revision,
         "random_weights": loaded.random_weights,
+        # the HGNC mapping decides which genes become which tokens, so it is part of the identity
+        "gene_keys_sha256": hashlib.sha256(json.dumps(genes["ensembl_id"].to_list()).encode()).hexdigest(),
     }
     key = hashlib.sha256(
         # the device decides the compute precision (bf16 autocast on CUDA), so it is part of the identity
@@ -76,7 +91,7 @@ def activations(
         )
     try:
         result = extract_activations(
-            loaded, entry.path, entry.options, out_dir, settings, header, device=device,
+            loaded, entry.path, entry.options, out_dir, settings, header, device=device, genes=genes,
             progress=lambda done, total: context.log.info(f"{dataset}: {done}/{total} cells"),
         )  # fmt: skip
     except NoGenesInVocab as error:

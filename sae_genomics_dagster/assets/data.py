@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
+from sae_genomics_core.data.gene_ids import default_resolver, map_gene_ids
 from sae_genomics_core.data.h5ad import DatasetError, file_checksum, inspect_h5ad
 from sae_genomics_core.data.registry import DatasetNotRegistered
 from sae_genomics_core.warehouse.sql import format_frame
@@ -55,6 +56,11 @@ def dataset_tables(context: dg.AssetExecutionContext, home: HomeResource) -> Ite
         # nothing is yielded, so no table is touched
         raise dg.Failure(description=str(error)) from error
     report = tables.report
+    resolver, resolver_label = default_resolver(home.home.warehouse)
+    genes, mapping = map_gene_ids(tables.genes, resolver)
+    n_with_ensembl = int(genes["ensembl_id"].is_not_null().sum())
+    if mapping is not None and mapping.n_queries:
+        context.log.info(f"{dataset}: gene symbols → Ensembl via {resolver_label}: {mapping.summary()}")
     context.log.info(
         f"{dataset}: {report.n_cells} cells × {report.n_genes} genes from {report.matrix_source}"
     )
@@ -74,6 +80,8 @@ def dataset_tables(context: dg.AssetExecutionContext, home: HomeResource) -> Ite
             "matrix_source": [report.matrix_source],
             "value_kind": [report.value_kind],
             "gene_id_source": [report.gene_id_source],
+            "n_genes_with_ensembl": [n_with_ensembl],
+            "gene_id_mapping": [resolver_label],
             "cell_type_key": pl.Series([report.cell_type_key], dtype=pl.String),
             "n_cell_types": [report.n_cell_types],
             "n_empty_cells": [report.n_empty_cells],
@@ -101,14 +109,22 @@ def dataset_tables(context: dg.AssetExecutionContext, home: HomeResource) -> Ite
             "cell_types": dg.MetadataValue.md(format_frame(cell_type_counts, "table")),
         },
     )
+    mapping_metadata = (
+        {"id_mapping": dg.MetadataValue.json(mapping.as_metadata()), "id_mapping_summary": mapping.summary()}
+        if mapping is not None
+        else {}
+    )
     yield dg.Output(
-        tables.genes.select(key_column, pl.all()),
+        genes.select(key_column, pl.all()),
         "genes",
         metadata={
             **shared,
             "n_genes": report.n_genes,
-            "n_genes_with_ensembl": report.n_genes_with_ensembl,
+            "n_genes_with_ensembl": n_with_ensembl,
+            "n_genes_with_ensembl_in_file": report.n_genes_with_ensembl,
             "gene_id_source": report.gene_id_source,
+            "gene_id_mapping": resolver_label,
+            **mapping_metadata,
         },
     )
     yield dg.Output(summary, "datasets", metadata={**shared, "value_kind": report.value_kind})
