@@ -67,6 +67,14 @@ def map_gene_ids(
         )
         .drop("mapped_id", "mapped_source")
     )
+    # datasets keyed by Ensembl only gain their HGNC symbols
+    symbols = resolver.identifiers.select("ensembl_id", pl.col("symbol").alias("hgnc_symbol")).drop_nulls()
+    symbols = symbols.unique("ensembl_id", keep="first")
+    merged = (
+        merged.join(symbols, on="ensembl_id", how="left")
+        .with_columns(pl.coalesce("symbol", "hgnc_symbol").alias("symbol"))
+        .drop("hgnc_symbol")
+    )
     # one dataset gene per Ensembl id (the vocab maps ids to tokens one to one)
     rank = pl.col("ensembl_id_source").replace_strict(_PREFERENCE, default=9, return_dtype=pl.Int64)
     winner = (
@@ -83,13 +91,5 @@ def map_gene_ids(
         .otherwise(pl.col("ensembl_id_source"))
         .alias("ensembl_id_source"),
         pl.when(duplicate).then(None).otherwise(pl.col("ensembl_id")).alias("ensembl_id"),
-    )
-    # datasets keyed by Ensembl only gain their HGNC symbols
-    symbols = resolver.identifiers.select("ensembl_id", pl.col("symbol").alias("hgnc_symbol")).drop_nulls()
-    symbols = symbols.unique("ensembl_id", keep="first")
-    merged = (
-        merged.join(symbols, on="ensembl_id", how="left")
-        .with_columns(pl.coalesce("symbol", "hgnc_symbol").alias("symbol"))
-        .drop("hgnc_symbol")
     )
     return merged.sort("gene_index").select(*genes.columns, "ensembl_id_source"), resolution.report
