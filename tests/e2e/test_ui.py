@@ -96,3 +96,43 @@ def test_ui_lists_assets_with_dataset_partitions_and_history(webserver: str) -> 
         assert nodes[name]["assetMaterializations"][0]["partition"] == "pbmc68k"
     page = requests.get(f"{webserver}/assets", timeout=10)
     assert page.ok and "<html" in page.text.lower()
+
+
+@pytest.mark.slow
+def test_ui_shows_one_running_schedule_per_annotation_database(webserver: str) -> None:
+    _graphql(webserver, "{ assetNodes { assetKey { path } } }")  # waits for the code location
+    response = requests.post(
+        f"{webserver}/graphql",
+        json={
+            "query": """{ workspaceOrError { ... on Workspace { locationEntries { locationOrLoadError {
+                ... on RepositoryLocation { repositories { schedules {
+                    name cronSchedule scheduleState { status } } } } } } } } }"""
+        },
+        timeout=30,
+    )
+    response.raise_for_status()
+    entries = response.json()["data"]["workspaceOrError"]["locationEntries"]
+    schedules = {
+        s["name"]: s
+        for entry in entries
+        for repository in entry["locationOrLoadError"]["repositories"]
+        for s in repository["schedules"]
+    }
+    from sae_genomics_core.annotations.base import load_sources
+    from sae_genomics_core.annotations.refresh import CLIENTS
+
+    sources = load_sources()
+    for database in CLIENTS:
+        schedule = schedules[f"refresh_annotations_{database}_schedule"]
+        assert schedule["cronSchedule"] == sources[database].refresh_cron
+        assert schedule["scheduleState"]["status"] == "RUNNING"
+    assert "refresh_gene_identifiers_schedule" in schedules
+    data = _graphql(
+        webserver, "{ assetNodes { assetKey { path } groupName assetMaterializations(limit: 1) { runId } } }"
+    )
+    nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
+    # the demo refreshed every redistributable database from its snapshot; OMIM and DisGeNET were skipped
+    for database in CLIENTS:
+        node = nodes[f"annotations_{database}"]
+        assert node["groupName"] == "annotations"
+        assert bool(node["assetMaterializations"]) == (database not in {"omim", "disgenet"}), database
