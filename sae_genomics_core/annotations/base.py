@@ -117,7 +117,7 @@ class GeneSet:
         return cls([], [], [], [])
 
     def __len__(self) -> int:
-        return len(self.ensembl_ids)
+        return max(len(self.ensembl_ids), len(self.symbols), len(self.entrez_ids), len(self.hgnc_ids))
 
 
 @dataclass
@@ -154,10 +154,13 @@ class AnnotationClient(ABC):
         self.http = http
 
     @classmethod
-    def make(cls, config: SourceConfig, cache_dir: Path | None, **http_options: Any) -> AnnotationClient:
-        """A client with its own HTTP session (key redacted in errors), or MissingApiKey for keyed sources."""
+    def make(
+        cls, config: SourceConfig, cache_dir: Path | None, *, require_key: bool = True, **http_options: Any
+    ) -> AnnotationClient:
+        """A client with its own HTTP session (key redacted in errors); MissingApiKey for keyed sources
+        without their key, unless `require_key` is False (reading a file the user downloaded needs none)."""
         key = config.api_key()
-        if cls.needs_key and not key:
+        if cls.needs_key and require_key and not key:
             raise MissingApiKey(
                 f"{cls.title}: set the environment variable {config.key_env} to your API key to refresh this "
                 f"source ({config.licence}); skipped until then"

@@ -66,9 +66,9 @@ def refresh(
             f"{cls.title}: no bundled snapshot (its licence forbids redistribution: {config.licence}); "
             "refresh it in mode 'live' with a key or in mode 'file' with your own download"
         )
-    client = cls.make(config, cache_dir, **(http_options or {}))
+    client = cls.make(config, cache_dir, require_key=mode == "live", **(http_options or {}))
     if mode == "live":
-        raw = client.fetch_live(genes or GeneSet.empty())
+        raw = client.fetch_live(genes if genes is not None else GeneSet.empty())
     else:
         paths = list(files) if mode == "file" else client.snapshot_paths()
         if not paths:
