@@ -140,3 +140,67 @@ def test_every_annotation_asset_has_a_schedule_on_its_cron(home: Home) -> None:
         schedules["refresh_gene_identifiers_schedule"].cron_schedule
         == (sources["gene_identifiers"]["hgnc"]["refresh_cron"])
     )
+
+
+OMIM_FIXTURE = REPO / "tests" / "fixtures" / "annotations" / "omim" / "genemap2.synthetic.txt"
+
+
+def _everything_the_run_left(
+    home: Home, instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult
+) -> str:
+    """Event log (messages, metadata) and the warehouse, as one text to search for a secret."""
+    logs = [repr(record) for record in instance.all_logs(result.run_id)]
+    with duckdb.connect(str(home.warehouse), read_only=True) as connection:
+        tables = [
+            repr(connection.execute(f'select * from "{name}"').fetchall())
+            for (name,) in connection.execute("select table_name from information_schema.tables").fetchall()
+            if name.startswith("annotations_")
+        ]
+    return "\n".join(logs + tables)
+
+
+def test_keyed_source_without_key_is_skipped_not_failed(
+    home: Home, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OMIM_API_KEY", raising=False)
+    assert materialise(home, instance, ["gene_identifiers"]).success
+    result = materialise(home, instance, ["annotations_omim"], mode="live")
+    assert result.success
+    assert instance.get_latest_materialization_event(dg.AssetKey("annotations_omim")) is None
+    messages = [record.user_message for record in instance.all_logs(result.run_id)]
+    assert any("skipped annotations_omim" in m and "OMIM_API_KEY" in m for m in messages)
+    schedule = next(
+        s for s in build_definitions(home).schedules if s.name == "refresh_annotations_omim_schedule"
+    )
+    with dg.build_schedule_context(instance=instance) as context:
+        evaluation = schedule.evaluate_tick(context)
+    assert evaluation.skip_message and "OMIM_API_KEY is not set" in evaluation.skip_message
+
+
+def test_keyed_source_with_key_never_leaks_it(
+    home: Home, instance: dg.DagsterInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "omim-test-key-5f2d91"
+    monkeypatch.setenv("OMIM_API_KEY", key)
+    assert materialise(home, instance, ["gene_identifiers"]).success
+    with FakeService() as service:
+        url = service.url + "/downloads/{key}/genemap2.txt"
+        monkeypatch.setenv("SAE_GENOMICS_SOURCES", str(_sources_with(tmp_path, omim=url)))
+        service.route(f"/downloads/{key}/genemap2.txt", Answer.text(OMIM_FIXTURE.read_text()))
+        result = materialise(home, instance, ["annotations_omim"], mode="live")
+        assert result.success
+        assert service.requests[-1].path == f"/downloads/{key}/genemap2.txt"  # the key did reach the service
+        (rows,) = query(home, "select count(*) from annotations_omim")[0]
+        assert rows > 0
+        assert key not in _everything_the_run_left(home, instance, result)
+
+        service.route(f"/downloads/{key}/genemap2.txt", Answer.text("server error", status=500))
+        failed = materialise(home, instance, ["annotations_omim"], mode="live")
+        assert not failed.success
+        assert key not in _everything_the_run_left(home, instance, failed)
+        assert query(home, "select count(*) from annotations_omim")[0][0] == rows
+    schedule = next(
+        s for s in build_definitions(home).schedules if s.name == "refresh_annotations_omim_schedule"
+    )
+    with dg.build_schedule_context(instance=instance) as context:
+        assert schedule.evaluate_tick(context).run_requests
