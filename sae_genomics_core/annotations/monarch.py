@@ -46,7 +46,9 @@ class MonarchClient(AnnotationClient):
     name = "monarch"
     title = "Monarch Initiative"
     term_kind = "disease"
-    # no snapshot: the real Monarch answers available offline hold no gene-subject edges (see report)
+    # the Monarch answers available offline hold no gene edges: the snapshot is HPO-annotation gene → disease
+    # edges in Monarch's KGX layout (external/snapshots/monarch/PROVENANCE.md)
+    snapshot_files = ("gene_disease.derived-from-hpo-annotations.tsv.gz",)
 
     def fetch_live(self, genes: GeneSet) -> RawAnnotations:
         assert self.http is not None
@@ -220,6 +222,11 @@ def _metadata_version(text: str) -> str | None:
 
 
 def _file_version(path: Path) -> str:
+    # a KG release folder (and our snapshot) carries metadata.yaml beside its files
+    for folder in (path.parent, path.parent.parent):
+        metadata = folder / "metadata.yaml"
+        if metadata.exists() and (version := _metadata_version(metadata.read_text())):
+            return version
     found = _DATE.search(str(path.resolve()))
     if found:
         return f"Monarch KG {found.group(1)}"

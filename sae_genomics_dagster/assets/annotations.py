@@ -201,14 +201,9 @@ def build_annotation_asset(database: str, config: SourceConfig) -> dg.AssetsDefi
 
 def build_annotation_assets() -> list[dg.AssetsDefinition]:
     sources = load_sources()
-    import importlib.util  # TEMPORARY while the clients land
-
-    ready = [
-        db
-        for db in CLIENTS
-        if importlib.util.find_spec(f"sae_genomics_core.annotations.{CLIENTS[db].split(':')[0]}")
+    return [
+        build_annotation_asset(database, sources[database]) for database in CLIENTS if database in sources
     ]
-    return [build_annotation_asset(database, sources[database]) for database in ready if database in sources]
 
 
 def build_annotation_schedules(assets: list[dg.AssetsDefinition]) -> list[dg.ScheduleDefinition]:

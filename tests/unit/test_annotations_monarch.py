@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from sae_genomics_core.annotations.base import Annotations, GeneSet, SourceConfig, load_sources
-from sae_genomics_core.annotations.errors import AnnotationError, PayloadError, SchemaError, SourceSkipped
+from sae_genomics_core.annotations.errors import AnnotationError, PayloadError, SchemaError
 from sae_genomics_core.annotations.identifiers import GeneResolver
 from sae_genomics_core.annotations.monarch import CATEGORY_SCORE
 from sae_genomics_core.annotations.refresh import refresh
@@ -159,6 +159,12 @@ def test_schema_drift_and_broken_files(tmp_path: Path, gene_resolver: GeneResolv
         run("cut.json", json.dumps({"items": ITEMS})[:300].encode())
 
 
-def test_no_snapshot_is_bundled(gene_resolver: GeneResolver) -> None:
-    with pytest.raises(SourceSkipped):
-        refresh("monarch", load_sources()["monarch"], gene_resolver, mode="snapshot")
+def test_snapshot_reads_as_a_kg_release_folder(gene_resolver: GeneResolver) -> None:
+    result = refresh("monarch", load_sources()["monarch"], gene_resolver, mode="snapshot")
+    frame = result.frame
+    assert frame.height > 500 and frame["ensembl_id"].n_unique() > 200
+    assert result.resolution.n_unmapped == 0  # HGNC CURIEs of demo genes
+    assert set(frame["term_id"].str.extract(r"^(\w+):")) <= {"OMIM", "ORPHA"}
+    assert frame.filter(pl.col("score") == 1.0).height > 0 and frame.filter(pl.col("score") == 0.5).height > 0
+    # the version comes from the folder's metadata.yaml, as for a real KG release folder
+    assert "HPO-annotation" in result.source_version and "snapshot" in result.source_version
