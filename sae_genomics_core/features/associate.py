@@ -68,7 +68,10 @@ def associate(
     loaded: Any,  # sae_genomics_core.sae.checkpoint.LoadedSae
     cells: pl.DataFrame,  # cell_index, cell_id, cell_type
     settings: AssociationSettings = AssociationSettings(),
+    with_cells: bool = True,
 ) -> FeatureTables:
+    """All four tables; `with_cells=False` leaves feature_cells and feature_cell_types empty (baselines
+    need only the genes, and the per-type tests are the slowest part)."""
     sae, normalizer = loaded.sae.to(settings.device), loaded.normalizer
     d_sae = int(sae.cfg.d_sae)
     storage = store.manifest["dtype"]
@@ -152,6 +155,11 @@ def associate(
     else:
         keys, sums = np.zeros(0, dtype=np.int64), np.zeros((0, 3))
     genes = _gene_table(keys // d_sae, keys % d_sae, sums, gene_tokens, feature_mean_all, settings)
+    if not with_cells:
+        cell_table, cell_types = _cell_table(per_cell[:0], cells, 0), _cell_type_table(per_cell, cells[:0])
+        return FeatureTables(
+            stats=stats, genes=genes, cells=cell_table, cell_types=cell_types, n_tokens=n_tokens
+        )
     cell_table = _cell_table(per_cell, cells, settings.top_cells)
     seen = (
         np.concatenate([store.tokens(s["name"])["cls_cell_index"] for s in store.manifest["shards"]])
@@ -162,6 +170,22 @@ def associate(
         per_cell, cells.filter(pl.col("cell_index").is_in(seen.astype(np.int64).tolist()))
     )
     return FeatureTables(stats=stats, genes=genes, cells=cell_table, cell_types=cell_types, n_tokens=n_tokens)
+
+
+def attach_gene_ids(gene_table: pl.DataFrame, vocab: dict[str, int], genes: pl.DataFrame) -> pl.DataFrame:
+    """feature_genes rows (gene_id = vocab token id) with the dataset's ensembl_id and symbol.
+
+    Tiny-random vocabs key some genes by symbol where no Ensembl id exists: ensembl_id falls back to the token.
+    """
+    token_of = pl.DataFrame(
+        {"gene_id": list(vocab.values()), "token": list(vocab.keys())},
+        schema={"gene_id": pl.Int64, "token": pl.String},
+    )
+    names = genes.select(pl.coalesce("ensembl_id", "symbol").alias("token"), "ensembl_id", "symbol").unique(
+        "token"
+    )
+    joined = gene_table.join(token_of, on="gene_id", how="left").join(names, on="token", how="left")
+    return joined.with_columns(pl.coalesce("ensembl_id", "token").alias("ensembl_id")).drop("token")
 
 
 def _sum_by_key(keys: np.ndarray, *weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

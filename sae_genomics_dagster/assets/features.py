@@ -59,7 +59,7 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
     ):
         # torch, scipy and sae-lens load here, not when Dagster imports the definitions
         from sae_genomics_core.activations.store import ActivationStore
-        from sae_genomics_core.features.associate import AssociationSettings, associate
+        from sae_genomics_core.features.associate import AssociationSettings, associate, attach_gene_ids
         from sae_genomics_core.sae.checkpoint import CheckpointMismatch, load_checkpoint
 
         keys = context.partition_key.keys_by_dimension
@@ -96,17 +96,7 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
             store, layer, hook, loaded, cells.select("cell_index", "cell_id", "cell_type"), settings
         )
         vocab = json.loads((store.root / "vocab.json").read_text())
-        token_of = pl.DataFrame(
-            {"gene_id": list(vocab.values()), "token": list(vocab.keys())},
-            schema={"gene_id": pl.Int64, "token": pl.String},
-        )
-        names = genes.select(
-            pl.coalesce("ensembl_id", "symbol").alias("token"), "ensembl_id", "symbol"
-        ).unique("token")  # tiny-random vocabs use the symbol where no Ensembl id exists
-        gene_rows = tables.genes.join(token_of, on="gene_id", how="left").join(names, on="token", how="left")
-        gene_rows = gene_rows.with_columns(pl.coalesce("ensembl_id", "token").alias("ensembl_id")).drop(
-            "token"
-        )
+        gene_rows = attach_gene_ids(tables.genes, vocab, genes)
 
         def keyed(frame: pl.DataFrame) -> pl.DataFrame:
             return frame.select(

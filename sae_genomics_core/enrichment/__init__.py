@@ -1,0 +1,1 @@
+"""Enrichment of SAE features against annotation databases, with baselines and calibration."""
