@@ -45,13 +45,16 @@ def _execute(
     return True
 
 
+ONTOLOGY = "hpo_ontology"
+
+
 def _annotate(home: Home, mode: str, only: Sequence[str] = (), files: Sequence[str] = ()) -> int:
     """Refresh gene_identifiers, then every annotation database (each its own run; one failing spares the rest)."""
     from sae_genomics_core.annotations.refresh import CLIENTS
     from sae_genomics_dagster.definitions import build_definitions
     from sae_genomics_dagster.instance import get_instance
 
-    unknown = sorted(set(only) - set(CLIENTS))
+    unknown = sorted(set(only) - set(CLIENTS) - {ONTOLOGY})
     if unknown:
         print(
             f"error: unknown database(s) {', '.join(unknown)}; known: {', '.join(CLIENTS)}", file=sys.stderr
@@ -71,7 +74,12 @@ def _annotate(home: Home, mode: str, only: Sequence[str] = (), files: Sequence[s
     # --mode file refreshes one database: keep the identifiers there are, else take the bundled ones
     keep_identifiers = mode == "file" and read_table(home.warehouse, "gene_identifiers") is not None
     assets = [] if keep_identifiers else ["gene_identifiers"]
-    for asset in [*assets, *(f"annotations_{db}" for db in (only or CLIENTS))]:
+    # the HPO ontology goes with the HPO annotations, except when a user's HPO file is read (--file names
+    # one download; `--only hpo_ontology --file hp.obo` refreshes the ontology from a file)
+    targets = [ONTOLOGY if db == ONTOLOGY else f"annotations_{db}" for db in (only or CLIENTS)]
+    if "annotations_hpo" in targets and ONTOLOGY not in targets and mode != "file":
+        targets.append(ONTOLOGY)
+    for asset in [*assets, *targets]:
         asset_mode = "snapshot" if mode == "file" and asset == "gene_identifiers" else mode
         asset_files = list(files) if asset_mode == "file" else []
         run_config = {"ops": {asset: {"config": {"mode": asset_mode, "files": asset_files}}}}

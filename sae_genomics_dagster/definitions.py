@@ -15,6 +15,7 @@ from sae_genomics_dagster.assets.annotations import (
     gene_identifiers,
 )
 from sae_genomics_dagster.assets.data import dataset_h5ad, dataset_tables
+from sae_genomics_dagster.assets.enrichment import build_enrichment_assets
 from sae_genomics_dagster.assets.features import build_feature_assets
 from sae_genomics_dagster.assets.sae import build_sae_assets
 from sae_genomics_dagster.io_manager import WarehouseIOManager
@@ -31,6 +32,9 @@ def build_definitions(home: Home | None = None) -> dg.Definitions:
     partitions = dataset_layer_partitions(n_layers_of(model_spec))
     sae_job = build_sae_job(partitions)
     annotation_assets = build_annotation_assets()
+    hpo_ontology, *enrichment_assets = build_enrichment_assets(
+        partitions, [key for asset in annotation_assets for key in asset.keys]
+    )
     return dg.Definitions(
         assets=[
             dataset_h5ad,
@@ -41,8 +45,10 @@ def build_definitions(home: Home | None = None) -> dg.Definitions:
             *build_feature_assets(partitions),
             gene_identifiers,
             *annotation_assets,
+            hpo_ontology,
+            *enrichment_assets,
         ],
-        schedules=build_annotation_schedules(annotation_assets),
+        schedules=build_annotation_schedules([*annotation_assets, hpo_ontology]),
         jobs=[dataset_pipeline_job, sae_job],
         sensors=[build_incoming_sensor(home), build_sae_after_ingest_sensor(home, sae_job)],
         resources={

@@ -264,7 +264,7 @@ def _hypergeometric(
         n_tested_pairs=table.height, n_significant=int(table["significant"].sum()),
         n_units_significant=table.filter("significant")["feature"].n_unique(), background_size=population, notes=notes,
     )  # fmt: skip
-    return table.select(list(ENRICHMENT_SCHEMA)), summary
+    return table.select(list(ENRICHMENT_SCHEMA)).cast(ENRICHMENT_SCHEMA), summary  # type: ignore[arg-type]
 
 
 def _flag_most_specific(
@@ -371,7 +371,7 @@ def _network(
         n_units_significant=table.filter("significant")["feature"].n_unique(), background_size=len(background),
         notes={"edges": network.n_edges},
     )  # fmt: skip
-    return table.select(list(ENRICHMENT_SCHEMA)), summary
+    return table.select(list(ENRICHMENT_SCHEMA)).cast(ENRICHMENT_SCHEMA), summary  # type: ignore[arg-type]
 
 
 def random_gene_sets(sizes: np.ndarray, universe: Sequence[str], seed: int) -> pl.DataFrame:

@@ -1,7 +1,10 @@
-"""SQL views over the feature tables (created by the features asset after it writes them)."""
+"""SQL views over the feature tables (re-created by the features and enrichment assets after they write)."""
 
-FEATURE_SUMMARY = """
-create or replace view feature_summary as
+from __future__ import annotations
+
+import duckdb
+
+_BASE = """
 with top_genes as (
     select dataset, layer, feature,
            list(coalesce(symbol, ensembl_id) order by rank) filter (where rank <= 10) as top_genes
@@ -12,10 +15,57 @@ with top_genes as (
            min(q_value) as top_cell_type_q_value,
            arg_min(log2_fold_change, q_value) as top_cell_type_log2_fold_change
     from feature_cell_types group by dataset, layer, feature
-)
+){enrichment_ctes}
 select s.dataset, s.layer, s.feature, s.frequency, s.fire_count, s.n_cells_active, s.mean_activation,
-       s.max_activation, g.top_genes, t.top_cell_type, t.top_cell_type_q_value, t.top_cell_type_log2_fold_change
+       s.max_activation, g.top_genes, t.top_cell_type, t.top_cell_type_q_value, t.top_cell_type_log2_fold_change{enrichment_columns}
 from feature_stats s
 left join top_genes g using (dataset, layer, feature)
-left join best_type t using (dataset, layer, feature)
+left join best_type t using (dataset, layer, feature){enrichment_joins}
 """
+
+# Per database the feature's best significant term (most specific ones only where the database has an
+# ontology), ranked by log10 p so that p-values below the smallest double still order correctly.
+_ENRICHMENT_CTES = """, best_terms as (
+    select dataset, layer, feature, database,
+           arg_min(term_id, log10_p_value) as term_id,
+           arg_min(term_name, log10_p_value) as term_name,
+           min(q_value) as q_value
+    from enrichment
+    where significant and coalesce(most_specific, true)
+    group by dataset, layer, feature, database
+), terms as (
+    select dataset, layer, feature,
+           list({'database': database, 'term_id': term_id, 'term_name': term_name, 'q_value': q_value}
+                order by q_value, database) as top_terms,
+           count(*) as n_databases_significant
+    from best_terms group by dataset, layer, feature
+), term_counts as (
+    select dataset, layer, feature, count(*) filter (where significant) as n_significant_terms
+    from enrichment group by dataset, layer, feature
+)"""
+_ENRICHMENT_COLUMNS = """,
+       e.top_terms, e.top_terms[1].term_name as top_term, coalesce(e.n_databases_significant, 0) as n_databases_significant,
+       coalesce(c.n_significant_terms, 0) as n_significant_terms"""
+_ENRICHMENT_JOINS = """
+left join terms e using (dataset, layer, feature)
+left join term_counts c using (dataset, layer, feature)"""
+
+
+def feature_summary_sql(with_enrichment: bool) -> str:
+    parts = (
+        {"enrichment_ctes": _ENRICHMENT_CTES, "enrichment_columns": _ENRICHMENT_COLUMNS, "enrichment_joins": _ENRICHMENT_JOINS}
+        if with_enrichment
+        else {"enrichment_ctes": "", "enrichment_columns": "", "enrichment_joins": ""}
+    )  # fmt: skip
+    return "create or replace view feature_summary as\n" + _BASE.format(**parts)
+
+
+def create_feature_summary(connection: duckdb.DuckDBPyConnection) -> None:
+    """(Re)create `feature_summary`; with the top term per database once `enrichment` exists."""
+    tables = {
+        row[0]
+        for row in connection.execute(
+            "select table_name from information_schema.tables where table_schema = 'main'"
+        ).fetchall()
+    }
+    connection.execute(feature_summary_sql("enrichment" in tables))

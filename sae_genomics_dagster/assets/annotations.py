@@ -217,6 +217,8 @@ def build_annotation_schedules(assets: list[dg.AssetsDefinition]) -> list[dg.Sch
         for db in CLIENTS
         if db in sources and f"annotations_{db}" in names
     ]
+    if "hpo_ontology" in names and "hpo" in sources:  # the ontology follows the HPO annotation releases
+        targets.append(("hpo_ontology", sources["hpo"].refresh_cron, None))
     for asset_name, cron, key_env in targets:
         job = dg.define_asset_job(f"refresh_{asset_name}", selection=[asset_name])
         schedules.append(_schedule(asset_name, cron, key_env, job))

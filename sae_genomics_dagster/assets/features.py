@@ -5,13 +5,14 @@ Logic: sae_genomics_core.features.associate.associate.
 
 import json
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
 import polars as pl
 from pydantic import Field
 
-from sae_genomics_core.warehouse.views import FEATURE_SUMMARY
+from sae_genomics_core.warehouse.views import create_feature_summary
 from sae_genomics_dagster.assets.activations import CURRENT
 from sae_genomics_dagster.assets.common import BY_DATASET_LAYER, sae_device, table_out
 from sae_genomics_dagster.io_manager import warehouse_lock
@@ -25,6 +26,39 @@ class FeatureConfig(dg.Config):
     top_cells: int = Field(default=50, description="cells kept per feature in feature_cells")
     min_gene_tokens: int = Field(default=3, description="a gene needs this many firing tokens to be ranked")
     batch_tokens: int = Field(default=8192, description="tokens encoded at once")
+
+
+def open_partition(home: HomeResource, dataset: str, layer: int) -> tuple[Any, str, Any]:
+    """(activation store, hook, loaded SAE) of one dataset × layer; a mismatched checkpoint is refused."""
+    from sae_genomics_core.activations.store import ActivationStore
+    from sae_genomics_core.sae.checkpoint import CheckpointMismatch, load_checkpoint
+
+    sae_pointer = home.home.artefacts / "sae" / dataset / f"L{layer}" / CURRENT
+    acts_pointer = home.home.artefacts / "activations" / dataset / CURRENT
+    if not sae_pointer.exists() or not acts_pointer.exists():
+        raise dg.Failure(
+            description=f"{dataset} layer {layer} needs its activations and sae_checkpoint first"
+        )
+    store = ActivationStore(Path(json.loads(acts_pointer.read_text())["path"]))
+    checkpoint = Path(json.loads(sae_pointer.read_text())["path"])
+    hook = json.loads((checkpoint / "provenance.json").read_text())["hook"]
+    manifest = store.manifest
+    try:
+        loaded = load_checkpoint(
+            checkpoint,
+            expect={
+                "model_id": manifest["model_id"],
+                "layer": layer,
+                "hook": hook,
+                "d_in": manifest["widths"][f"L{layer}.{hook}"],
+                # an SAE trained on other (older) activations of this dataset is refused too
+                "activations_checksum": manifest["checksum"],
+            },
+            device=sae_device(),
+        )
+    except CheckpointMismatch as error:
+        raise dg.Failure(description=str(error)) from error
+    return store, hook, loaded
 
 
 def _out(description: str) -> dg.AssetOut:
@@ -58,37 +92,11 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         genes: pl.DataFrame,
     ):
         # torch, scipy and sae-lens load here, not when Dagster imports the definitions
-        from sae_genomics_core.activations.store import ActivationStore
         from sae_genomics_core.features.associate import AssociationSettings, associate, attach_gene_ids
-        from sae_genomics_core.sae.checkpoint import CheckpointMismatch, load_checkpoint
 
         keys = context.partition_key.keys_by_dimension
         dataset, layer = keys["dataset"], int(keys["layer"])
-        sae_pointer = home.home.artefacts / "sae" / dataset / f"L{layer}" / CURRENT
-        acts_pointer = home.home.artefacts / "activations" / dataset / CURRENT
-        if not sae_pointer.exists() or not acts_pointer.exists():
-            raise dg.Failure(
-                description=f"{dataset} layer {layer} needs its activations and sae_checkpoint first"
-            )
-        store = ActivationStore(Path(json.loads(acts_pointer.read_text())["path"]))
-        checkpoint = Path(json.loads(sae_pointer.read_text())["path"])
-        hook = json.loads((checkpoint / "provenance.json").read_text())["hook"]
-        manifest = store.manifest
-        try:
-            loaded = load_checkpoint(
-                checkpoint,
-                expect={
-                    "model_id": manifest["model_id"],
-                    "layer": layer,
-                    "hook": hook,
-                    "d_in": manifest["widths"][f"L{layer}.{hook}"],
-                    # an SAE trained on other (older) activations of this dataset is refused too
-                    "activations_checksum": manifest["checksum"],
-                },
-                device=sae_device(),
-            )
-        except CheckpointMismatch as error:
-            raise dg.Failure(description=str(error)) from error
+        store, hook, loaded = open_partition(home, dataset, layer)
         settings = AssociationSettings(
             config.top_genes, config.top_cells, config.min_gene_tokens, config.batch_tokens, sae_device()
         )
@@ -117,6 +125,6 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         # the outputs above are written as they are yielded; the view over them can now be (re)created
         database = str(home.home.warehouse)
         with warehouse_lock(database), duckdb.connect(database) as connection:
-            connection.execute(FEATURE_SUMMARY)
+            create_feature_summary(connection)
 
     return [feature_tables]

@@ -63,7 +63,10 @@ def test_sae_pipeline_writes_checkpoint_tables_and_checks(trained) -> None:
     assert "data:image/png;base64," in metadata["training_curves"].value
     assert metadata["explained_variance"].value == pytest.approx(ev)
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert set(checks) == {"explained_variance_floor", "dead_fraction_ceiling"}
+    assert set(checks) == {"explained_variance_floor", "dead_fraction_ceiling", "calibration"}
+    # no annotation tables in this home: enrichment is skipped and its check says it measured nothing
+    assert not checks["calibration"].passed and "not evaluated" in checks["calibration"].description
+    assert instance.get_latest_materialization_event(dg.AssetKey("enrichment")) is None
     assert checks["explained_variance_floor"].passed == (ev >= 0.7)
 
 

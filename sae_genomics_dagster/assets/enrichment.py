@@ -1,0 +1,358 @@
+"""Enrichment [dataset × layer]: which SAE features mean something biological, against which baselines.
+
+Logic: sae_genomics_core.enrichment (enrich, calibrate, baselines, ontology). Also the `hpo_ontology`
+asset (hp.obo, refreshed with the HPO annotations) that HPO enrichment propagates terms through.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+import polars as pl
+from pydantic import Field
+
+from sae_genomics_core.annotations.base import load_sources, snapshots_dir
+from sae_genomics_core.warehouse.sql import format_frame
+from sae_genomics_core.warehouse.views import create_feature_summary
+from sae_genomics_dagster.assets.activations import CURRENT
+from sae_genomics_dagster.assets.annotations import GROUP as ANNOTATION_GROUP
+from sae_genomics_dagster.assets.annotations import AnnotationRefreshConfig
+from sae_genomics_dagster.assets.common import BY_DATASET_LAYER, OWNERS, sae_device
+from sae_genomics_dagster.assets.features import open_partition
+from sae_genomics_dagster.io_manager import warehouse_lock
+from sae_genomics_dagster.resources import HomeResource
+
+GROUP = "enrichment"
+CALIBRATION_CHECK = "calibration"
+HPO_SNAPSHOT_GLOB = "hp.*.json.gz"
+
+
+class EnrichmentConfig(dg.Config):
+    gene_set_size: int = Field(default=20, description="a feature's gene set: its top N genes")
+    gene_set_order: str = Field(
+        default="score",
+        description="rank the feature's feature_genes rows by `score` (Σ activation × expression) or by `rank` "
+        "(specificity first); feature_genes already keeps only genes ranked by specificity",
+    )
+    min_term_size: int = Field(default=5, description="terms with fewer genes in the universe are not tested")
+    max_term_size: int = Field(
+        default=500, description="terms with more genes in the universe are not tested"
+    )
+    min_overlap: int = Field(
+        default=2, description="pairs with a smaller overlap count as p = 1 (still in BH)"
+    )
+    fdr: float = Field(default=0.05, description="BH level per dataset × layer × database")
+    annotated_only: bool = Field(
+        default=True, description="universe per database = background genes that database annotates"
+    )
+    only_most_specific: bool = Field(
+        default=False, description="HPO: drop significant terms that have a significant descendant"
+    )
+    min_network_score: float = Field(default=0.7, description="STRING edges: combined score at least this")
+    seed: int = Field(default=0, description="random gene sets, random directions")
+
+    def settings(self) -> Any:
+        from sae_genomics_core.enrichment.enrich import EnrichmentSettings
+
+        try:
+            return EnrichmentSettings(
+                gene_set_size=self.gene_set_size, gene_set_order=self.gene_set_order,  # type: ignore[arg-type]
+                min_term_size=self.min_term_size, max_term_size=self.max_term_size, min_overlap=self.min_overlap,
+                fdr=self.fdr, annotated_only=self.annotated_only, only_most_specific=self.only_most_specific,
+                min_network_score=self.min_network_score, seed=self.seed,
+            )  # fmt: skip
+        except ValueError as error:
+            raise dg.Failure(description=f"{error}; fix the run config") from error
+
+
+class CalibratedEnrichmentConfig(EnrichmentConfig):
+    calibration_max_fraction: float = Field(
+        default=0.05,
+        description="asset check: random gene sets of the features' sizes with ≥ 1 significant term, at most this fraction",
+    )
+    calibration_repeats: int = Field(
+        default=3, description="asset check: random draws of all the feature gene sets"
+    )
+
+
+class BaselineConfig(EnrichmentConfig):
+    baseline_units: int | None = Field(
+        default=None, description="PCA (± axes) and random directions each; default min(d_sae, 2 × d_in)"
+    )
+    pca_tokens: int = Field(
+        default=200_000, description="tokens (spread over the shards) the PCA is fitted on"
+    )
+    top_genes: int = Field(default=50, description="as the features asset: genes kept per unit")
+    min_gene_tokens: int = Field(default=3, description="as the features asset")
+    batch_tokens: int = Field(default=8192, description="tokens encoded at once")
+
+
+NO_ANNOTATIONS = (
+    "no annotation tables yet, so nothing to test: run `sae-genomics annotate` (or materialise the "
+    "annotations_<db> assets), then materialise this asset again"
+)
+
+
+def _context_inputs(home: HomeResource) -> tuple[dict[str, pl.DataFrame], dict[str, Any], dict[str, str]]:
+    from sae_genomics_core.enrichment.inputs import load_annotations, load_ontology, source_versions
+
+    annotations = load_annotations(home.home.warehouse)
+    ontology = load_ontology(home.home.warehouse)
+    ontologies = {"hpo": ontology} if ontology is not None and "hpo" in annotations else {}
+    return annotations, ontologies, source_versions(annotations)
+
+
+def _vocab(home: HomeResource, dataset: str) -> dict[str, int]:
+    pointer = home.home.artefacts / "activations" / dataset / CURRENT
+    if not pointer.exists():
+        raise dg.Failure(description=f"no activations for {dataset}: materialise `activations` first")
+    return json.loads((Path(json.loads(pointer.read_text())["path"]) / "vocab.json").read_text())
+
+
+def _unit_genes(feature_genes: pl.DataFrame) -> pl.DataFrame:
+    return feature_genes.select("feature", "ensembl_id", "symbol", "score", "rank")
+
+
+def _keyed(frame: pl.DataFrame, dataset: str, layer: int) -> pl.DataFrame:
+    return frame.select(
+        pl.lit(dataset).alias("dataset"), pl.lit(layer, dtype=pl.Int64).alias("layer"), pl.all()
+    )
+
+
+def build_enrichment_assets(
+    partitions: dg.MultiPartitionsDefinition, annotation_keys: list[dg.AssetKey]
+) -> list:
+    @dg.asset(
+        name="hpo_ontology",
+        io_manager_key="warehouse",
+        group_name=ANNOTATION_GROUP,
+        kinds={"duckdb", "polars"},
+        owners=OWNERS,
+        pool="duckdb",
+        description="The Human Phenotype Ontology (hp.obo, URL in external/sources.yaml), parsed with pronto: one "
+        "row per term with its is_a ancestors (nearest first). HPO enrichment propagates gene annotations up "
+        "it (true-path rule). Table `hpo_ontology`.",
+    )
+    def hpo_ontology(context: dg.AssetExecutionContext, config: AnnotationRefreshConfig, home: HomeResource):
+        from sae_genomics_core.annotations.errors import AnnotationError
+        from sae_genomics_core.enrichment.inputs import ontology_table
+        from sae_genomics_core.enrichment.ontology import fetch_ontology, read_ontology
+
+        mode = config.resolved_mode()
+        source = load_sources()["hpo"]
+        try:
+            if mode == "file":
+                if len(config.files) != 1:
+                    raise dg.Failure(
+                        description="hpo_ontology in file mode reads one hp.obo (or hp.json): set files"
+                    )
+                path = config.files[0]
+            elif mode == "snapshot":
+                found = sorted((snapshots_dir() / "hpo").glob(HPO_SNAPSHOT_GLOB))
+                if not found:
+                    raise dg.Failure(
+                        description=f"no HPO ontology snapshot ({HPO_SNAPSHOT_GLOB}) in {snapshots_dir() / 'hpo'}"
+                    )
+                path = found[-1]
+            else:
+                url = source.extra.get("ontology_url") or "https://purl.obolibrary.org/obo/hp.obo"
+                path = fetch_ontology(url, home.home.cache / "http")
+            ontology = read_ontology(path, "hpo")  # type: ignore[arg-type]
+        except AnnotationError as error:
+            raise dg.Failure(
+                description=f"hpo_ontology not refreshed (previous table kept): {error}"
+            ) from error
+        table = ontology_table(ontology)
+        context.log.info(
+            f"HPO {ontology.version}: {ontology.terms.height:,} terms, {ontology.ancestors.height:,} ancestor pairs"
+        )
+        return dg.Output(
+            table,
+            metadata={
+                "source_version": ontology.version, "mode": mode, "terms": ontology.terms.height,
+                "obsolete_terms": int(ontology.terms["is_obsolete"].sum()), "ancestor_pairs": ontology.ancestors.height,
+            },
+        )  # fmt: skip
+
+    @dg.asset(
+        name="enrichment",
+        io_manager_key="warehouse",
+        output_required=False,
+        metadata=BY_DATASET_LAYER,
+        partitions_def=partitions,
+        group_name=GROUP,
+        kinds={"duckdb", "polars", "scipy"},
+        owners=OWNERS,
+        ins={"feature_genes": dg.AssetIn(), "genes": dg.AssetIn()},
+        deps=[*annotation_keys, "hpo_ontology"],
+        check_specs=[
+            dg.AssetCheckSpec(
+                CALIBRATION_CHECK,
+                asset="enrichment",
+                description="random gene sets of the features' sizes, drawn from the same background, through the "
+                "same tests: the fraction with ≥ 1 significant term stays ≤ 5 % per database",
+            )
+        ],
+        description="One-sided hypergeometric tests (= Fisher exact, greater) of every feature's top genes against "
+        "every term of each annotation database, BH per database; background = model vocab ∩ expressed genes; "
+        "HPO propagated up the ontology; STRING by a network statistic (edges within the set vs a degree-aware "
+        "null). Table `enrichment`.",
+    )
+    def enrichment(
+        context: dg.AssetExecutionContext,
+        config: CalibratedEnrichmentConfig,
+        home: HomeResource,
+        feature_genes: pl.DataFrame,
+        genes: pl.DataFrame,
+    ):
+        from sae_genomics_core.enrichment.enrich import calibrate, enrich, gene_sets
+        from sae_genomics_core.enrichment.inputs import background_genes
+
+        keys = context.partition_key.keys_by_dimension
+        dataset, layer = keys["dataset"], int(keys["layer"])
+        settings = config.settings()
+        if feature_genes.height == 0:
+            raise dg.Failure(
+                description=f"no feature_genes for {dataset} layer {layer}: materialise the features first"
+            )
+        annotations, ontologies, versions = _context_inputs(home)
+        if not annotations:  # a dataset processed before any annotation refresh: not a failure
+            context.log.warning(f"enrichment skipped: {NO_ANNOTATIONS}")
+            # the check's result is required with the asset; it says plainly that nothing was measured
+            yield dg.AssetCheckResult(
+                check_name=CALIBRATION_CHECK,
+                passed=False,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=f"not evaluated: {NO_ANNOTATIONS}",
+            )
+            return
+        background = background_genes(genes, _vocab(home, dataset))
+        unit_genes = _unit_genes(feature_genes)
+        result = enrich(unit_genes, background, annotations, settings, ontologies)
+        table = _keyed(
+            result.table.join(
+                pl.DataFrame({"database": list(versions), "source_version": list(versions.values())}),
+                on="database",
+                how="left",
+            ),
+            dataset,
+            layer,
+        ).sort("database", "feature", "log10_p_value")
+        summary = result.summary_frame()
+        set_sizes = gene_sets(unit_genes, background, settings).sizes
+        calibration = calibrate(
+            set_sizes, background, annotations, settings, ontologies, repeats=config.calibration_repeats
+        )
+        context.log.info(f"{dataset} L{layer}: {table.height:,} tested pairs; " + ", ".join(
+            f"{r['database']} {r['n_units_significant']}/{r['n_units']}" for r in summary.iter_rows(named=True)
+        ))  # fmt: skip
+        yield dg.Output(
+            table,
+            metadata={
+                "rows": table.height,
+                "background_genes": len(background),
+                "significant_pairs": int(table["significant"].sum()),
+                "features_with_a_significant_term": table.filter("significant")["feature"].n_unique(),
+                "per_database": dg.MetadataValue.md(format_frame(summary, "table")),
+                "source_versions": dg.MetadataValue.json(versions),
+                "hpo_ontology": ontologies["hpo"].version
+                if "hpo" in ontologies
+                else "not propagated (no hpo_ontology)",
+            },
+        )
+        worst = float(calibration["fraction_significant"].max()) if calibration.height else 0.0
+        yield dg.AssetCheckResult(
+            check_name=CALIBRATION_CHECK,
+            passed=worst <= config.calibration_max_fraction,
+            metadata={
+                "worst_fraction": worst,
+                "ceiling": config.calibration_max_fraction,
+                "random_sets": int(calibration["n_sets"].max()) if calibration.height else 0,
+                "per_database": dg.MetadataValue.md(format_frame(calibration, "table")),
+            },
+        )
+        database = str(home.home.warehouse)
+        with warehouse_lock(database), duckdb.connect(database) as connection:
+            create_feature_summary(connection)
+
+    @dg.asset(
+        name="enrichment_baselines",
+        io_manager_key="warehouse",
+        output_required=False,
+        metadata=BY_DATASET_LAYER,
+        partitions_def=partitions,
+        group_name=GROUP,
+        kinds={"duckdb", "torch"},
+        owners=OWNERS,
+        ins={"feature_genes": dg.AssetIn(), "genes": dg.AssetIn()},
+        deps=["enrichment", "sae_checkpoint", "activations"],
+        pool="gpu",
+        description="SAE features vs PCA directions vs random directions of the same activations, each tied to "
+        "genes by the same association and tested by the same enrichment: per database, the fraction of units "
+        "with at least one significant term. Table `enrichment_baselines`.",
+    )
+    def enrichment_baselines(
+        context: dg.AssetExecutionContext,
+        config: BaselineConfig,
+        home: HomeResource,
+        feature_genes: pl.DataFrame,
+        genes: pl.DataFrame,
+    ):
+        from sae_genomics_core.enrichment.baselines import (
+            compare,
+            input_moments,
+            matched_k,
+            pca_model,
+            random_model,
+        )
+        from sae_genomics_core.enrichment.enrich import enrich
+        from sae_genomics_core.enrichment.inputs import background_genes
+        from sae_genomics_core.features.associate import AssociationSettings, associate, attach_gene_ids
+
+        keys = context.partition_key.keys_by_dimension
+        dataset, layer = keys["dataset"], int(keys["layer"])
+        settings = config.settings()
+        annotations, ontologies, _ = _context_inputs(home)
+        if not annotations:
+            context.log.warning(f"enrichment_baselines skipped: {NO_ANNOTATIONS}")
+            return
+        store, hook, loaded = open_partition(home, dataset, layer)
+        vocab = json.loads((store.root / "vocab.json").read_text())
+        background = background_genes(genes, vocab)
+        d_sae, d_in, k = int(loaded.sae.cfg.d_sae), int(loaded.sae.W_enc.shape[0]), int(loaded.sae.cfg.k)
+        n_units = config.baseline_units or min(d_sae, 2 * d_in)
+        k_units = matched_k(k, d_sae, n_units)
+        mean, covariance, n_fit = input_moments(store, layer, hook, loaded.normalizer, config.pca_tokens)
+        models = [
+            pca_model(mean, covariance, loaded.normalizer, n_units, k_units),
+            random_model(mean, loaded.normalizer, n_units, k_units, config.seed),
+        ]
+        summaries = {
+            "sae": enrich(
+                _unit_genes(feature_genes), background, annotations, settings, ontologies
+            ).summary_frame()
+        }
+        association = AssociationSettings(
+            config.top_genes, 0, config.min_gene_tokens, config.batch_tokens, sae_device()
+        )
+        no_cells = pl.DataFrame(schema={"cell_index": pl.Int64, "cell_id": pl.String, "cell_type": pl.String})
+        for model in models:
+            tables = associate(store, layer, hook, model, no_cells, association, with_cells=False)
+            unit_genes = attach_gene_ids(tables.genes, vocab, genes)
+            summaries[model.method] = enrich(
+                unit_genes, background, annotations, settings, ontologies
+            ).summary_frame()
+            context.log.info(f"{model.method}: {model.sae.cfg.d_sae} units, k {model.sae.cfg.k}")
+        frame = compare(summaries, {"sae": d_sae, "pca": n_units, "random": n_units})
+        wide = frame.pivot(on="method", index="database", values="fraction_significant")
+        yield dg.Output(
+            _keyed(frame, dataset, layer),
+            metadata={
+                "rows": frame.height, "units_per_baseline": n_units, "baseline_k": k_units, "pca_fit_tokens": n_fit,
+                "fraction_significant": dg.MetadataValue.md(format_frame(wide, "table")),
+            },
+        )  # fmt: skip
+
+    return [hpo_ontology, enrichment, enrichment_baselines]

@@ -1,0 +1,171 @@
+"""The enrichment asset on a small warehouse with a planted feature: table, calibration check, view,
+skips and refusals. (The whole chain on the demo data runs in tests/e2e/test_enrichment_demo.py.)"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from sae_genomics_core.config import Home
+from sae_genomics_dagster.definitions import build_definitions
+
+DATASET, LAYER = "toy", 0
+KEY = dg.MultiPartitionKey({"dataset": DATASET, "layer": str(LAYER)})
+N_GENES, N_FEATURES = 600, 40
+GENES = [f"ENSG{i:011d}" for i in range(N_GENES)]
+PLANTED_TERM = "T:0000"
+
+
+def _write(connection: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
+    connection.register("frame", frame.to_arrow())
+    connection.execute(f"create or replace table {name} as select * from frame")
+    connection.unregister("frame")
+
+
+def _annotations(rng: np.random.Generator) -> pl.DataFrame:
+    rows = [(GENES[g], PLANTED_TERM, "planted term", "phenotype") for g in range(30)]
+    for term in range(1, 60):
+        rows += [
+            (GENES[g], f"T:{term:04d}", f"term {term}", "phenotype")
+            for g in rng.choice(N_GENES, 25, replace=False)
+        ]
+    frame = pl.DataFrame(rows, schema=["ensembl_id", "term_id", "term_name", "term_kind"], orient="row")
+    return frame.with_columns(
+        database=pl.lit("toy"), symbol=pl.lit(None, pl.String), score=pl.lit(1.0), evidence=pl.lit(None, pl.String),
+        source_version=pl.lit("toy release 1"),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[Home, dg.DagsterInstance, dg.Definitions]]:
+    rng = np.random.default_rng(0)
+    home = Home(tmp_path / "home").ensure()
+    genes = pl.DataFrame({
+        "dataset": DATASET, "gene_index": np.arange(N_GENES), "feature_name": GENES, "ensembl_id": GENES,
+        "symbol": [f"G{i}" for i in range(N_GENES)], "in_vocab": None,
+        "n_cells_expressed": np.r_[np.full(N_GENES - 50, 10), np.zeros(50, dtype=int)],  # 50 never expressed
+    })  # fmt: skip
+    feature_rows = [(0, GENES[g]) for g in range(12)]  # feature 0: 12 genes of the planted term
+    feature_rows += [(0, GENES[g]) for g in rng.choice(np.arange(100, 550), 8, replace=False)]
+    for feature in range(1, N_FEATURES):
+        feature_rows += [(feature, GENES[g]) for g in rng.choice(N_GENES - 50, 20, replace=False)]
+    feature_genes = (
+        pl.DataFrame(feature_rows, schema=["feature", "ensembl_id"], orient="row")
+        .with_columns(
+            pl.lit(DATASET).alias("dataset"), pl.lit(LAYER).alias("layer"),
+            symbol=pl.col("ensembl_id").str.replace("ENSG0+", "G"), score=pl.int_range(pl.len(), 0, -1).over("feature").cast(pl.Float64),
+            n_tokens=pl.lit(5), mean_activation=pl.lit(1.0), specificity=pl.lit(2.0),
+            rank=pl.int_range(1, pl.len() + 1).over("feature"), gene_id=pl.lit(0),
+        )
+    )  # fmt: skip
+    stats = pl.DataFrame({
+        "dataset": DATASET, "layer": LAYER, "feature": np.arange(N_FEATURES), "fire_count": 10, "frequency": 0.01,
+        "mean_activation": 1.0, "max_activation": 2.0, "n_cells_active": 3,
+    })  # fmt: skip
+    cell_types = pl.DataFrame(
+        {"dataset": DATASET, "layer": LAYER, "feature": [0], "cell_type": ["T"], "mean_activation": [1.0],
+         "frac_active": [0.5], "log2_fold_change": [1.0], "p_value": [0.01], "q_value": [0.02], "n_cells": [5]}
+    )  # fmt: skip
+    with duckdb.connect(str(home.warehouse)) as connection:
+        _write(connection, "genes", genes)
+        _write(connection, "feature_genes", feature_genes)
+        _write(connection, "feature_stats", stats)
+        _write(connection, "feature_cell_types", cell_types)
+        _write(connection, "annotations_toy", _annotations(rng))
+    # the activation store's vocab: every gene is a token
+    store = home.artefacts / "activations" / DATASET / "store"
+    store.mkdir(parents=True)
+    (store / "vocab.json").write_text(json.dumps({g: i for i, g in enumerate(GENES)}))
+    (home.artefacts / "activations" / DATASET / "CURRENT.json").write_text(json.dumps({"path": str(store)}))
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("dataset", [DATASET])
+        yield home, instance, build_definitions(home)
+
+
+def run(
+    defs: dg.Definitions, instance: dg.DagsterInstance, config: dict | None = None
+) -> dg.ExecuteInProcessResult:
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        asset_selection=[dg.AssetKey("enrichment")], partition_key=KEY, instance=instance, raise_on_error=False,
+        run_config={"ops": {"enrichment": {"config": config or {}}}},
+    )  # fmt: skip
+
+
+def query(home: Home, sql: str) -> list[tuple]:
+    with duckdb.connect(str(home.warehouse), read_only=True) as connection:
+        return connection.execute(sql).fetchall()
+
+
+def test_planted_feature_is_enriched_and_calibration_passes(world) -> None:
+    home, instance, defs = world
+    result = run(defs, instance)
+    assert result.success
+    significant = query(
+        home,
+        "select feature, term_id, overlap, q_value, source_version, background_size from enrichment where significant",
+    )
+    assert {(r[0], r[1]) for r in significant} == {(0, PLANTED_TERM)}
+    _, _, overlap, q_value, version, background = significant[0]
+    assert overlap == 12 and q_value < 1e-6 and version == "toy release 1"
+    # background: vocab ∩ expressed (550 genes), then only the genes the database annotates
+    annotated_expressed = query(
+        home,
+        "select count(distinct ensembl_id) from annotations_toy where ensembl_id in (select ensembl_id from genes where n_cells_expressed > 0)",
+    )[0][0]
+    assert background == annotated_expressed < N_GENES
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["calibration"].passed
+    assert checks["calibration"].metadata["worst_fraction"].value <= 0.05
+    metadata = instance.get_latest_materialization_event(
+        dg.AssetKey("enrichment")
+    ).asset_materialization.metadata
+    assert metadata["features_with_a_significant_term"].value == 1
+    assert "toy" in metadata["per_database"].value
+    top = query(
+        home, "select top_term, n_significant_terms, top_cell_type from feature_summary where feature = 0"
+    )[0]
+    assert top == ("planted term", 1, "T")
+
+
+def test_calibration_draws_random_sets_of_the_features_sizes(world) -> None:
+    _, instance, defs = world
+    result = run(defs, instance, {"calibration_repeats": 2})
+    check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "calibration")
+    # every feature's gene set, drawn twice; the unit test shows a wrong universe failing this bar
+    assert check.metadata["random_sets"].value == 2 * N_FEATURES
+    assert check.metadata["ceiling"].value == 0.05
+
+
+def test_bad_settings_fail_clearly_and_keep_the_previous_table(world) -> None:
+    home, instance, defs = world
+    assert run(defs, instance).success
+    before = query(home, "select count(*) from enrichment")[0][0]
+    result = run(defs, instance, {"min_term_size": 50, "max_term_size": 10})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "min_term_size" in failure.step_failure_data.error.message
+    assert query(home, "select count(*) from enrichment")[0][0] == before
+
+
+def test_without_annotation_tables_enrichment_is_skipped_not_failed(world) -> None:
+    home, instance, defs = world
+    with duckdb.connect(str(home.warehouse)) as connection:
+        connection.execute("drop table annotations_toy")
+    result = run(defs, instance)
+    assert result.success
+    assert instance.get_latest_materialization_event(dg.AssetKey("enrichment")) is None
+    assert any("sae-genomics annotate" in (e.message or "") for e in instance.all_logs(result.run_id))
+    (check,) = result.get_asset_check_evaluations()
+    assert (
+        not check.passed
+        and check.severity == dg.AssetCheckSeverity.WARN
+        and "not evaluated" in check.description
+    )

@@ -1,0 +1,208 @@
+"""Hypergeometric enrichment: exact p-values, BH over the whole family, universes, calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy.stats import fisher_exact, hypergeom
+from statsmodels.stats.multitest import multipletests
+
+from sae_genomics_core.enrichment.enrich import (
+    EnrichmentSettings,
+    calibrate,
+    enrich,
+    gene_sets,
+    random_gene_sets,
+)
+from sae_genomics_core.enrichment.hypergeom import bh_q_values, hypergeom_log_sf, odds_ratio
+
+
+def _random_tables(rng: np.random.Generator, size: int) -> tuple[np.ndarray, ...]:
+    population = rng.integers(30, 20_000, size)
+    successes = np.minimum(rng.integers(1, 700, size), population)
+    draws = np.minimum(rng.integers(1, 80, size), population)
+    low, high = np.maximum(0, draws + successes - population), np.minimum(draws, successes)
+    overlap = low + (rng.random(size) * (high - low + 1)).astype(int)
+    return overlap, population, successes, draws
+
+
+def test_p_values_equal_fisher_exact_to_1e9_relative() -> None:
+    rng = np.random.default_rng(7)
+    overlap, population, successes, draws = _random_tables(rng, 3_000)
+    # push a third of the tables into the far tail, where p is tiny
+    far = rng.random(overlap.size) < 0.33
+    overlap[far] = np.minimum(draws, successes)[far]
+    ours = np.exp(hypergeom_log_sf(overlap, population, successes, draws))
+    reference = np.array([
+        fisher_exact([[k, n - k], [K - k, N - K - n + k]], alternative="greater").pvalue
+        for k, N, K, n in zip(overlap, population, successes, draws, strict=True)
+    ])  # fmt: skip
+    positive = reference > 0
+    assert np.max(np.abs(ours[positive] - reference[positive]) / reference[positive]) < 1e-9
+    assert reference[positive].min() < 1e-30  # the tail was really exercised
+
+
+def test_log_p_values_stay_exact_below_double_precision() -> None:
+    # p below the smallest double: log p is still exact (scipy's own log-sf agrees)
+    log_p = hypergeom_log_sf(np.array([200]), np.array([20_000]), np.array([220]), np.array([200]))
+    assert log_p[0] == pytest.approx(hypergeom.logsf(199, 20_000, 220, 200), rel=1e-10)
+    assert log_p[0] < np.log(1e-320)
+    # an overlap at or below the support's minimum is certain
+    assert (
+        hypergeom_log_sf(np.array([0, 3]), np.array([10, 10]), np.array([8, 8]), np.array([5, 5]))[0] == 0.0
+    )
+
+
+def test_invalid_parameters_are_refused() -> None:
+    with pytest.raises(ValueError, match="population"):
+        hypergeom_log_sf(np.array([1]), np.array([10]), np.array([11]), np.array([2]))
+
+
+def test_odds_ratio_matches_fisher_exact() -> None:
+    table = [[4, 16], [20, 960]]
+    expected = fisher_exact(table, alternative="greater").statistic
+    assert odds_ratio(np.array([4]), np.array([1000]), np.array([24]), np.array([20]))[0] == pytest.approx(
+        expected
+    )
+
+
+def test_bh_over_untested_pairs_equals_padding_with_ones() -> None:
+    rng = np.random.default_rng(3)
+    p_values = np.concatenate([rng.random(500) ** 6, rng.random(300)])
+    n_tests = 5_000
+    padded = multipletests(np.concatenate([p_values, np.ones(n_tests - p_values.size)]), method="fdr_bh")[1]
+    assert np.allclose(bh_q_values(p_values, n_tests), padded[: p_values.size], rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="n_tests"):
+        bh_q_values(p_values, 10)
+
+
+def _world(seed: int = 0, n_genes: int = 2_000, n_terms: int = 120) -> tuple[list[str], pl.DataFrame]:
+    rng = np.random.default_rng(seed)
+    genes = [f"ENSG{i:011d}" for i in range(n_genes)]
+    rows = []
+    for term in range(n_terms):
+        size = int(rng.integers(5, 80))
+        for gene in rng.choice(n_genes, size, replace=False):
+            rows.append((genes[gene], f"T:{term:04d}", f"term {term}", "phenotype"))
+    frame = pl.DataFrame(rows, schema=["ensembl_id", "term_id", "term_name", "term_kind"], orient="row")
+    return genes, frame
+
+
+def _planted(genes: list[str], annotations: pl.DataFrame, term: str, seed: int = 1) -> pl.DataFrame:
+    """Feature 0: 12 genes of `term` + 8 random; features 1..40: random sets of 20."""
+    rng = np.random.default_rng(seed)
+    members = annotations.filter(pl.col("term_id") == term)["ensembl_id"].to_list()
+    rows = [(0, g) for g in members[:12]]
+    rows += [(0, genes[i]) for i in rng.choice(len(genes), 8, replace=False) if genes[i] not in members[:12]]
+    for feature in range(1, 41):
+        rows += [(feature, genes[i]) for i in rng.choice(len(genes), 20, replace=False)]
+    frame = pl.DataFrame(rows, schema=["feature", "ensembl_id"], orient="row")
+    return frame.with_columns(
+        score=pl.int_range(pl.len(), 0, -1).over("feature").cast(pl.Float64),
+        rank=pl.int_range(1, pl.len() + 1).over("feature").cast(pl.Int64),
+        symbol=pl.col("ensembl_id").str.replace("ENSG0+", "G"),
+    )
+
+
+def test_enrich_finds_the_planted_term_with_fisher_p_values() -> None:
+    genes, annotations = _world()
+    term = annotations.group_by("term_id").len().filter(pl.col("len") >= 30)["term_id"].sort()[0]
+    unit_genes = _planted(genes, annotations, term)
+    settings = EnrichmentSettings(gene_set_size=20, min_overlap=1, annotated_only=False, max_term_size=100)
+    result = enrich(unit_genes, genes, {"toy": annotations}, settings)
+    table = result.table
+    best = table.filter(pl.col("feature") == 0).sort("p_value").row(0, named=True)
+    assert best["term_id"] == term and best["significant"] and best["overlap"] >= 12
+    assert len(best["overlap_genes"]) == best["overlap"]  # the genes behind the overlap, by symbol
+    assert all(g.startswith("G") for g in best["overlap_genes"])
+    # every computed p-value is Fisher's exact test on that pair's table
+    for row in table.sample(60, seed=0).iter_rows(named=True):
+        k, n, K, N = row["overlap"], row["feature_set_size"], row["term_size"], row["background_size"]
+        expected = fisher_exact([[k, n - k], [K - k, N - K - n + k]], alternative="greater").pvalue
+        assert row["p_value"] == pytest.approx(expected, rel=1e-9)
+    summary = result.summaries[0]
+    assert summary.n_tests == 41 * summary.n_terms  # BH family: every unit × term, tested or not
+    assert summary.n_units_significant >= 1
+    # the random features stay silent (FDR 5 %: at most a stray one)
+    assert table.filter((pl.col("feature") > 0) & pl.col("significant"))["feature"].n_unique() <= 2
+
+
+def test_universe_term_bounds_and_min_overlap() -> None:
+    genes, annotations = _world(seed=2)
+    unit_genes = _planted(genes, annotations, annotations["term_id"].sort()[0])
+    # a background that drops half the genes shrinks sets, terms and the population
+    half = genes[::2]
+    result = enrich(
+        unit_genes, half, {"toy": annotations}, EnrichmentSettings(annotated_only=False, min_overlap=1)
+    )
+    assert set(result.table["background_size"].to_list()) == {len(half)}
+    sets = gene_sets(unit_genes, half, EnrichmentSettings())
+    assert sets.sizes.max() <= 20 and np.isin(sets.genes, half).all()
+    # annotated_only: the universe is the background genes the database annotates at all
+    annotated = set(annotations["ensembl_id"].to_list()) & set(genes)
+    result = enrich(unit_genes, genes, {"toy": annotations}, EnrichmentSettings(min_overlap=1))
+    assert result.summaries[0].background_size == len(annotated) < len(genes)
+    # term size bounds count genes inside the universe, and min_overlap drops pairs from p-values only
+    bounded = enrich(
+        unit_genes,
+        genes,
+        {"toy": annotations},
+        EnrichmentSettings(min_term_size=20, max_term_size=40, min_overlap=2),
+    )
+    assert bounded.table["term_size"].is_between(20, 40).all()
+    assert (bounded.table["overlap"] >= 2).all()
+    assert bounded.summaries[0].n_tests == bounded.summaries[0].n_units * bounded.summaries[0].n_terms
+
+
+def test_inheritance_terms_and_unmapped_rows_are_left_out() -> None:
+    genes, annotations = _world(seed=4, n_terms=20)
+    extra = pl.DataFrame({
+        "ensembl_id": [genes[0]] * 6 + [None], "term_id": ["HP:0000006"] * 6 + ["T:none"],
+        "term_name": ["Autosomal dominant inheritance"] * 6 + ["x"], "term_kind": ["inheritance"] * 6 + ["phenotype"],
+    })  # fmt: skip
+    result = enrich(_planted(genes, annotations, "T:0000"), genes, {"toy": pl.concat([annotations, extra])})
+    assert not result.table["term_id"].is_in(["HP:0000006", "T:none"]).any()
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="min_term_size"):
+        EnrichmentSettings(min_term_size=50, max_term_size=10)
+    with pytest.raises(ValueError, match="gene_set_order"):
+        EnrichmentSettings(gene_set_order="random")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="background is empty"):
+        enrich(
+            pl.DataFrame(
+                schema={"feature": pl.Int64, "ensembl_id": pl.String, "score": pl.Float64, "rank": pl.Int64}
+            ),
+            [],
+            {},
+        )
+
+
+def test_random_sets_have_the_requested_sizes() -> None:
+    genes = [f"g{i}" for i in range(100)]
+    frame = random_gene_sets(np.array([5, 20, 1]), genes, seed=3)
+    assert frame.group_by("feature").len().sort("feature")["len"].to_list() == [5, 20, 1]
+    assert frame.unique(["feature", "ensembl_id"]).height == frame.height
+
+
+def test_calibration_passes_with_the_right_universe_and_fails_with_a_padded_one() -> None:
+    # Annotations concentrate on the "expressed" genes (as curated databases favour well-studied genes).
+    rng = np.random.default_rng(11)
+    expressed = [f"ENSG{i:011d}" for i in range(1_500)]
+    genome = expressed + [f"ENSG{i:011d}" for i in range(1_500, 20_000)]
+    rows = [
+        (expressed[g], f"T:{t}", f"t{t}", "phenotype")
+        for t in range(150)
+        for g in rng.choice(len(expressed), int(rng.integers(10, 60)), replace=False)
+    ]
+    annotations = pl.DataFrame(rows, schema=["ensembl_id", "term_id", "term_name", "term_kind"], orient="row")
+    settings = EnrichmentSettings(annotated_only=False)
+    sizes = np.full(400, 20)
+    right = calibrate(sizes, expressed, {"toy": annotations}, settings)
+    assert right["fraction_significant"][0] <= 0.05
+    # the published pitfall: random sets of expressed genes tested against the whole genome
+    random_sets = random_gene_sets(sizes, expressed, seed=5)
+    padded = enrich(random_sets, genome, {"toy": annotations}, settings).summaries[0]
+    assert padded.n_units_significant / padded.n_units > 0.05
