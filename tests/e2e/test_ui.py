@@ -89,7 +89,9 @@ def test_ui_lists_assets_with_dataset_partitions_and_history(webserver: str) -> 
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
     assert {"dataset_h5ad", "cells", "genes", "datasets", "activations", "activation_sets", "sae_checkpoint",
             "sae_checkpoints", "sae_training_log", "feature_stats", "feature_genes", "feature_cells",
-            "feature_cell_types"} <= set(nodes)  # fmt: skip
+            "feature_cell_types", "hpo_ontology", "enrichment", "enrichment_baselines"} <= set(nodes)  # fmt: skip
+    assert nodes["enrichment"]["groupName"] == nodes["enrichment_baselines"]["groupName"] == "enrichment"
+    assert nodes["enrichment"]["assetMaterializations"], "the demo materialised enrichment"
     for name in ("cells", "genes", "datasets", "activations", "activation_sets"):
         assert nodes[name]["partitionKeysByDimension"][0]["partitionKeys"] == ["pbmc68k"]
         # the demo's run (in-process, before the server started) is in the persistent history

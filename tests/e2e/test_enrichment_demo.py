@@ -1,0 +1,90 @@
+"""`make demo`'s enrichment on pbmc68k: every layer tested against the snapshot databases, the baselines
+beside it, the calibration check passed, HPO propagated, and the summary view carrying the top terms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from sae_genomics_core.config import Home
+
+LAYERS = {0, 1, 2, 3}
+
+
+def query(demo_home: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(demo_home / "warehouse.duckdb"), read_only=True) as connection:
+        return connection.execute(sql).fetchall()
+
+
+def test_enrichment_covers_every_layer_and_database(demo_home: Path) -> None:
+    rows = query(
+        demo_home,
+        "select layer, database, statistic, min(p_value), max(p_value), min(q_value), max(q_value), "
+        "max(background_size), count(*), any_value(source_version) from enrichment where dataset = 'pbmc68k' group by all",
+    )
+    assert {r[0] for r in rows} == LAYERS
+    databases = {r[1] for r in rows}
+    assert {"hpo", "string", "monarch"} <= databases and not {"omim", "disgenet"} & databases
+    for _layer, database, statistic, p_min, p_max, q_min, q_max, _background, n, version in rows:
+        assert statistic == ("string_network" if database == "string" else "hypergeometric")
+        assert 0 <= p_min <= p_max <= 1 and 0 <= q_min <= q_max <= 1 and n > 0 and version
+        assert q_min >= p_min  # BH never lowers a p-value
+    # the universe never exceeds the dataset's expressed genes with an Ensembl id
+    (expressed,) = query(
+        demo_home,
+        "select count(distinct ensembl_id) from genes where dataset = 'pbmc68k' and n_cells_expressed > 0",
+    )[0]
+    assert max(r[7] for r in rows) <= expressed
+
+
+def test_hpo_terms_are_propagated_up_the_ontology(demo_home: Path) -> None:
+    (version,) = query(demo_home, "select distinct version from hpo_ontology")[0]
+    assert version == "2023-01-27"
+    # terms tested for HPO that no gene is annotated to directly: they exist only through propagation
+    (propagated_only,) = query(
+        demo_home,
+        "select count(distinct term_id) from enrichment where database = 'hpo' "
+        "and term_id not in (select term_id from annotations_hpo)",
+    )[0]
+    assert propagated_only > 0
+
+
+def test_baselines_sit_beside_the_sae_for_every_layer_and_database(demo_home: Path) -> None:
+    rows = query(
+        demo_home,
+        "select layer, database, method, n_units, n_units_tested, n_units_significant, fraction_significant "
+        "from enrichment_baselines where dataset = 'pbmc68k'",
+    )
+    by_key = {(r[0], r[1], r[2]): r for r in rows}
+    databases = {r[1] for r in rows}
+    assert {"hpo", "string"} <= databases
+    for layer in LAYERS:
+        for database in databases:
+            assert {m for (la, db, m) in by_key if la == layer and db == database} == {"sae", "pca", "random"}
+    for _, _, method, n_units, tested, significant, fraction in rows:
+        assert n_units == (512 if method == "sae" else 128)  # d_sae 512; min(d_sae, 2 × d_in 64)
+        assert 0 <= significant <= tested <= n_units and 0 <= fraction <= 1
+
+
+def test_calibration_check_passed_on_every_partition(demo_home: Path) -> None:
+    from sae_genomics_dagster.instance import get_instance
+
+    instance = get_instance(Home(demo_home))
+    records = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey("enrichment"), "calibration"), limit=20
+    )
+    evaluations = [r.event.dagster_event.event_specific_data for r in records if r.event is not None]
+    assert len(evaluations) >= len(LAYERS)
+    assert all(e.passed for e in evaluations)
+    assert all(e.metadata["worst_fraction"].value <= 0.05 for e in evaluations)
+
+
+@pytest.mark.parametrize("column", ["top_terms", "top_term", "n_significant_terms", "top_cell_type"])
+def test_feature_summary_carries_the_enrichment_columns(demo_home: Path, column: str) -> None:
+    rows = query(
+        demo_home, f"select count(*), count({column}) from feature_summary where dataset = 'pbmc68k'"
+    )
+    assert rows[0][0] == 4 * 512
