@@ -17,6 +17,7 @@ from sae_genomics_dagster.assets.annotations import (
 from sae_genomics_dagster.assets.data import dataset_h5ad, dataset_tables
 from sae_genomics_dagster.assets.enrichment import build_enrichment_assets
 from sae_genomics_dagster.assets.features import build_feature_assets
+from sae_genomics_dagster.assets.pages import build_page_assets
 from sae_genomics_dagster.assets.sae import build_sae_assets
 from sae_genomics_dagster.io_manager import WarehouseIOManager
 from sae_genomics_dagster.jobs import build_sae_job, dataset_pipeline_job
@@ -47,6 +48,7 @@ def build_definitions(home: Home | None = None) -> dg.Definitions:
             *annotation_assets,
             hpo_ontology,
             *enrichment_assets,
+            *build_page_assets(partitions),
         ],
         schedules=build_annotation_schedules([*annotation_assets, hpo_ontology]),
         jobs=[dataset_pipeline_job, sae_job],

@@ -20,8 +20,8 @@ dataset_pipeline_job = dg.define_asset_job(
 # Everything partitioned by dataset × layer, in graph order.
 SAE_ASSETS = [
     "sae_checkpoint", "sae_checkpoints", "sae_training_log",
-    "feature_stats", "feature_genes", "feature_cells", "feature_cell_types",
-    "enrichment", "enrichment_baselines",
+    "feature_stats", "feature_genes", "feature_cells", "feature_cell_types", "feature_histograms",
+    "enrichment", "enrichment_baselines", "feature_pages",
 ]  # fmt: skip
 
 
@@ -30,5 +30,5 @@ def build_sae_job(partitions: dg.MultiPartitionsDefinition) -> Any:  # an unreso
         "sae_pipeline",
         selection=dg.AssetSelection.assets(*SAE_ASSETS),
         partitions_def=partitions,
-        description="Train the SAE of one dataset × layer, write its checkpoint row and training log, tie its features to genes, cells and cell types, and test them for enrichment against the annotation databases and the PCA and random baselines.",
+        description="Train the SAE of one dataset × layer, write its checkpoint row and training log, tie its features to genes, cells and cell types, and test them for enrichment against the annotation databases and the PCA and random baselines, and write the feature pages.",
     )

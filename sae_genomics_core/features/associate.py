@@ -21,7 +21,7 @@ Definitions (per dataset × layer, feature f, gene g, cell c):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,9 @@ class AssociationSettings:
     device: str = "cpu"
 
 
+HISTOGRAM_BINS = 20
+
+
 @dataclass
 class FeatureTables:
     stats: pl.DataFrame
@@ -50,6 +53,10 @@ class FeatureTables:
     cells: pl.DataFrame
     cell_types: pl.DataFrame
     n_tokens: int
+    # tokens by how many latents fire on them (index = L0), for the L0 histogram
+    l0_counts: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+    # per feature, its cells' (max) activations in HISTOGRAM_BINS equal bins from 0 to its maximum
+    histograms: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
 @torch.no_grad()
@@ -82,6 +89,7 @@ def associate(
     fire_count = np.zeros(d_sae, dtype=np.int64)
     act_sum = np.zeros(d_sae, dtype=np.float64)
     act_max = np.zeros(d_sae, dtype=np.float64)
+    l0_counts = np.zeros(int(sae.cfg.k) + 1, dtype=np.int64)
     n_tokens = 0
     for shard in store.manifest["shards"]:
         if shard["n_tokens"] == 0:
@@ -102,6 +110,9 @@ def associate(
             flat_features = top_indices.reshape(-1).cpu().numpy()
             token_rows = np.repeat(np.arange(start, stop), top_values.shape[1])
             firing = flat_values > 0
+            l0_counts += np.bincount(
+                firing.reshape(-1, top_values.shape[1]).sum(axis=1), minlength=l0_counts.size
+            )
             flat_values, flat_features, token_rows = (
                 flat_values[firing],
                 flat_features[firing],
@@ -155,11 +166,10 @@ def associate(
     else:
         keys, sums = np.zeros(0, dtype=np.int64), np.zeros((0, 3))
     genes = _gene_table(keys // d_sae, keys % d_sae, sums, gene_tokens, feature_mean_all, settings)
+    histograms = _histograms(per_cell)
     if not with_cells:
         cell_table, cell_types = _cell_table(per_cell[:0], cells, 0), _cell_type_table(per_cell, cells[:0])
-        return FeatureTables(
-            stats=stats, genes=genes, cells=cell_table, cell_types=cell_types, n_tokens=n_tokens
-        )
+        return FeatureTables(stats, genes, cell_table, cell_types, n_tokens, l0_counts, histograms)
     cell_table = _cell_table(per_cell, cells, settings.top_cells)
     seen = (
         np.concatenate([store.tokens(s["name"])["cls_cell_index"] for s in store.manifest["shards"]])
@@ -169,7 +179,7 @@ def associate(
     cell_types = _cell_type_table(
         per_cell, cells.filter(pl.col("cell_index").is_in(seen.astype(np.int64).tolist()))
     )
-    return FeatureTables(stats=stats, genes=genes, cells=cell_table, cell_types=cell_types, n_tokens=n_tokens)
+    return FeatureTables(stats, genes, cell_table, cell_types, n_tokens, l0_counts, histograms)
 
 
 def attach_gene_ids(gene_table: pl.DataFrame, vocab: dict[str, int], genes: pl.DataFrame) -> pl.DataFrame:
@@ -186,6 +196,24 @@ def attach_gene_ids(gene_table: pl.DataFrame, vocab: dict[str, int], genes: pl.D
     )
     joined = gene_table.join(token_of, on="gene_id", how="left").join(names, on="token", how="left")
     return joined.with_columns(pl.coalesce("ensembl_id", "token").alias("ensembl_id")).drop("token")
+
+
+def _histograms(per_cell: sp.csc_matrix) -> pl.DataFrame:
+    """Each feature's active cells binned by activation: HISTOGRAM_BINS equal bins from 0 to its max."""
+    features = np.repeat(np.arange(per_cell.shape[1]), np.diff(per_cell.indptr))
+    values = per_cell.data
+    top = np.zeros(per_cell.shape[1])
+    np.maximum.at(top, features, values)
+    width = np.where(top > 0, top / HISTOGRAM_BINS, 1.0)
+    bins = np.minimum((values / width[features]).astype(np.int64), HISTOGRAM_BINS - 1)
+    counts = np.bincount(features * HISTOGRAM_BINS + bins, minlength=per_cell.shape[1] * HISTOGRAM_BINS)
+    keys = np.flatnonzero(counts)
+    feature, bin_index = keys // HISTOGRAM_BINS, keys % HISTOGRAM_BINS
+    return pl.DataFrame({
+        "feature": feature.astype(np.int64), "bin": bin_index.astype(np.int64),
+        "bin_start": bin_index * width[feature], "bin_end": (bin_index + 1) * width[feature],
+        "n_cells": counts[keys].astype(np.int64),
+    })  # fmt: skip
 
 
 def _sum_by_key(keys: np.ndarray, *weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

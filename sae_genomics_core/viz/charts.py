@@ -54,3 +54,100 @@ def save_chart(chart: alt.Chart, path_without_suffix: Any) -> list[str]:
     except ImportError:
         pass
     return written
+
+
+def feature_density(stats: pl.DataFrame, title: str) -> alt.Chart:
+    """Features by log10 firing frequency (fraction of tokens); dead features are counted in the title."""
+    alive = stats.filter(pl.col("frequency") > 0).select(pl.col("frequency").log10().alias("log10_frequency"))
+    dead = stats.height - alive.height
+    return (
+        alt.Chart(alive.to_pandas(), title=f"{title} — {dead} dead of {stats.height}")
+        .mark_bar()
+        .encode(
+            x=alt.X(
+                "log10_frequency:Q",
+                bin=alt.Bin(maxbins=40),
+                title="log10 fraction of tokens the feature fires on",
+            ),
+            y=alt.Y("count():Q", title="features"),
+        )
+        .properties(width=420, height=180)
+    )
+
+
+def l0_histogram(l0_counts: Any, title: str) -> alt.Chart:
+    """Tokens by the number of latents firing on them (L0)."""
+    frame = pl.DataFrame({"l0": range(len(l0_counts)), "tokens": [int(c) for c in l0_counts]}).filter(
+        pl.col("tokens") > 0
+    )
+    return (
+        alt.Chart(frame.to_pandas(), title=title)
+        .mark_bar()
+        .encode(x=alt.X("l0:O", title="latents firing on a token (L0)"), y=alt.Y("tokens:Q", title="tokens"))
+        .properties(width=420, height=180)
+    )
+
+
+def top_genes_chart(genes: pl.DataFrame, title: str, top: int = 20) -> alt.Chart:
+    """A feature's top genes: score (Σ activation × expression) as bars, specificity in the tooltip."""
+    frame = genes.sort("rank").head(top).with_columns(pl.coalesce("symbol", "ensembl_id").alias("gene"))
+    return (
+        alt.Chart(frame.select("gene", "score", "specificity", "n_tokens", "rank").to_pandas(), title=title)
+        .mark_bar()
+        .encode(
+            y=alt.Y("gene:N", sort=alt.EncodingSortField("rank"), title=None),
+            x=alt.X("score:Q", title="Σ activation × expression"),
+            color=alt.Color("specificity:Q", title="specificity", scale=alt.Scale(scheme="viridis")),
+            tooltip=["gene", "score", "specificity", "n_tokens", "rank"],
+        )
+        .properties(width=360, height=max(120, 16 * frame.height))
+    )
+
+
+def cell_type_heatmap(cell_types: pl.DataFrame, title: str, n_features: int = 40) -> alt.Chart:
+    """Cell type × feature log2 fold change for the features with the most significant cell-type preference."""
+    best = (
+        cell_types.group_by("feature").agg(pl.col("q_value").min().alias("best_q"))
+        .sort("best_q", "feature").head(n_features)["feature"]
+    )  # fmt: skip
+    frame = cell_types.filter(pl.col("feature").is_in(best.implode())).select(
+        pl.col("feature").cast(pl.String), "cell_type", "log2_fold_change", "q_value", "frac_active"
+    )
+    return (
+        alt.Chart(frame.to_pandas(), title=title)
+        .mark_rect()
+        .encode(
+            x=alt.X("feature:N", title="feature", sort=best.cast(pl.String).to_list()),
+            y=alt.Y("cell_type:N", title=None),
+            color=alt.Color(
+                "log2_fold_change:Q",
+                title="log2 FC",
+                scale=alt.Scale(scheme="redblue", domainMid=0, reverse=True),
+            ),
+            tooltip=["feature", "cell_type", "log2_fold_change", "q_value", "frac_active"],
+        )
+        .properties(width=max(200, 14 * len(best)), height=max(120, 18 * frame["cell_type"].n_unique()))
+    )
+
+
+def enrichment_dot_plot(enrichment: pl.DataFrame, title: str, n_terms: int = 25) -> alt.Chart:
+    """The strongest feature × term pairs: dot size = overlap, colour = −log10 q, one row per term."""
+    frame = (
+        enrichment.sort("log10_p_value").head(n_terms)
+        .select(
+            "feature", (pl.col("database") + ": " + pl.col("term_name").fill_null(pl.col("term_id"))).alias("term"),
+            "overlap", "q_value", "log10_p_value", (-pl.col("q_value").clip(1e-300, 1).log10()).alias("minus_log10_q"),
+        )
+    )  # fmt: skip
+    return (
+        alt.Chart(frame.to_pandas(), title=title)
+        .mark_circle()
+        .encode(
+            x=alt.X("feature:O", title="feature"),
+            y=alt.Y("term:N", title=None, sort=alt.EncodingSortField("log10_p_value")),
+            size=alt.Size("overlap:Q", title="overlap"),
+            color=alt.Color("minus_log10_q:Q", title="−log10 q", scale=alt.Scale(scheme="orangered", domainMin=0)),
+            tooltip=["feature", "term", "overlap", "q_value", "log10_p_value"],
+        )
+        .properties(width=max(160, 24 * frame["feature"].n_unique()), height=max(120, 18 * frame.height))
+    )

@@ -248,9 +248,21 @@ def build_enrichment_assets(
         context.log.info(f"{dataset} L{layer}: {table.height:,} tested pairs; " + ", ".join(
             f"{r['database']} {r['n_units_significant']}/{r['n_units']}" for r in summary.iter_rows(named=True)
         ))  # fmt: skip
+        from sae_genomics_core.viz.charts import chart_markdown, enrichment_dot_plot, save_chart
+
+        charts_dir = home.home.artefacts / "charts" / dataset / f"L{layer}"
+        charts_dir.mkdir(parents=True, exist_ok=True)
+        chart_metadata = {}
+        if table.height:
+            dot_plot = enrichment_dot_plot(table, f"strongest feature × term pairs, {dataset} layer {layer}")
+            save_chart(dot_plot, charts_dir / "enrichment_dot_plot")
+            chart_metadata["enrichment_dot_plot"] = dg.MetadataValue.md(
+                chart_markdown(dot_plot, "enrichment dot plot")
+            )
         yield dg.Output(
             table,
             metadata={
+                **chart_metadata,
                 "rows": table.height,
                 "background_genes": len(background),
                 "significant_pairs": int(table["significant"].sum()),

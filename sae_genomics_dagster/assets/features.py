@@ -9,6 +9,7 @@ from typing import Any
 
 import dagster as dg
 import duckdb
+import numpy as np
 import polars as pl
 from pydantic import Field
 
@@ -78,6 +79,10 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
             "feature_cell_types": _out(
                 "Per feature × cell type: mean activation, fraction active, log2 FC, Mann–Whitney U with BH q. Table `feature_cell_types`."
             ),
+            "feature_histograms": _out(
+                "Per feature: its active cells binned by (max) activation, 20 equal bins from 0 to its maximum; "
+                "the feature pages' activation histograms. Table `feature_histograms`."
+            ),
         },
         ins={"cells": dg.AssetIn(), "genes": dg.AssetIn()},
         deps=["sae_checkpoint", "activations"],
@@ -111,16 +116,52 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
                 pl.lit(dataset).alias("dataset"), pl.lit(layer, dtype=pl.Int64).alias("layer"), pl.all()
             )
 
-        yield dg.Output(keyed(tables.stats), "feature_stats", metadata={"features": tables.stats.height, "tokens": tables.n_tokens,
-                                                                      "alive_features": int((tables.stats["fire_count"] > 0).sum())})  # fmt: skip
+        from sae_genomics_core.viz.charts import (
+            cell_type_heatmap,
+            chart_markdown,
+            feature_density,
+            l0_histogram,
+            save_chart,
+        )
+
+        charts_dir = home.home.artefacts / "charts" / dataset / f"L{layer}"
+        charts_dir.mkdir(parents=True, exist_ok=True)
+        label = f"{dataset} layer {layer}"
+
+        def chart(name: str, made: Any) -> dg.MetadataValue:
+            # shown in the UI as an image; saved as HTML (and PNG) beside the other artefacts
+            save_chart(made, charts_dir / name)
+            return dg.MetadataValue.md(chart_markdown(made, name.replace("_", " ")))
+
+        mean_l0 = float(
+            (tables.l0_counts * np.arange(tables.l0_counts.size)).sum() / max(1, tables.l0_counts.sum())
+        )
+        yield dg.Output(
+            keyed(tables.stats), "feature_stats",
+            metadata={
+                "features": tables.stats.height, "tokens": tables.n_tokens,
+                "alive_features": int((tables.stats["fire_count"] > 0).sum()), "mean_l0": mean_l0,
+                "feature_density": chart("feature_density", feature_density(tables.stats, f"feature density, {label}")),
+                "l0_histogram": chart("l0_histogram", l0_histogram(tables.l0_counts, f"L0 per token, {label}")),
+                "charts_dir": dg.MetadataValue.path(str(charts_dir)),
+            },
+        )  # fmt: skip
         yield dg.Output(keyed(gene_rows.select("feature", "ensembl_id", "symbol", "score", "n_tokens", "mean_activation", "specificity", "rank", "gene_id")),
                         "feature_genes", metadata={"rows": gene_rows.height})  # fmt: skip
         yield dg.Output(keyed(tables.cells), "feature_cells", metadata={"rows": tables.cells.height})
         significant = int((tables.cell_types["q_value"] < 0.05).sum()) if tables.cell_types.height else 0
+        cell_type_metadata: dict[str, Any] = {
+            "rows": tables.cell_types.height,
+            "significant_q05": significant,
+        }
+        if tables.cell_types.height:
+            cell_type_metadata["cell_type_heatmap"] = chart(
+                "cell_type_heatmap",
+                cell_type_heatmap(tables.cell_types, f"cell type × feature log2 FC, {label}"),
+            )
+        yield dg.Output(keyed(tables.cell_types), "feature_cell_types", metadata=cell_type_metadata)
         yield dg.Output(
-            keyed(tables.cell_types),
-            "feature_cell_types",
-            metadata={"rows": tables.cell_types.height, "significant_q05": significant},
+            keyed(tables.histograms), "feature_histograms", metadata={"rows": tables.histograms.height}
         )
         # the outputs above are written as they are yielded; the view over them can now be (re)created
         database = str(home.home.warehouse)

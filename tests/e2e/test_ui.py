@@ -24,8 +24,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("ui") / "home"
+def ui_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ui") / "home"
+
+
+@pytest.fixture(scope="module")
+def webserver(ui_home: Path) -> Iterator[str]:
+    home = ui_home
     env = {**os.environ, "SAE_GENOMICS_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
     subprocess.run(
@@ -138,3 +143,118 @@ def test_ui_shows_one_running_schedule_per_annotation_database(webserver: str) -
         node = nodes[f"annotations_{database}"]
         assert node["groupName"] == "annotations"
         assert bool(node["assetMaterializations"]) == (database not in {"omim", "disgenet"}), database
+
+
+# --- in a real browser: Debian's Chromium (installed by `make test`), driven by Playwright ---------------
+
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = os.environ.get("SAE_GENOMICS_CHROMIUM", "/usr/bin/chromium")
+GROUPS = ("datasets", "activations", "sae", "features", "annotations", "enrichment", "reports")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium; or set SAE_GENOMICS_CHROMIUM"
+        )
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def _page(browser: object) -> object:
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})  # type: ignore[attr-defined]
+    page.set_default_timeout(60_000)
+    return page
+
+
+def _dismiss_welcome(page: object) -> None:
+    skip = page.get_by_role("button", name="Skip")  # type: ignore[attr-defined]
+    if skip.count():
+        skip.click()
+
+
+@pytest.mark.slow
+def test_browser_asset_graph_shows_every_group(webserver: str, browser: object) -> None:
+    page = _page(browser)
+    page.goto(f"{webserver}/asset-groups")
+    page.get_by_text("Global asset lineage").wait_for()
+    _dismiss_welcome(page)
+    for group in GROUPS:
+        page.get_by_text(group, exact=True).first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "ui-asset-graph.png"))
+    page.close()
+
+
+@pytest.mark.slow
+def test_browser_materialises_cells_and_the_run_succeeds(webserver: str, browser: object) -> None:
+    page = _page(browser)
+    page.goto(f"{webserver}/assets/cells")
+    _dismiss_welcome(page)
+    page.get_by_role("button", name="Materialize…").click()
+    dialog = page.get_by_role("dialog")
+    # cells comes from a multi-asset with genes and datasets: the UI asks to confirm materialising all three
+    confirm = dialog.get_by_role("button", name="Confirm")
+    if confirm.count():
+        confirm.click()
+    dialog.get_by_role("button", name="All", exact=True).click()  # every dataset partition: pbmc68k
+    dialog.get_by_role("button", name="Launch 1 run").click()
+    page.get_by_text("Launched run").wait_for()
+    page.get_by_role("link", name="View").first.click()
+    page.wait_for_url("**/runs/**")
+    run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+    deadline = time.time() + 240
+    status = None
+    while time.time() < deadline:
+        status = _graphql_run_status(webserver, run_id)
+        if status in {"SUCCESS", "FAILURE", "CANCELED"}:
+            break
+        time.sleep(2)
+    assert status == "SUCCESS", status
+    page.reload()
+    page.get_by_text("Success").first.wait_for()  # what the user sees on the run page
+    page.screenshot(path=str(ARTIFACTS / "ui-cells-run.png"))
+    page.close()
+
+
+def _graphql_run_status(url: str, run_id: str) -> str | None:
+    response = requests.post(
+        f"{url}/graphql",
+        json={"query": f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ status }} }} }}'},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return (response.json()["data"]["runOrError"] or {}).get("status")
+
+
+@pytest.mark.slow
+def test_browser_feature_page_search(ui_home: Path, webserver: str, browser: object) -> None:
+    import duckdb
+
+    pages = ui_home / "artefacts" / "pages" / "pbmc68k" / "L1" / "index.html"
+    assert pages.exists(), "the demo writes the feature pages"
+    with duckdb.connect(str(ui_home / "warehouse.duckdb"), read_only=True) as connection:
+        feature, symbol = connection.execute(
+            "select feature, symbol from feature_genes where dataset = 'pbmc68k' and layer = 1 and rank = 1 "
+            "and symbol is not null order by feature limit 1"
+        ).fetchone()
+    page = _page(browser)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(pages.as_uri())
+    page.locator("#density svg").wait_for()  # the overview's chart rendered by the bundled Vega
+    page.fill("#search", symbol)
+    page.get_by_text(f"match “{symbol}”").wait_for()
+    page.locator(f'#list a[data-feature="{feature}"]').click()
+    page.locator("#feature-title").filter(has_text=f"Feature {feature}").wait_for()
+    page.locator("#genes-chart svg").wait_for()
+    page.locator("#hist-chart svg").wait_for()
+    assert symbol in page.inner_text("#page")
+    page.screenshot(path=str(ARTIFACTS / "feature-page.png"), full_page=True)
+    assert not errors, errors
+    page.close()

@@ -119,3 +119,28 @@ def test_cell_type_test_uses_cells_as_units_with_bh(setup) -> None:
     assert row["n_cells"] == int(inside.sum())
     q = tables.cell_types["q_value"].to_numpy()
     assert (q >= tables.cell_types["p_value"].to_numpy() - 1e-15).all() and (q <= 1).all()
+
+
+def test_l0_counts_and_activation_histograms_equal_the_dense_computation(setup) -> None:
+    from sae_genomics_core.features.associate import HISTOGRAM_BINS
+
+    store, sae, _, tables = setup
+    tokens, dense = _dense(store, sae)
+    l0 = (dense > 0).sum(axis=1)
+    np.testing.assert_array_equal(tables.l0_counts[: l0.max() + 1], np.bincount(l0))
+    assert tables.l0_counts.sum() == dense.shape[0]
+    feature = int(tables.stats.sort("n_cells_active", descending=True)["feature"][0])
+    per_cell = (
+        pl.DataFrame({"cell": tokens["cell_index"], "a": dense[:, feature]})
+        .group_by("cell")
+        .agg(pl.col("a").max())
+    )
+    active = per_cell.filter(pl.col("a") > 0)["a"].to_numpy()
+    expected, _ = np.histogram(active, bins=HISTOGRAM_BINS, range=(0, active.max()))
+    rows = tables.histograms.filter(pl.col("feature") == feature).sort("bin")
+    got = np.zeros(HISTOGRAM_BINS, dtype=int)
+    got[rows["bin"].to_numpy()] = rows["n_cells"].to_numpy()
+    # the top bin is closed on the right in both; interior edges may differ by float rounding only
+    assert got.sum() == expected.sum() == active.size
+    assert np.abs(got - expected).sum() <= 2
+    assert rows["bin_end"].max() == pytest.approx(active.max(), rel=1e-6)
