@@ -1,0 +1,307 @@
+"""Feature pages: one self-contained HTML explorer per dataset × layer, rebuilt from the warehouse.
+
+In the spirit of Neuronpedia's feature pages, with the biology: search by gene, term or cell type; one
+page per feature (`index.html#feature=42`) with its top genes, top cells, cell types, activation
+histogram, where it sits in the layer's density, its enrichment with q-values, and the layer's SAE vs
+PCA vs random baseline rates. Everything (data, the Vega-Lite renderer from vl-convert's bundle) is
+inside the one file, so it opens offline, from a file:// URL or any static host, and never rots with a
+hosted service (InterPLM's dashboards did).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from sae_genomics_core.warehouse.sql import connect_read_only
+
+TOP_GENES, TOP_CELLS, TOP_TERMS = 20, 10, 15
+
+
+@dataclass(frozen=True)
+class PagesResult:
+    path: Path
+    n_features: int
+    n_bytes: int
+
+
+class PagesUnavailable(ValueError):
+    """The feature tables of this dataset × layer are not there yet."""
+
+
+def _frame(
+    connection: duckdb.DuckDBPyConnection, sql: str, params: list[Any], tables: set[str], needs: str
+) -> pl.DataFrame | None:
+    return connection.execute(sql, params).pl() if needs in tables else None
+
+
+def collect(warehouse: Path, dataset: str, layer: int) -> dict[str, Any]:
+    """Everything a page shows, as JSON-ready columns (compact: one list per column)."""
+    with connect_read_only(Path(warehouse)) as connection:
+        tables = {
+            r[0] for r in connection.execute("select table_name from information_schema.tables").fetchall()
+        }
+        key = [dataset, layer]
+        if (
+            "feature_stats" not in tables
+            or not connection.execute(
+                "select count(*) from feature_stats where dataset = ? and layer = ?", key
+            ).fetchone()[0]
+        ):  # type: ignore[index]
+            raise PagesUnavailable(
+                f"no feature_stats for {dataset} layer {layer}: materialise the feature tables first"
+            )
+        stats = connection.execute(
+            "select feature, fire_count, frequency, mean_activation, max_activation, n_cells_active "
+            "from feature_stats where dataset = ? and layer = ? order by feature", key
+        ).pl()  # fmt: skip
+        genes = connection.execute(
+            f"select feature, rank, coalesce(symbol, ensembl_id) as gene, ensembl_id, score, specificity, n_tokens "
+            f"from feature_genes where dataset = ? and layer = ? and rank <= {TOP_GENES} order by feature, rank", key
+        ).pl()  # fmt: skip
+        cells = connection.execute(
+            f"select fc.feature, fc.rank, fc.cell_id, c.cell_type, fc.max_activation from feature_cells fc "
+            f"left join cells c on c.dataset = fc.dataset and c.cell_index = fc.cell_index "
+            f"where fc.dataset = ? and fc.layer = ? and fc.rank <= {TOP_CELLS} order by fc.feature, fc.rank", key
+        ).pl()  # fmt: skip
+        cell_types = connection.execute(
+            "select feature, cell_type, mean_activation, frac_active, log2_fold_change, q_value "
+            "from feature_cell_types where dataset = ? and layer = ? order by feature, q_value", key
+        ).pl()  # fmt: skip
+        histograms = _frame(
+            connection,
+            "select feature, bin_start, bin_end, n_cells from feature_histograms where dataset = ? and layer = ? order by feature, bin",
+            key, tables, "feature_histograms",
+        )  # fmt: skip
+        enrichment = _frame(
+            connection,
+            "select feature, database, term_id, term_name, overlap, feature_set_size, term_size, odds_ratio, "
+            "log10_p_value, q_value, significant, overlap_genes from ("
+            "  select *, row_number() over (partition by feature order by log10_p_value) as position "
+            "  from enrichment where dataset = ? and layer = ?"
+            f") where position <= {TOP_TERMS} order by feature, log10_p_value",
+            key, tables, "enrichment",
+        )  # fmt: skip
+        baselines = _frame(
+            connection,
+            "select database, method, n_units, n_units_tested, n_units_significant, fraction_significant "
+            "from enrichment_baselines where dataset = ? and layer = ? order by database, method",
+            key, tables, "enrichment_baselines",
+        )  # fmt: skip
+        sae = _frame(
+            connection,
+            "select hook, d_in, d_sae, k, explained_variance, dead_fraction, model_id, random_weights "
+            "from sae_checkpoints where dataset = ? and layer = ?",
+            key, tables, "sae_checkpoints",
+        )  # fmt: skip
+    return {
+        "dataset": dataset,
+        "layer": layer,
+        "sae": sae.row(0, named=True) if sae is not None and sae.height else {},
+        "stats": _columns(stats),
+        "genes": _columns(genes),
+        "cells": _columns(cells),
+        "cell_types": _columns(cell_types),
+        "histograms": _columns(histograms),
+        "enrichment": _columns(enrichment),
+        "baselines": _columns(baselines),
+    }
+
+
+def _columns(frame: pl.DataFrame | None) -> dict[str, list[Any]]:
+    if frame is None:
+        return {}
+    return {name: _json_safe(frame[name].to_list()) for name in frame.columns}
+
+
+def _json_safe(values: list[Any]) -> list[Any]:
+    # JSON has no inf/nan: odds ratios of complete overlaps are inf, keep them readable
+    def fix(v: Any) -> Any:
+        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+            return None if v != v else ("inf" if v > 0 else "-inf")
+        return v
+
+    return [fix(v) for v in values]
+
+
+def render(data: dict[str, Any], vega_bundle: str) -> str:
+    payload = json.dumps(data, separators=(",", ":"), default=str).replace("</", "<\\/")
+    title = f"sae-genomics · {data['dataset']} · layer {data['layer']}"
+    return (
+        _TEMPLATE.replace("__TITLE__", html.escape(title))
+        .replace("__VEGA__", vega_bundle.replace("</script", "<\\/script"))
+        .replace("__DATA__", payload)
+    )
+
+
+def build_feature_pages(warehouse: Path, dataset: str, layer: int, out_dir: Path) -> PagesResult:
+    """Write `out_dir/index.html` (atomically: a failed build leaves the previous pages)."""
+    import vl_convert as vlc
+
+    data = collect(warehouse, dataset, layer)
+    page = render(data, vlc.javascript_bundle())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "index.html"
+    partial = out_dir / "index.html.partial"
+    partial.write_text(page, encoding="utf-8")
+    os.replace(partial, target)
+    return PagesResult(
+        path=target, n_features=len(data["stats"].get("feature", [])), n_bytes=target.stat().st_size
+    )
+
+
+_TEMPLATE = r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>__TITLE__</title>
+<style>
+  body { font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #1d2330; }
+  header { background: #1d2330; color: #fff; padding: 10px 18px; display: flex; gap: 18px; align-items: center; flex-wrap: wrap; }
+  header h1 { font-size: 17px; margin: 0; font-weight: 600; }
+  header a { color: #9fd1ff; }
+  #search { font-size: 15px; padding: 6px 10px; width: 340px; border-radius: 4px; border: 0; }
+  main { display: grid; grid-template-columns: 320px 1fr; min-height: calc(100vh - 50px); }
+  nav { border-right: 1px solid #dde; overflow-y: auto; max-height: calc(100vh - 50px); }
+  nav a { display: block; padding: 5px 12px; text-decoration: none; color: inherit; border-bottom: 1px solid #f0f0f4; }
+  nav a:hover, nav a.current { background: #eef4ff; }
+  nav small, .muted { color: #667; }
+  section { padding: 14px 22px; overflow-x: auto; }
+  h2 { font-size: 18px; margin: 4px 0 10px; } h3 { font-size: 15px; margin: 18px 0 6px; }
+  table { border-collapse: collapse; font-size: 13px; } td, th { padding: 3px 8px; border-bottom: 1px solid #eee; text-align: left; }
+  th { background: #f6f7fb; } .sig { font-weight: 600; color: #a3261b; }
+  .charts { display: flex; gap: 20px; flex-wrap: wrap; }
+  .pill { display: inline-block; background: #eef4ff; border-radius: 10px; padding: 0 8px; margin: 1px; font-size: 12px; }
+</style>
+<script>__VEGA__</script>
+</head>
+<body>
+<header>
+  <h1>__TITLE__</h1>
+  <input id="search" type="search" placeholder="Search a gene, term or cell type…" autocomplete="off">
+  <span id="summary" class="muted"></span>
+  <a href="#">overview</a>
+</header>
+<main>
+  <nav id="list"></nav>
+  <section id="page"></section>
+</main>
+<script id="data" type="application/json">__DATA__</script>
+<script>
+// one function scope: the Vega bundle above declares top-level names of its own
+(() => {
+"use strict";
+const D = JSON.parse(document.getElementById("data").textContent);
+const rows = (cols) => { const keys = Object.keys(cols); const n = keys.length ? cols[keys[0]].length : 0;
+  return Array.from({length: n}, (_, i) => Object.fromEntries(keys.map(k => [k, cols[k][i]]))); };
+const byFeature = (list) => { const m = new Map(); for (const r of list) { if (!m.has(r.feature)) m.set(r.feature, []); m.get(r.feature).push(r); } return m; };
+const stats = rows(D.stats), genes = byFeature(rows(D.genes)), cells = byFeature(rows(D.cells)),
+      types = byFeature(rows(D.cell_types)), hist = byFeature(rows(D.histograms)), terms = byFeature(rows(D.enrichment)),
+      baselines = rows(D.baselines);
+const esc = (s) => String(s ?? "").replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
+const num = (x, d = 3) => x === null || x === undefined ? "" : (typeof x === "string" ? x : (Math.abs(x) >= 1e4 || (x !== 0 && Math.abs(x) < 1e-3) ? x.toExponential(2) : x.toFixed(d)));
+const sigTerms = (f) => (terms.get(f) || []).filter(t => t.significant);
+const bestType = (f) => (types.get(f) || [])[0];
+const table = (head, body) => `<table><tr>${head.map(h => `<th>${h}</th>`).join("")}</tr>${body.join("")}</table>`;
+
+function label(s) {
+  const g = (genes.get(s.feature) || []).slice(0, 4).map(r => r.gene).join(", ");
+  const t = sigTerms(s.feature)[0]; const c = bestType(s.feature);
+  return `<b>#${s.feature}</b> <small>${num(s.frequency, 4)} of tokens</small><br><small>${esc(g)}${t ? " · " + esc(t.term_name) : ""}${c && c.q_value < 0.05 ? " · " + esc(c.cell_type) : ""}</small>`;
+}
+
+function listFeatures(items, note) {
+  document.getElementById("list").innerHTML = (note ? `<div class="muted" style="padding:6px 12px">${note}</div>` : "") +
+    items.slice(0, 400).map(s => `<a href="#feature=${s.feature}" data-feature="${s.feature}">${label(s)}</a>`).join("");
+}
+
+function search(query) {
+  const q = query.trim().toLowerCase();
+  if (!q) { listFeatures(defaultOrder(), ""); return; }
+  const hits = new Map();
+  const add = (f, why) => { if (!hits.has(f)) hits.set(f, new Set()); hits.get(f).add(why); };
+  for (const [f, list] of genes) for (const r of list) if (String(r.gene).toLowerCase().includes(q) || String(r.ensembl_id).toLowerCase() === q) add(f, "gene " + r.gene);
+  for (const [f, list] of terms) for (const r of list) if (String(r.term_name).toLowerCase().includes(q) || String(r.term_id).toLowerCase() === q) add(f, "term " + r.term_name);
+  for (const [f, list] of types) for (const r of list) if (r.q_value < 0.05 && String(r.cell_type).toLowerCase().includes(q)) add(f, "cell type " + r.cell_type);
+  if (/^\d+$/.test(q) && stats.some(s => s.feature === Number(q))) add(Number(q), "feature number");
+  const found = stats.filter(s => hits.has(s.feature));
+  listFeatures(found, `${found.length} feature${found.length === 1 ? "" : "s"} match “${esc(query)}”`);
+  for (const a of document.querySelectorAll("#list a")) a.title = [...hits.get(Number(a.dataset.feature))].join("; ");
+}
+
+function defaultOrder() {
+  return [...stats].filter(s => s.fire_count > 0).sort((a, b) => sigTerms(b.feature).length - sigTerms(a.feature).length || b.frequency - a.frequency);
+}
+
+function chart(el, spec) { vegaEmbed(el, spec, {renderer: "svg", actions: false}).catch(e => { document.querySelector(el).textContent = "chart failed: " + e; }); }
+
+function baselineTable() {
+  if (!baselines.length) return "<p class=muted>No enrichment_baselines for this layer yet.</p>";
+  const dbs = [...new Set(baselines.map(b => b.database))];
+  const cell = (db, m) => { const b = baselines.find(x => x.database === db && x.method === m); return b ? `${num(b.fraction_significant, 3)} <small>(${b.n_units_significant}/${b.n_units_tested})</small>` : ""; };
+  return table(["database", "SAE features", "PCA directions", "random directions"], dbs.map(db => `<tr><td>${esc(db)}</td><td>${cell(db, "sae")}</td><td>${cell(db, "pca")}</td><td>${cell(db, "random")}</td></tr>`));
+}
+
+function overview() {
+  const sae = D.sae || {}; const alive = stats.filter(s => s.fire_count > 0).length;
+  document.getElementById("page").innerHTML = `<h2>${esc(D.dataset)} · layer ${D.layer}</h2>
+    <p>${stats.length} features (${alive} alive)${sae.d_sae ? ` · TopK SAE d_in ${sae.d_in} → ${sae.d_sae}, k ${sae.k}, hook ${esc(sae.hook)}, held-out explained variance ${num(sae.explained_variance)}` : ""}${sae.random_weights ? " · <b>model with random weights</b>: features are not expected to be biological" : ""}.</p>
+    <h3>Fraction of units with at least one significant term (BH q ≤ 0.05)</h3>${baselineTable()}
+    <h3>Feature density</h3><div id="density"></div>
+    <p class=muted>Search above, or pick a feature on the left (ordered by significant terms, then frequency).</p>`;
+  chart("#density", densitySpec(null));
+}
+
+function densitySpec(mark) {
+  const values = stats.filter(s => s.frequency > 0).map(s => ({log10_frequency: Math.log10(s.frequency)}));
+  const layers = [{mark: "bar", encoding: {x: {field: "log10_frequency", bin: {maxbins: 40}, title: "log10 fraction of tokens"}, y: {aggregate: "count", title: "features"}}}];
+  if (mark !== null) layers.push({mark: {type: "rule", color: "#d62728", strokeWidth: 2}, data: {values: [{x: mark}]}, encoding: {x: {field: "x", type: "quantitative"}}});
+  return {width: 380, height: 150, data: {values}, layer: layers};
+}
+
+function featurePage(f) {
+  const s = stats.find(x => x.feature === f);
+  if (!s) { document.getElementById("page").innerHTML = `<p>No feature ${f} in this layer.</p>`; return; }
+  for (const a of document.querySelectorAll("#list a")) a.classList.toggle("current", Number(a.dataset.feature) === f);
+  const g = genes.get(f) || [], c = cells.get(f) || [], t = types.get(f) || [], e = terms.get(f) || [], h = hist.get(f) || [];
+  const sig = e.filter(r => r.significant);
+  document.getElementById("page").innerHTML = `<h2 id="feature-title">Feature ${f}</h2>
+    <p>fires on ${num(s.frequency, 5)} of tokens (${s.fire_count} tokens, ${s.n_cells_active} cells) · mean activation ${num(s.mean_activation)} · max ${num(s.max_activation)}
+    · ${sig.length ? `<span class=sig>${sig.length} significant term${sig.length === 1 ? "" : "s"}</span>` : "no significant term"}</p>
+    <div class="charts"><div><h3>Top genes</h3><div id="genes-chart"></div></div>
+      <div><h3>Activation histogram (cells)</h3><div id="hist-chart"></div><h3>Density: this feature in its layer</h3><div id="density"></div></div></div>
+    <h3>Top genes</h3>${table(["rank", "gene", "Ensembl", "score", "specificity", "tokens"], g.map(r => `<tr><td>${r.rank}</td><td>${esc(r.gene)}</td><td>${esc(r.ensembl_id)}</td><td>${num(r.score)}</td><td>${num(r.specificity)}</td><td>${r.n_tokens}</td></tr>`))}
+    <h3>Enrichment (BH q per database)</h3>${e.length ? table(["database", "term", "overlap", "set", "term size", "odds ratio", "log10 p", "q", "genes"], e.map(r => `<tr class="${r.significant ? "sig" : ""}"><td>${esc(r.database)}</td><td>${esc(r.term_name || r.term_id)} <small>${esc(r.term_id)}</small></td><td>${r.overlap}</td><td>${r.feature_set_size}</td><td>${r.term_size}</td><td>${num(r.odds_ratio, 1)}</td><td>${num(r.log10_p_value, 2)}</td><td>${num(r.q_value)}</td><td>${(r.overlap_genes || []).map(x => `<span class=pill>${esc(x)}</span>`).join("")}</td></tr>`)) : "<p class=muted>Not tested (no enrichment rows for this feature).</p>"}
+    <h3>Compared with the baselines of this layer</h3>${baselineTable()}
+    <h3>Cell types (cells as the unit, Mann–Whitney U, BH q)</h3>${table(["cell type", "mean activation", "fraction active", "log2 FC", "q"], t.map(r => `<tr class="${r.q_value < 0.05 ? "sig" : ""}"><td>${esc(r.cell_type)}</td><td>${num(r.mean_activation)}</td><td>${num(r.frac_active)}</td><td>${num(r.log2_fold_change, 2)}</td><td>${num(r.q_value)}</td></tr>`))}
+    <h3>Top cells</h3>${table(["rank", "cell", "cell type", "max activation"], c.map(r => `<tr><td>${r.rank}</td><td>${esc(r.cell_id)}</td><td>${esc(r.cell_type)}</td><td>${num(r.max_activation)}</td></tr>`))}`;
+  chart("#genes-chart", {width: 300, height: Math.max(100, 15 * g.length), data: {values: g}, mark: "bar",
+    encoding: {y: {field: "gene", type: "nominal", sort: {field: "rank"}, title: null}, x: {field: "score", type: "quantitative", title: "Σ activation × expression"},
+               color: {field: "specificity", type: "quantitative", scale: {scheme: "viridis"}}, tooltip: [{field: "gene"}, {field: "score"}, {field: "specificity"}]}});
+  chart("#hist-chart", {width: 300, height: 130, data: {values: h}, mark: {type: "rect", stroke: "white"},
+    encoding: {x: {field: "bin_start", type: "quantitative", title: "cell's max activation"}, x2: {field: "bin_end"},
+               y: {field: "n_cells", type: "quantitative", title: "cells"}, y2: {datum: 0}}});
+  chart("#density", densitySpec(s.frequency > 0 ? Math.log10(s.frequency) : null));
+}
+
+function route() {
+  const m = location.hash.match(/feature=(\d+)/);
+  if (m) featurePage(Number(m[1])); else overview();
+}
+document.getElementById("search").addEventListener("input", (ev) => search(ev.target.value));
+window.addEventListener("hashchange", route);
+document.getElementById("summary").textContent = `${stats.length} features · ${rows(D.enrichment).filter(r => r.significant).length} significant feature–term pairs shown`;
+listFeatures(defaultOrder(), "");
+route();
+})();
+</script>
+</body>
+</html>
+"""
