@@ -10,7 +10,7 @@ export DAGSTER_HOME := $(SAE_GENOMICS_HOME)/dagster
 UI_HOST ?= 127.0.0.1
 UI_PORT ?= 3000
 
-.PHONY: install demo test lint ui bench clean
+.PHONY: install demo test lint ui bench clean browser
 
 install: $(STAMP)
 
@@ -37,7 +37,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(STAMP) $(REF_STAMP) lint
+# The browser tests drive Debian's Chromium; installed here when absent (needs root or sudo and apt).
+CHROMIUM ?= /usr/bin/chromium
+export SAE_GENOMICS_CHROMIUM := $(CHROMIUM)
+browser:
+	@test -x $(CHROMIUM) || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	}
+	@$(CHROMIUM) --version
+
+test: $(STAMP) $(REF_STAMP) lint browser
 	SAE_GENOMICS_HOME=$$(mktemp -d) && DAGSTER_HOME=$$SAE_GENOMICS_HOME/dagster && mkdir -p $$DAGSTER_HOME \
 	  && cp dagster.yaml $$DAGSTER_HOME/ && export SAE_GENOMICS_HOME DAGSTER_HOME \
 	  && $(BIN)/dagster definitions validate -m sae_genomics_dagster.definitions

@@ -146,7 +146,9 @@ def enrichment_dot_plot(enrichment: pl.DataFrame, title: str, n_terms: int = 25)
             x=alt.X("feature:O", title="feature"),
             y=alt.Y("term:N", title=None, sort=alt.EncodingSortField("log10_p_value")),
             size=alt.Size("overlap:Q", title="overlap"),
-            color=alt.Color("minus_log10_q:Q", title="−log10 q", scale=alt.Scale(scheme="orangered", domainMin=0)),
+            color=alt.Color(
+                "minus_log10_q:Q", title="−log10 q", scale=alt.Scale(scheme="orangered", domainMin=0)
+            ),
             tooltip=["feature", "term", "overlap", "q_value", "log10_p_value"],
         )
         .properties(width=max(160, 24 * frame["feature"].n_unique()), height=max(120, 18 * frame.height))

@@ -61,3 +61,21 @@ def test_loading_the_definitions_does_not_import_torch(home: Home) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_every_asset_tells_a_newcomer_what_it_is(home: Home) -> None:
+    graph = build_definitions(home).resolve_asset_graph()
+    groups = set()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        name = key.to_user_string()
+        assert node.description and len(node.description) > 40, name
+        assert node.owners == ["team:sae-genomics"], name
+        assert node.kinds, name  # torch, duckdb, polars, html, …
+        assert node.group_name != "default", name
+        groups.add(node.group_name)
+    assert groups == {"datasets", "activations", "sae", "features", "annotations", "enrichment", "reports"}
+    # the last steps of the graph sit where DESIGN puts them
+    assert dg.AssetKey("enrichment") in graph.get(dg.AssetKey("enrichment_baselines")).parent_keys
+    assert dg.AssetKey("enrichment_baselines") in graph.get(dg.AssetKey("feature_pages")).parent_keys
+    assert {c.name for c in graph.get_check_keys_for_assets({dg.AssetKey("enrichment")})} == {"calibration"}

@@ -108,7 +108,7 @@ def test_feature_tables_are_written_and_the_summary_view_reads_them(trained) -> 
     key = dg.MultiPartitionKey({"dataset": "chr21", "layer": "1"})
     result = defs.resolve_job_def("sae_pipeline").execute_in_process(
         partition_key=key, instance=instance, run_config={"ops": {"sae_checkpoint": {"config": SMALL}}}, raise_on_error=False,
-        asset_selection=[dg.AssetKey(name) for name in ("feature_stats", "feature_genes", "feature_cells", "feature_cell_types")],
+        asset_selection=[dg.AssetKey(name) for name in ("feature_stats", "feature_genes", "feature_cells", "feature_cell_types", "feature_histograms")],
     )  # fmt: skip
     assert result.success
     with duckdb.connect(str(home.warehouse), read_only=True) as connection:
@@ -124,6 +124,21 @@ def test_feature_tables_are_written_and_the_summary_view_reads_them(trained) -> 
     assert n_features == 512
     assert genes[0] > 0 and genes[0] == genes[1] and genes[2]
     assert summary[0] == 512 and summary[1] > 0
+    with duckdb.connect(str(home.warehouse), read_only=True) as connection:
+        cells_binned, cells_active = connection.execute(
+            "select (select sum(n_cells) from feature_histograms where dataset = 'chr21' and layer = 1), "
+            "(select sum(n_cells_active) from feature_stats where dataset = 'chr21' and layer = 1)"
+        ).fetchone()
+    assert cells_binned == cells_active > 0  # every active cell of every feature sits in one bin
+    # charts: images in the metadata, HTML and PNG beside the artefacts
+    stats_metadata = instance.get_latest_materialization_event(
+        dg.AssetKey("feature_stats")
+    ).asset_materialization.metadata
+    for chart in ("feature_density", "l0_histogram"):
+        assert "data:image/png;base64," in stats_metadata[chart].value
+        assert (home.artefacts / "charts" / "chr21" / "L1" / f"{chart}.html").exists()
+        assert (home.artefacts / "charts" / "chr21" / "L1" / f"{chart}.png").exists()
+    assert stats_metadata["mean_l0"].value > 0
 
 
 def test_a_checkpoint_for_another_layer_is_refused(trained) -> None:
@@ -136,7 +151,7 @@ def test_a_checkpoint_for_another_layer_is_refused(trained) -> None:
     shutil.copy(source / "CURRENT.json", target / "CURRENT.json")
     result = defs.resolve_job_def("sae_pipeline").execute_in_process(
         partition_key=dg.MultiPartitionKey({"dataset": "chr21", "layer": "3"}), instance=instance, raise_on_error=False,
-        asset_selection=[dg.AssetKey(name) for name in ("feature_stats", "feature_genes", "feature_cells", "feature_cell_types")],
+        asset_selection=[dg.AssetKey(name) for name in ("feature_stats", "feature_genes", "feature_cells", "feature_cell_types", "feature_histograms")],
     )  # fmt: skip
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)

@@ -1,0 +1,88 @@
+"""Feature pages from a warehouse: what they embed, refusals, and that a failed build keeps the old pages.
+(Rendering and search in a real browser: tests/e2e/test_ui.py.)"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from sae_genomics_core.viz.pages import PagesUnavailable, build_feature_pages, collect
+
+
+def _warehouse(path: Path, with_enrichment: bool = True) -> Path:
+    tables = {
+        "feature_stats": pl.DataFrame({"dataset": "d", "layer": 0, "feature": [0, 1, 2], "fire_count": [5, 0, 9],
+                                       "frequency": [0.1, 0.0, 0.2], "mean_activation": 1.0, "max_activation": 2.0, "n_cells_active": [3, 0, 4]}),
+        "feature_genes": pl.DataFrame({"dataset": "d", "layer": 0, "feature": [0, 0, 2], "rank": [1, 2, 1], "symbol": ["LYZ", None, "CD3E"],
+                                       "ensembl_id": ["ENSG00000090382", "ENSG00000000001", "ENSG00000198851"], "score": [3.0, 2.0, 1.0],
+                                       "specificity": [4.0, 3.0, 2.0], "n_tokens": [5, 4, 3]}),
+        "feature_cells": pl.DataFrame({"dataset": "d", "layer": 0, "feature": [0], "cell_index": [7], "cell_id": ["AAAC-1"], "max_activation": [2.0], "rank": [1]}),
+        "cells": pl.DataFrame({"dataset": "d", "cell_index": [7], "cell_type": ["CD14+ Monocyte"]}),
+        "feature_cell_types": pl.DataFrame({"dataset": "d", "layer": 0, "feature": [0], "cell_type": ["CD14+ Monocyte"], "mean_activation": [1.0],
+                                            "frac_active": [0.5], "log2_fold_change": [2.0], "q_value": [0.001]}),
+        "feature_histograms": pl.DataFrame({"dataset": "d", "layer": 0, "feature": [0, 0], "bin": [0, 19], "bin_start": [0.0, 1.9], "bin_end": [0.1, 2.0], "n_cells": [1, 2]}),
+    }  # fmt: skip
+    if with_enrichment:
+        tables["enrichment"] = pl.DataFrame({
+            "dataset": "d", "layer": 0, "feature": [0, 0], "database": ["hpo", "hpo"], "term_id": ["HP:0002715", "HP:0000001"],
+            "term_name": ["Abnormality of the immune system", "All"], "overlap": [3, 1], "feature_set_size": [20, 20], "term_size": [3, 500],
+            "odds_ratio": [float("inf"), 1.0], "log10_p_value": [-8.0, 0.0], "q_value": [1e-6, 1.0], "significant": [True, False],
+            "overlap_genes": [["LYZ", "S100A8", "S100A9"], None],
+        })  # fmt: skip
+    with duckdb.connect(str(path)) as connection:
+        for name, frame in tables.items():
+            connection.register("frame", frame.to_arrow())
+            connection.execute(f"create table {name} as select * from frame")
+            connection.unregister("frame")
+    return path
+
+
+def _embedded(page: str) -> dict:
+    match = re.search(r'<script id="data" type="application/json">(.*?)</script>', page, flags=re.S)
+    assert match
+    return json.loads(match.group(1))
+
+
+def test_pages_embed_what_each_feature_shows(tmp_path: Path) -> None:
+    warehouse = _warehouse(tmp_path / "w.duckdb")
+    result = build_feature_pages(warehouse, "d", 0, tmp_path / "pages")
+    page = result.path.read_text()
+    assert result.n_features == 3 and result.n_bytes == len(page.encode())
+    assert "window.vegaEmbed" in page  # the renderer is inside: no CDN, opens offline
+    assert "https://cdn" not in page
+    data = _embedded(page)
+    assert data["genes"]["gene"] == ["LYZ", "ENSG00000000001", "CD3E"]  # symbol, else the Ensembl id
+    assert data["cells"]["cell_type"] == ["CD14+ Monocyte"]
+    assert data["enrichment"]["odds_ratio"] == ["inf", 1.0]  # JSON has no infinity
+    assert data["enrichment"]["overlap_genes"][0] == ["LYZ", "S100A8", "S100A9"]
+    assert data["histograms"]["n_cells"] == [1, 2]
+    assert data["baselines"] == {}  # not materialised yet: the page says so instead of failing
+
+
+def test_pages_without_enrichment_still_build(tmp_path: Path) -> None:
+    warehouse = _warehouse(tmp_path / "w.duckdb", with_enrichment=False)
+    assert collect(warehouse, "d", 0)["enrichment"] == {}
+
+
+def test_a_missing_layer_is_refused_and_the_previous_pages_stay(tmp_path: Path) -> None:
+    warehouse = _warehouse(tmp_path / "w.duckdb")
+    out = tmp_path / "pages"
+    first = build_feature_pages(warehouse, "d", 0, out).path.read_text()
+    with pytest.raises(PagesUnavailable, match="materialise the feature tables"):
+        build_feature_pages(warehouse, "d", 5, out)
+    assert (out / "index.html").read_text() == first
+    assert not (out / "index.html.partial").exists()
+
+
+def test_script_breaking_text_in_the_data_is_escaped(tmp_path: Path) -> None:
+    warehouse = _warehouse(tmp_path / "w.duckdb")
+    with duckdb.connect(str(warehouse)) as connection:
+        connection.execute("update enrichment set term_name = '</script><b>x' where term_id = 'HP:0000001'")
+    page = build_feature_pages(warehouse, "d", 0, tmp_path / "pages").path.read_text()
+    assert "</script><b>x" not in page
+    assert "</script><b>x" in _embedded(page)["enrichment"]["term_name"]
