@@ -122,6 +122,7 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
             feature_density,
             l0_histogram,
             save_chart,
+            top_genes_chart,
         )
 
         charts_dir = home.home.artefacts / "charts" / dataset / f"L{layer}"
@@ -146,8 +147,17 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
                 "charts_dir": dg.MetadataValue.path(str(charts_dir)),
             },
         )  # fmt: skip
+        gene_metadata: dict[str, Any] = {"rows": gene_rows.height}
+        if gene_rows.height:  # the busiest feature's top genes, as an example of what feature_genes holds
+            busiest = int(tables.stats.sort("fire_count", descending=True)["feature"][0])
+            gene_metadata["top_genes_of_the_busiest_feature"] = chart(
+                "top_genes_busiest_feature",
+                top_genes_chart(
+                    gene_rows.filter(pl.col("feature") == busiest), f"feature {busiest}: top genes, {label}"
+                ),
+            )
         yield dg.Output(keyed(gene_rows.select("feature", "ensembl_id", "symbol", "score", "n_tokens", "mean_activation", "specificity", "rank", "gene_id")),
-                        "feature_genes", metadata={"rows": gene_rows.height})  # fmt: skip
+                        "feature_genes", metadata=gene_metadata)  # fmt: skip
         yield dg.Output(keyed(tables.cells), "feature_cells", metadata={"rows": tables.cells.height})
         significant = int((tables.cell_types["q_value"] < 0.05).sum()) if tables.cell_types.height else 0
         cell_type_metadata: dict[str, Any] = {

@@ -88,3 +88,27 @@ def test_feature_summary_carries_the_enrichment_columns(demo_home: Path, column:
         demo_home, f"select count(*), count({column}) from feature_summary where dataset = 'pbmc68k'"
     )
     assert rows[0][0] == 4 * 512
+
+
+@pytest.mark.parametrize(
+    ("asset", "chart"),
+    [
+        ("sae_checkpoint", "training_curves"),
+        ("feature_stats", "feature_density"),
+        ("feature_stats", "l0_histogram"),
+        ("feature_genes", "top_genes_of_the_busiest_feature"),
+        ("feature_cell_types", "cell_type_heatmap"),
+        ("enrichment", "enrichment_dot_plot"),
+    ],
+)
+def test_charts_show_in_the_assets_metadata(demo_home: Path, asset: str, chart: str) -> None:
+    from sae_genomics_dagster.instance import get_instance
+
+    event = get_instance(Home(demo_home)).get_latest_materialization_event(dg.AssetKey(asset))
+    assert "data:image/png;base64," in event.asset_materialization.metadata[chart].value
+
+
+def test_feature_pages_are_written_for_every_layer(demo_home: Path) -> None:
+    for layer in LAYERS:
+        page = demo_home / "artefacts" / "pages" / "pbmc68k" / f"L{layer}" / "index.html"
+        assert page.stat().st_size > 500_000  # data for 512 features plus the bundled renderer
