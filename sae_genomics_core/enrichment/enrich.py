@@ -141,8 +141,8 @@ def gene_sets(unit_genes: pl.DataFrame, universe: Sequence[str], settings: Enric
     chosen = (
         unit_genes.select("feature", "ensembl_id", "score", "rank")
         .join(index, on="ensembl_id", how="inner")
-        .unique(["feature", "ensembl_id"])
-        .sort(order, descending=descending)
+        .sort(order, descending=descending)  # two tokens of one gene: the better-ranked row stands
+        .unique(["feature", "ensembl_id"], keep="first", maintain_order=True)
         .with_columns(pl.int_range(pl.len()).over("feature").alias("position"))
         .filter(pl.col("position") < settings.gene_set_size)
     )  # fmt: skip
@@ -198,10 +198,16 @@ def _terms(
             "ensembl_id",
             "term_id",
             "term_name",
-            pl.col("term_kind").fill_null(rows["term_kind"].mode().first()),
+            pl.col("term_kind").fill_null(_ancestor_kind(rows)),
         )
         notes["ontology_version"] = getattr(ontology, "version", None)
     return rows.unique(["ensembl_id", "term_id"]), notes
+
+
+def _ancestor_kind(rows: pl.DataFrame) -> str:
+    """The kind given to ancestor terms added by propagation: the database's usual kind."""
+    kinds = rows["term_kind"].drop_nulls()
+    return str(kinds.mode().sort().first()) if kinds.len() else "term"
 
 
 def _hypergeometric(
@@ -257,12 +263,14 @@ def _hypergeometric(
         "p_value": np.exp(log_p), "log10_p_value": log_p / np.log(10), "q_value": q_values,
     }, schema_overrides={"term_id": pl.String, "term_name": pl.String, "term_kind": pl.String})  # fmt: skip
     table = table.with_columns(significant=pl.col("q_value") <= settings.fdr)
-    table = _flag_most_specific(table, ontology, settings)
+    n_tested_pairs, n_significant = table.height, int(table["significant"].sum())
+    n_units_significant = table.filter("significant")["feature"].n_unique()
+    table = _flag_most_specific(table, ontology, settings)  # may drop rows: count before
     table = _with_overlap_genes(table, unit_genes, sets, members)
     summary = DatabaseSummary(
         database=database, statistic="hypergeometric", n_units=n_units, n_terms=n_terms, n_tests=n_tests,
-        n_tested_pairs=table.height, n_significant=int(table["significant"].sum()),
-        n_units_significant=table.filter("significant")["feature"].n_unique(), background_size=population, notes=notes,
+        n_tested_pairs=n_tested_pairs, n_significant=n_significant,
+        n_units_significant=n_units_significant, background_size=population, notes=notes,
     )  # fmt: skip
     return table.select(list(ENRICHMENT_SCHEMA)).cast(ENRICHMENT_SCHEMA), summary  # type: ignore[arg-type]
 
@@ -386,23 +394,48 @@ def random_gene_sets(sizes: np.ndarray, universe: Sequence[str], seed: int) -> p
     chosen = np.concatenate(picked) if picked else np.zeros(0, dtype=object)
     return pl.DataFrame({
         "feature": np.concatenate(features) if features else np.zeros(0, dtype=np.int64),
-        "ensembl_id": chosen.astype(str), "score": np.ones(n), "rank": np.ones(n, dtype=np.int64),
+        "ensembl_id": chosen.astype(str), "score": rng.random(n), "rank": np.ones(n, dtype=np.int64),
     })  # fmt: skip
 
 
+def shuffled_gene_sets(unit_genes: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """The features' genes dealt out again at random: every feature keeps its number of candidate genes,
+    every gene keeps how often it occurs across features, the pairing is random (a gene drawn twice for
+    one feature counts once). This null keeps whatever decides which genes can be a feature's top genes
+    at all (expression, vocab, well-studied genes) and removes only what ties genes to one feature."""
+    rng = np.random.default_rng(seed)
+    features = unit_genes["feature"].to_numpy()
+    genes = unit_genes["ensembl_id"].to_numpy()[rng.permutation(unit_genes.height)]
+    for _ in range(100):  # a gene dealt twice to one feature swaps places with a random other card
+        later = pl.DataFrame({"f": features, "g": genes}).select(~pl.struct("f", "g").is_first_distinct())
+        clash = np.flatnonzero(later.to_series().to_numpy())
+        if clash.size == 0:
+            break
+        for card, partner in zip(clash, rng.integers(0, genes.size, clash.size), strict=True):
+            genes[card], genes[partner] = genes[partner], genes[card]  # a swap keeps every gene's count
+    dealt = pl.DataFrame({
+        "feature": features, "ensembl_id": genes, "score": rng.random(genes.size), "rank": np.ones(genes.size, dtype=np.int64),
+    })  # fmt: skip
+    return dealt.unique(["feature", "ensembl_id"], keep="first", maintain_order=True)
+
+
 def calibrate(
-    set_sizes: np.ndarray,
+    unit_genes: pl.DataFrame,
     background: Sequence[str],
     annotations: Mapping[str, pl.DataFrame],
     settings: EnrichmentSettings = EnrichmentSettings(),
     ontologies: Mapping[str, object] | None = None,
     repeats: int = 1,
 ) -> pl.DataFrame:
-    """Random gene sets of the given sizes through the same test: per database, the fraction of sets with
-    at least one significant term. Under the null BH keeps this near or below the FDR level."""
+    """The features' genes shuffled across features (`shuffled_gene_sets`) through the very same selection
+    and tests: per database, the fraction of random sets with at least one significant term. With the
+    right universe BH keeps it near or below the FDR level; a universe wider than where feature genes come
+    from (the published 20,000-gene mistake) or an anti-conservative test pushes it up."""
+    if repeats < 1:
+        raise ValueError("calibration needs at least one repeat")
     frames = []
     for repeat in range(repeats):
-        random_sets = random_gene_sets(np.asarray(set_sizes), background, settings.seed + 1 + repeat)
+        random_sets = shuffled_gene_sets(unit_genes, settings.seed + 1 + repeat)
         result = enrich(random_sets, background, annotations, settings, ontologies)
         frames.append(
             result.summary_frame().select(

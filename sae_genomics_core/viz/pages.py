@@ -132,7 +132,11 @@ def _json_safe(values: list[Any]) -> list[Any]:
 
 
 def render(data: dict[str, Any], vega_bundle: str) -> str:
-    payload = json.dumps(data, separators=(",", ":"), default=str).replace("</", "<\\/")
+    # <, > and & as JSON escapes: no text in the data (`</script>`, `<!--<script`) can end or bend the block
+    payload = (
+        json.dumps(data, separators=(",", ":"), default=str)
+        .replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+    )  # fmt: skip
     title = f"sae-genomics · {data['dataset']} · layer {data['layer']}"
     return (
         _TEMPLATE.replace("__TITLE__", html.escape(title))

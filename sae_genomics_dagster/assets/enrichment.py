@@ -70,10 +70,10 @@ class EnrichmentConfig(dg.Config):
 class CalibratedEnrichmentConfig(EnrichmentConfig):
     calibration_max_fraction: float = Field(
         default=0.05,
-        description="asset check: random gene sets of the features' sizes with ≥ 1 significant term, at most this fraction",
+        description="asset check: shuffled feature gene sets with ≥ 1 significant term, at most this fraction",
     )
     calibration_repeats: int = Field(
-        default=3, description="asset check: random draws of all the feature gene sets"
+        default=3, ge=1, description="asset check: random draws of all the feature gene sets"
     )
 
 
@@ -191,8 +191,9 @@ def build_enrichment_assets(
             dg.AssetCheckSpec(
                 CALIBRATION_CHECK,
                 asset="enrichment",
-                description="random gene sets of the features' sizes, drawn from the same background, through the "
-                "same tests: the fraction with ≥ 1 significant term stays ≤ 5 % per database",
+                description="the features' genes shuffled across features (each feature keeps its number of genes, "
+                "each gene its frequency) through the same selection and tests: the fraction of shuffled sets with "
+                "≥ 1 significant term stays ≤ 5 % per database",
             )
         ],
         description="One-sided hypergeometric tests (= Fisher exact, greater) of every feature's top genes against "
@@ -207,7 +208,7 @@ def build_enrichment_assets(
         feature_genes: pl.DataFrame,
         genes: pl.DataFrame,
     ):
-        from sae_genomics_core.enrichment.enrich import calibrate, enrich, gene_sets
+        from sae_genomics_core.enrichment.enrich import calibrate, enrich
         from sae_genomics_core.enrichment.inputs import background_genes
 
         keys = context.partition_key.keys_by_dimension
@@ -241,10 +242,10 @@ def build_enrichment_assets(
             layer,
         ).sort("database", "feature", "log10_p_value")
         summary = result.summary_frame()
-        set_sizes = gene_sets(unit_genes, background, settings).sizes
         calibration = calibrate(
-            set_sizes, background, annotations, settings, ontologies, repeats=config.calibration_repeats
+            unit_genes, background, annotations, settings, ontologies, repeats=config.calibration_repeats
         )
+
         context.log.info(f"{dataset} L{layer}: {table.height:,} tested pairs; " + ", ".join(
             f"{r['database']} {r['n_units_significant']}/{r['n_units']}" for r in summary.iter_rows(named=True)
         ))  # fmt: skip

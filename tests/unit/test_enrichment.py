@@ -14,6 +14,7 @@ from sae_genomics_core.enrichment.enrich import (
     enrich,
     gene_sets,
     random_gene_sets,
+    shuffled_gene_sets,
 )
 from sae_genomics_core.enrichment.hypergeom import bh_q_values, hypergeom_log_sf, odds_ratio
 
@@ -188,7 +189,8 @@ def test_random_sets_have_the_requested_sizes() -> None:
 
 
 def test_calibration_passes_with_the_right_universe_and_fails_with_a_padded_one() -> None:
-    # Annotations concentrate on the "expressed" genes (as curated databases favour well-studied genes).
+    # Annotations concentrate on the "expressed" genes (as curated databases favour well-studied genes),
+    # and feature genes can only come from expressed genes.
     rng = np.random.default_rng(11)
     expressed = [f"ENSG{i:011d}" for i in range(1_500)]
     genome = expressed + [f"ENSG{i:011d}" for i in range(1_500, 20_000)]
@@ -198,11 +200,42 @@ def test_calibration_passes_with_the_right_universe_and_fails_with_a_padded_one(
         for g in rng.choice(len(expressed), int(rng.integers(10, 60)), replace=False)
     ]
     annotations = pl.DataFrame(rows, schema=["ensembl_id", "term_id", "term_name", "term_kind"], orient="row")
+    unit_genes = random_gene_sets(np.full(300, 30), expressed, seed=5)  # features' candidate genes
     settings = EnrichmentSettings(annotated_only=False)
-    sizes = np.full(400, 20)
-    right = calibrate(sizes, expressed, {"toy": annotations}, settings)
-    assert right["fraction_significant"][0] <= 0.05
-    # the published pitfall: random sets of expressed genes tested against the whole genome
-    random_sets = random_gene_sets(sizes, expressed, seed=5)
-    padded = enrich(random_sets, genome, {"toy": annotations}, settings).summaries[0]
-    assert padded.n_units_significant / padded.n_units > 0.05
+    right = calibrate(unit_genes, expressed, {"toy": annotations}, settings, repeats=2)
+    assert right["n_sets"][0] == 600 and right["fraction_significant"][0] <= 0.05
+    # the published pitfall: the whole genome as the universe; the check itself must catch it
+    padded = calibrate(unit_genes, genome, {"toy": annotations}, settings)
+    assert padded["fraction_significant"][0] > 0.05
+
+
+def test_shuffled_sets_keep_set_sizes_and_gene_frequencies() -> None:
+    unit_genes = random_gene_sets(np.array([10, 25, 40]), [f"g{i}" for i in range(60)], seed=2)
+    shuffled = shuffled_gene_sets(unit_genes, seed=3)
+    assert shuffled.unique(["feature", "ensembl_id"]).height == shuffled.height
+    sizes = shuffled.group_by("feature").len().sort("feature")["len"].to_list()
+    assert sizes == [10, 25, 40]  # every feature keeps its number of genes ...
+    counts = {g: n for g, n in unit_genes["ensembl_id"].value_counts().iter_rows()}
+    assert {
+        g: n for g, n in shuffled["ensembl_id"].value_counts().iter_rows()
+    } == counts  # ... every gene its count
+    assert set(shuffled["ensembl_id"]) <= set(unit_genes["ensembl_id"])
+    assert not shuffled.sort("feature", "ensembl_id").equals(
+        unit_genes.select(shuffled.columns).sort("feature", "ensembl_id")
+    )
+    with pytest.raises(ValueError, match="repeat"):
+        calibrate(unit_genes, [f"g{i}" for i in range(60)], {}, repeats=0)
+
+
+def test_an_ontology_database_with_no_usable_rows_gives_no_rows() -> None:
+    from pathlib import Path
+
+    from sae_genomics_core.enrichment.ontology import read_ontology
+
+    ontology = read_ontology(Path(__file__).parents[1] / "fixtures" / "ontology" / "tiny.obo", "hpo")
+    genes, annotations = _world(seed=5, n_terms=10)
+    only_inheritance = annotations.head(8).with_columns(term_kind=pl.lit("inheritance"))
+    result = enrich(
+        _planted(genes, annotations, "T:0000"), genes, {"hpo": only_inheritance}, ontologies={"hpo": ontology}
+    )
+    assert result.table.height == 0 and result.summaries[0].n_terms == 0

@@ -79,10 +79,12 @@ def test_a_missing_layer_is_refused_and_the_previous_pages_stay(tmp_path: Path) 
     assert not (out / "index.html.partial").exists()
 
 
-def test_script_breaking_text_in_the_data_is_escaped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["</script><b>x", "<!--<script>", "a & b > c"])
+def test_script_breaking_text_in_the_data_is_escaped(tmp_path: Path, text: str) -> None:
     warehouse = _warehouse(tmp_path / "w.duckdb")
     with duckdb.connect(str(warehouse)) as connection:
-        connection.execute("update enrichment set term_name = '</script><b>x' where term_id = 'HP:0000001'")
+        connection.execute("update enrichment set term_name = ? where term_id = 'HP:0000001'", [text])
     page = build_feature_pages(warehouse, "d", 0, tmp_path / "pages").path.read_text()
-    assert "</script><b>x" not in page
-    assert "</script><b>x" in _embedded(page)["enrichment"]["term_name"]
+    data_block = page.split('<script id="data" type="application/json">', 1)[1].split("</script>", 1)[0]
+    assert "<" not in data_block and ">" not in data_block  # nothing the HTML parser could act on
+    assert text in _embedded(page)["enrichment"]["term_name"]
