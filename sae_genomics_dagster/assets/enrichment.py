@@ -364,6 +364,8 @@ def build_enrichment_assets(
             _keyed(frame, dataset, layer),
             metadata={
                 "rows": frame.height, "units_per_baseline": n_units, "baseline_k": k_units, "pca_fit_tokens": n_fit,
+                # the SAE side reads feature_genes as the features asset wrote it: keep these equal to its config
+                "association": dg.MetadataValue.json({"top_genes": config.top_genes, "min_gene_tokens": config.min_gene_tokens}),
                 "fraction_significant": dg.MetadataValue.md(format_frame(wide, "table")),
             },
         )  # fmt: skip
