@@ -204,3 +204,19 @@ def test_keyed_source_with_key_never_leaks_it(
     )
     with dg.build_schedule_context(instance=instance) as context:
         assert schedule.evaluate_tick(context).run_requests
+
+
+def test_hpo_ontology_refresh_and_a_bad_file_keeps_the_previous_table(
+    home: Home, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    assert materialise(home, instance, ["hpo_ontology"]).success
+    assert query(home, "select distinct version from hpo_ontology") == [("2023-01-27",)]
+    (ancestors,) = query(home, "select ancestor_ids from hpo_ontology where term_id = 'HP:0001250'")[0]
+    assert "HP:0000118" in ancestors  # Seizure → … → Phenotypic abnormality
+    broken = tmp_path / "hp.obo"
+    broken.write_text("this is not an ontology\n")
+    result = materialise(home, instance, ["hpo_ontology"], mode="file", hpo_ontology=[str(broken)])
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "previous table kept" in failure.step_failure_data.error.message
+    assert query(home, "select count(*) from hpo_ontology")[0][0] > 15_000
