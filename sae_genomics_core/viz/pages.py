@@ -176,7 +176,7 @@ _TEMPLATE = r"""<!DOCTYPE html>
   nav { border-right: 1px solid #dde; overflow-y: auto; max-height: calc(100vh - 50px); }
   nav a { display: block; padding: 5px 12px; text-decoration: none; color: inherit; border-bottom: 1px solid #f0f0f4; }
   nav a:hover, nav a.current { background: #eef4ff; }
-  nav small, .muted { color: #667; }
+  nav small, .muted { color: #667; } nav small.why { color: #8a5a00; }
   section { padding: 14px 22px; overflow-x: auto; }
   h2 { font-size: 18px; margin: 4px 0 10px; } h3 { font-size: 15px; margin: 18px 0 6px; }
   table { border-collapse: collapse; font-size: 13px; } td, th { padding: 3px 8px; border-bottom: 1px solid #eee; text-align: left; }
@@ -229,15 +229,19 @@ function listFeatures(items, note) {
 function search(query) {
   const q = query.trim().toLowerCase();
   if (!q) { listFeatures(defaultOrder(), ""); return; }
+  // a feature's weight: a significant term or cell type counts most, then a top gene (by rank), then other terms
   const hits = new Map();
-  const add = (f, why) => { if (!hits.has(f)) hits.set(f, new Set()); hits.get(f).add(why); };
-  for (const [f, list] of genes) for (const r of list) if (String(r.gene).toLowerCase().includes(q) || String(r.ensembl_id).toLowerCase() === q) add(f, "gene " + r.gene);
-  for (const [f, list] of terms) for (const r of list) if (String(r.term_name).toLowerCase().includes(q) || String(r.term_id).toLowerCase() === q) add(f, "term " + r.term_name);
-  for (const [f, list] of types) for (const r of list) if (r.q_value < 0.05 && String(r.cell_type).toLowerCase().includes(q)) add(f, "cell type " + r.cell_type);
-  if (/^\d+$/.test(q) && stats.some(s => s.feature === Number(q))) add(Number(q), "feature number");
-  const found = stats.filter(s => hits.has(s.feature));
+  const add = (f, why, weight) => { const h = hits.get(f) || {why: new Set(), weight: 0}; h.why.add(why); h.weight += weight; hits.set(f, h); };
+  for (const [f, list] of genes) for (const r of list) if (String(r.gene).toLowerCase().includes(q) || String(r.ensembl_id).toLowerCase() === q) add(f, "gene " + r.gene + " (rank " + r.rank + ")", 2 + 1 / r.rank);
+  for (const [f, list] of terms) for (const r of list) if (String(r.term_name).toLowerCase().includes(q) || String(r.term_id).toLowerCase() === q) add(f, (r.significant ? "significant term " : "term ") + r.term_name, r.significant ? 4 : 0.5);
+  for (const [f, list] of types) for (const r of list) if (r.q_value < 0.05 && String(r.cell_type).toLowerCase().includes(q)) add(f, "cell type " + r.cell_type, 3);
+  if (/^\d+$/.test(q) && stats.some(s => s.feature === Number(q))) add(Number(q), "feature number", 10);
+  const found = stats.filter(s => hits.has(s.feature)).sort((a, b) => hits.get(b.feature).weight - hits.get(a.feature).weight || b.frequency - a.frequency);
   listFeatures(found, `${found.length} feature${found.length === 1 ? "" : "s"} match “${esc(query)}”`);
-  for (const a of document.querySelectorAll("#list a")) a.title = [...hits.get(Number(a.dataset.feature))].join("; ");
+  for (const a of document.querySelectorAll("#list a")) {
+    const why = [...hits.get(Number(a.dataset.feature)).why];
+    a.insertAdjacentHTML("beforeend", `<br><small class="why">${esc(why.slice(0, 2).join("; "))}${why.length > 2 ? " …" : ""}</small>`);
+  }
 }
 
 function defaultOrder() {
