@@ -15,10 +15,8 @@ SourceID (+ MIM). Version: the newest LastUpdated in the file (dates come as "Fe
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import polars as pl
 
 from sae_genomics_core.annotations.base import AnnotationClient, GeneSet, RawAnnotations, require_columns
 from sae_genomics_core.annotations.errors import PayloadError
+from sae_genomics_core.annotations.files import read_file_bytes
 
 REQUIRED = ("GeneID", "AssociatedGenes", "ConceptID", "DiseaseName")
 SCORE_ASSOCIATED = 1.0
@@ -46,7 +45,7 @@ class ClinvarClient(AnnotationClient):
                 "ClinVar: external/sources.yaml gives no bulk_url for gene_condition_source_id"
             )
         download = self.http.download(self.config.bulk_url, "gene_condition_source_id")
-        frame, newest = self._parse(_read_bytes(download.path), download.path.name)
+        frame, newest = self._parse(read_file_bytes(download.path, "ClinVar"), download.path.name)
         served = download.last_modified or download.etag or f"sha256:{download.sha256[:12]}"
         version = (
             f"ClinVar gene_condition_source_id (LastUpdated ≤ {newest}; {served})"
@@ -57,7 +56,7 @@ class ClinvarClient(AnnotationClient):
 
     def read_files(self, paths: Sequence[Path]) -> RawAnnotations:
         path = Path(paths[0])
-        content = _read_bytes(path)
+        content = read_file_bytes(path, "ClinVar")
         frame, newest = self._parse(content, path.name)
         version = (
             f"ClinVar gene_condition_source_id (LastUpdated ≤ {newest})"
@@ -129,16 +128,3 @@ def _newest_date(frame: pl.DataFrame) -> str | None:
     )["d"]
     newest = dates.drop_nulls().max()
     return newest.isoformat() if newest is not None else None  # type: ignore[union-attr]
-
-
-def _read_bytes(path: Path) -> bytes:
-    """A file's bytes, gunzipped when it is gzip (by magic number, whatever its name)."""
-    content = Path(path).read_bytes()
-    if content[:2] != b"\x1f\x8b":
-        return content
-    try:
-        return gzip.decompress(content)
-    except (EOFError, OSError, zlib.error) as error:
-        raise PayloadError(
-            f"ClinVar: {Path(path).name} is a damaged or truncated gzip ({error}); download it again"
-        ) from error

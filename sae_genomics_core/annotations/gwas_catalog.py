@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import json
 import logging
 import math
 import re
@@ -38,6 +37,7 @@ import polars as pl
 
 from sae_genomics_core.annotations.base import AnnotationClient, GeneSet, RawAnnotations
 from sae_genomics_core.annotations.errors import AnnotationError, PayloadError, SchemaError
+from sae_genomics_core.annotations.files import read_json_file
 from sae_genomics_core.annotations.http import HttpError
 
 log = logging.getLogger(__name__)
@@ -290,12 +290,7 @@ class GwasCatalogClient(AnnotationClient):
         return rows
 
     def _read_api_json(self, path: Path) -> pl.DataFrame:
-        try:
-            answer = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as error:
-            raise PayloadError(
-                f"GWAS Catalog: {path.name} is not readable JSON ({error}); save the API answer again"
-            ) from error
+        answer = read_json_file(path, "GWAS Catalog")
         pages = answer if isinstance(answer, list) else [answer]
         rows = [r for page in pages for r in self._api_rows(page, None, path.name)]
         return _api_frame(rows).with_columns(pl.lit("symbol").alias("gene_id_kind"))

@@ -19,7 +19,6 @@ NCBI Gene ids (entrez).
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import logging
@@ -33,6 +32,7 @@ import polars as pl
 
 from sae_genomics_core.annotations.base import AnnotationClient, GeneSet, RawAnnotations, require_columns
 from sae_genomics_core.annotations.errors import PayloadError
+from sae_genomics_core.annotations.files import open_stream, read_file_bytes
 from sae_genomics_core.annotations.http import HttpError
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class HpoClient(AnnotationClient):
         if not self.config.bulk_url:
             raise PayloadError("HPO: external/sources.yaml gives no bulk_url for genes_to_phenotype.txt")
         download = self.http.download(self.config.bulk_url, "genes_to_phenotype.txt")
-        frame = self._parse(_read_bytes(download.path), download.path.name)
+        frame = self._parse(read_file_bytes(download.path, "HPO"), download.path.name)
         served = download.last_modified or download.etag or f"sha256:{download.sha256[:12]}"
         release = self._live_release()
         version = f"HPO {release} (genes_to_phenotype.txt {served})" if release else f"HPO ({served})"
@@ -120,7 +120,7 @@ class HpoClient(AnnotationClient):
                 "HPO: mode 'file' takes genes_to_phenotype.txt (plain or .gz) and optionally phenotype.hpoa "
                 f"for its version; got {', '.join(p.name for p in paths)}"
             )
-        content = _read_bytes(tables[0])
+        content = read_file_bytes(tables[0], "HPO")
         frame = self._parse(content, tables[0].name)
         release = _hpoa_version(_read_head(hpoa[0], HPOA_PROBE_BYTES)) if hpoa else None
         if hpoa and not release:
@@ -248,23 +248,8 @@ def _hpoa_version(head: bytes) -> str | None:
 
 def _read_head(path: Path, size: int) -> bytes:
     """The first `size` bytes of a plain or gzipped file (phenotype.hpoa is 35 MB: only its header counts)."""
-    with open(path, "rb") as handle:
-        gzipped = handle.read(2) == b"\x1f\x8b"
     try:
-        with gzip.open(path, "rb") if gzipped else open(path, "rb") as handle:
+        with open_stream(path) as handle:
             return handle.read(size)
     except (EOFError, OSError, zlib.error) as error:
         raise PayloadError(f"HPO: {Path(path).name} is not readable ({error}); download it again") from error
-
-
-def _read_bytes(path: Path) -> bytes:
-    """A file's bytes, gunzipped when it is gzip (by magic number, whatever its name)."""
-    content = Path(path).read_bytes()
-    if content[:2] != b"\x1f\x8b":
-        return content
-    try:
-        return gzip.decompress(content)
-    except (EOFError, OSError, zlib.error) as error:
-        raise PayloadError(
-            f"HPO: {Path(path).name} is a damaged or truncated gzip ({error}); download it again"
-        ) from error

@@ -15,7 +15,6 @@ Version: `metadata.yaml` of the KG release (`bulk_url` + metadata.yaml), else it
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ import yaml
 
 from sae_genomics_core.annotations.base import AnnotationClient, GeneSet, RawAnnotations, require_columns
 from sae_genomics_core.annotations.errors import AnnotationError, PayloadError, SchemaError
+from sae_genomics_core.annotations.files import read_json_file
 from sae_genomics_core.annotations.http import HttpError
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,7 @@ def _items(answer: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _read_json_items(path: Path) -> list[dict[str, Any]]:
-    try:
-        answer = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise PayloadError(
-            f"Monarch: {path.name} is not readable JSON ({error}); save the API answer again"
-        ) from error
+    answer = read_json_file(path, "Monarch")
     pages = answer if isinstance(answer, list) else [answer]
     return [item for page in pages for item in _items(page, path.name)]
 

@@ -18,20 +18,18 @@ attributes of the file.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import re
 import xml.etree.ElementTree as ET
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
 import polars as pl
 
 from sae_genomics_core.annotations.base import AnnotationClient, GeneSet, RawAnnotations
 from sae_genomics_core.annotations.errors import PayloadError, SchemaError
+from sae_genomics_core.annotations.files import is_gzip, read_file_bytes
 
 # association type (DisorderGeneAssociationType/Name) → score; anything else is dropped
 KEPT_TYPES = {
@@ -74,7 +72,8 @@ class OrphanetClient(AnnotationClient):
         rows: list[dict[str, object]] = []
         release: str | None = None
         n_disorders = 0
-        with _open(path) as handle:
+        # gzipped: read whole, so a damaged download is one clear error before parsing starts
+        with io.BytesIO(read_file_bytes(path, "Orphanet")) if is_gzip(path) else open(path, "rb") as handle:
             try:
                 for event, element in ET.iterparse(handle, events=("start", "end")):
                     if event == "start":
@@ -201,16 +200,3 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _open(path: Path) -> IO[bytes]:
-    with open(path, "rb") as probe:
-        magic = probe.read(2)
-    if magic == b"\x1f\x8b":
-        try:
-            return io.BytesIO(gzip.decompress(Path(path).read_bytes()))
-        except (EOFError, OSError, zlib.error) as error:
-            raise PayloadError(
-                f"Orphanet: {path.name} is a damaged or truncated gzip ({error}); download it again"
-            ) from error
-    return open(path, "rb")

@@ -21,7 +21,6 @@ falls back to the download's Last-Modified/ETag when the names carry none.
 
 from __future__ import annotations
 
-import gzip
 import io
 import logging
 import re
@@ -34,6 +33,7 @@ import polars as pl
 
 from sae_genomics_core.annotations.base import AnnotationClient, GeneSet, RawAnnotations, require_columns
 from sae_genomics_core.annotations.errors import AnnotationError, PayloadError
+from sae_genomics_core.annotations.files import open_stream
 from sae_genomics_core.annotations.http import HttpError
 
 log = logging.getLogger(__name__)
@@ -161,15 +161,9 @@ def _file_version(names: Sequence[str]) -> str | None:
     return f"STRING v{' / v'.join(found)}" if found else None
 
 
-def _open(path: Path) -> BinaryIO:
-    with open(path, "rb") as probe:
-        magic = probe.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")  # type: ignore[return-value]
-
-
 def _first_line(path: Path) -> str:
     try:
-        with _open(path) as handle:
+        with open_stream(path) as handle:
             return handle.readline(4096).decode("utf-8", "replace")
     except (OSError, EOFError, zlib.error) as error:
         raise PayloadError(f"STRING: {path.name} is not readable ({error}); download it again") from None
@@ -207,7 +201,7 @@ def _blocks(handle: BinaryIO, path: Path) -> Iterator[bytes]:
 
 def _read_links(path: Path, threshold: int) -> pl.DataFrame:
     kept: list[pl.DataFrame] = []
-    with _open(path) as handle:
+    with open_stream(path) as handle:
         header = b""
         for block in _blocks(handle, path):
             if not header:
@@ -254,7 +248,7 @@ def _parse_links_block(content: bytes, path: Path, threshold: int) -> pl.DataFra
 
 def _read_info(path: Path) -> pl.DataFrame:
     try:
-        with _open(path) as handle:
+        with open_stream(path) as handle:
             content = handle.read()
         if content and not content.endswith(b"\n"):
             raise PayloadError(

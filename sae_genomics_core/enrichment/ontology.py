@@ -16,13 +16,11 @@ downloads a release with the annotation layer's HTTP client (conditional GET cac
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import logging
 import re
 import warnings
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from urllib.parse import urlparse
 import polars as pl
 
 from sae_genomics_core.annotations.errors import PayloadError
+from sae_genomics_core.annotations.files import gunzip_if_needed
 from sae_genomics_core.annotations.http import HttpClient
 
 log = logging.getLogger(__name__)
@@ -100,7 +99,7 @@ def read_ontology(path: Path, ontology: str = "hpo") -> OntologyTables:
     if not path.is_file():
         raise PayloadError(f"{ontology}: ontology file {path} does not exist; {hint}")
     raw = path.read_bytes()
-    content = _gunzip(raw, path, ontology, hint)
+    content = gunzip_if_needed(raw, ontology, str(path), hint)
     # fastobo panics (a BaseException, with a Rust backtrace on stderr) on JSON that is not OBO-graphs
     if content.lstrip()[:1] == b"{" and b'"graphs"' not in content:
         raise PayloadError(f"{ontology}: {path} is JSON but not OBO-graphs JSON (no 'graphs'); {hint}")
@@ -294,16 +293,6 @@ def _remap(term_ids: list[str], ontology: OntologyTables) -> tuple[dict[str, str
         unknown_examples=tuple(unknown[:_EXAMPLES]),
     )
     return current, report
-
-
-def _gunzip(raw: bytes, path: Path, ontology: str, hint: str) -> bytes:
-    """The file's bytes, gunzipped when it is gzip (by magic number, whatever its name)."""
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (EOFError, OSError, zlib.error) as error:
-        raise PayloadError(f"{ontology}: {path} is a damaged or truncated gzip ({error}); {hint}") from error
 
 
 def _version(data_version: str | None, raw: bytes) -> str:
