@@ -1,6 +1,8 @@
 """What every asset module shares: owners, how a warehouse-table output is declared, the SAE device."""
 
 import os
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -29,3 +31,18 @@ def sae_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def charts_dir(home_root: Any, dataset: str, layer: int) -> Path:
+    """Where a dataset × layer's charts are saved: $SAE_GENOMICS_HOME/artefacts/charts/<dataset>/L<layer>."""
+    directory = Path(home_root.artefacts) / "charts" / dataset / f"L{layer}"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def chart_metadata(directory: Path, name: str, chart: Any) -> dg.MetadataValue:
+    """Save an Altair chart as HTML (and PNG) under `directory` and return it as an image for the UI."""
+    from sae_genomics_core.viz.charts import chart_markdown, save_chart
+
+    save_chart(chart, directory / name)
+    return dg.MetadataValue.md(chart_markdown(chart, name.replace("_", " ")))

@@ -19,7 +19,13 @@ from sae_genomics_core.warehouse.views import create_feature_summary
 from sae_genomics_dagster.assets.activations import CURRENT
 from sae_genomics_dagster.assets.annotations import GROUP as ANNOTATION_GROUP
 from sae_genomics_dagster.assets.annotations import AnnotationRefreshConfig
-from sae_genomics_dagster.assets.common import BY_DATASET_LAYER, OWNERS, sae_device
+from sae_genomics_dagster.assets.common import (
+    BY_DATASET_LAYER,
+    OWNERS,
+    chart_metadata,
+    charts_dir,
+    sae_device,
+)
 from sae_genomics_dagster.assets.features import open_partition
 from sae_genomics_dagster.io_manager import warehouse_lock
 from sae_genomics_dagster.resources import HomeResource
@@ -249,21 +255,18 @@ def build_enrichment_assets(
         context.log.info(f"{dataset} L{layer}: {table.height:,} tested pairs; " + ", ".join(
             f"{r['database']} {r['n_units_significant']}/{r['n_units']}" for r in summary.iter_rows(named=True)
         ))  # fmt: skip
-        from sae_genomics_core.viz.charts import chart_markdown, enrichment_dot_plot, save_chart
+        from sae_genomics_core.viz.charts import enrichment_dot_plot
 
-        charts_dir = home.home.artefacts / "charts" / dataset / f"L{layer}"
-        charts_dir.mkdir(parents=True, exist_ok=True)
-        chart_metadata = {}
+        charts = {}
         if table.height:
             dot_plot = enrichment_dot_plot(table, f"strongest feature × term pairs, {dataset} layer {layer}")
-            save_chart(dot_plot, charts_dir / "enrichment_dot_plot")
-            chart_metadata["enrichment_dot_plot"] = dg.MetadataValue.md(
-                chart_markdown(dot_plot, "enrichment dot plot")
+            charts["enrichment_dot_plot"] = chart_metadata(
+                charts_dir(home.home, dataset, layer), "enrichment_dot_plot", dot_plot
             )
         yield dg.Output(
             table,
             metadata={
-                **chart_metadata,
+                **charts,
                 "rows": table.height,
                 "background_genes": len(background),
                 "significant_pairs": int(table["significant"].sum()),

@@ -15,7 +15,13 @@ from pydantic import Field
 
 from sae_genomics_core.warehouse.views import create_feature_summary
 from sae_genomics_dagster.assets.activations import CURRENT
-from sae_genomics_dagster.assets.common import BY_DATASET_LAYER, sae_device, table_out
+from sae_genomics_dagster.assets.common import (
+    BY_DATASET_LAYER,
+    chart_metadata,
+    charts_dir,
+    sae_device,
+    table_out,
+)
 from sae_genomics_dagster.io_manager import warehouse_lock
 from sae_genomics_dagster.resources import HomeResource
 
@@ -118,21 +124,16 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
 
         from sae_genomics_core.viz.charts import (
             cell_type_heatmap,
-            chart_markdown,
             feature_density,
             l0_histogram,
-            save_chart,
             top_genes_chart,
         )
 
-        charts_dir = home.home.artefacts / "charts" / dataset / f"L{layer}"
-        charts_dir.mkdir(parents=True, exist_ok=True)
+        directory = charts_dir(home.home, dataset, layer)
         label = f"{dataset} layer {layer}"
 
         def chart(name: str, made: Any) -> dg.MetadataValue:
-            # shown in the UI as an image; saved as HTML (and PNG) beside the other artefacts
-            save_chart(made, charts_dir / name)
-            return dg.MetadataValue.md(chart_markdown(made, name.replace("_", " ")))
+            return chart_metadata(directory, name, made)
 
         mean_l0 = float(
             (tables.l0_counts * np.arange(tables.l0_counts.size)).sum() / max(1, tables.l0_counts.sum())
@@ -144,7 +145,7 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
                 "alive_features": int((tables.stats["fire_count"] > 0).sum()), "mean_l0": mean_l0,
                 "feature_density": chart("feature_density", feature_density(tables.stats, f"feature density, {label}")),
                 "l0_histogram": chart("l0_histogram", l0_histogram(tables.l0_counts, f"L0 per token, {label}")),
-                "charts_dir": dg.MetadataValue.path(str(charts_dir)),
+                "charts_dir": dg.MetadataValue.path(str(directory)),
             },
         )  # fmt: skip
         gene_metadata: dict[str, Any] = {"rows": gene_rows.height}
