@@ -11,16 +11,13 @@ import polars as pl
 from sae_genomics_core.annotations.base import GeneSet
 from sae_genomics_core.annotations.errors import AnnotationError
 from sae_genomics_core.annotations.identifiers import GeneResolver
-from sae_genomics_core.warehouse.sql import connect_read_only
+from sae_genomics_core.warehouse.sql import connect_read_only, table_names
 
 ANNOTATION_PREFIX = "annotations_"
 
 
 def _tables(connection: duckdb.DuckDBPyConnection) -> set[str]:
-    rows = connection.execute(
-        "select table_name from information_schema.tables where table_schema = 'main' and table_type = 'BASE TABLE'"
-    ).fetchall()
-    return {row[0] for row in rows}
+    return table_names(connection, base_tables_only=True)
 
 
 def read_table(database: Path, table: str) -> pl.DataFrame | None:

@@ -9,7 +9,7 @@ import polars as pl
 
 from sae_genomics_core.annotations.store import ANNOTATION_PREFIX, read_table
 from sae_genomics_core.enrichment.ontology import OntologyTables
-from sae_genomics_core.warehouse.sql import connect_read_only
+from sae_genomics_core.warehouse.sql import connect_read_only, table_names
 
 ONTOLOGY_TABLE = "hpo_ontology"
 
@@ -42,12 +42,7 @@ def load_annotations(warehouse: Path) -> dict[str, pl.DataFrame]:
         return {}
     with connect_read_only(Path(warehouse)) as connection:
         names = sorted(
-            row[0]
-            for row in connection.execute(
-                "select table_name from information_schema.tables where table_schema = 'main' "
-                "and table_type = 'BASE TABLE' and starts_with(table_name, ?)",
-                [ANNOTATION_PREFIX],
-            ).fetchall()
+            t for t in table_names(connection, base_tables_only=True) if t.startswith(ANNOTATION_PREFIX)
         )
         return {
             name.removeprefix(ANNOTATION_PREFIX): connection.sql(f'select * from "{name}"').pl()

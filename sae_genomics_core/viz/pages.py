@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from sae_genomics_core.warehouse.sql import connect_read_only
+from sae_genomics_core.warehouse.sql import connect_read_only, table_names
 
 TOP_GENES, TOP_CELLS, TOP_TERMS = 20, 10, 15
 
@@ -45,9 +45,7 @@ def _frame(
 def collect(warehouse: Path, dataset: str, layer: int) -> dict[str, Any]:
     """Everything a page shows, as JSON-ready columns (compact: one list per column)."""
     with connect_read_only(Path(warehouse)) as connection:
-        tables = {
-            r[0] for r in connection.execute("select table_name from information_schema.tables").fetchall()
-        }
+        tables = table_names(connection)
         key = [dataset, layer]
         if (
             "feature_stats" not in tables

@@ -37,6 +37,14 @@ class SqlRefused(ValueError):
     """The query is not allowed on the read-only warehouse; the message says why and what to do."""
 
 
+def table_names(connection: duckdb.DuckDBPyConnection, base_tables_only: bool = False) -> set[str]:
+    """Tables (and, unless `base_tables_only`, views) of the warehouse's main schema."""
+    sql = "select table_name from information_schema.tables where table_schema = 'main'"
+    if base_tables_only:
+        sql += " and table_type = 'BASE TABLE'"
+    return {row[0] for row in connection.execute(sql).fetchall()}
+
+
 def check_read_only(sql: str) -> None:
     try:
         statements = duckdb.extract_statements(sql)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import duckdb
 
+from sae_genomics_core.warehouse.sql import table_names
+
 _BASE = """
 with top_genes as (
     select dataset, layer, feature,
@@ -62,10 +64,4 @@ def feature_summary_sql(with_enrichment: bool) -> str:
 
 def create_feature_summary(connection: duckdb.DuckDBPyConnection) -> None:
     """(Re)create `feature_summary`; with the top term per database once `enrichment` exists."""
-    tables = {
-        row[0]
-        for row in connection.execute(
-            "select table_name from information_schema.tables where table_schema = 'main'"
-        ).fetchall()
-    }
-    connection.execute(feature_summary_sql("enrichment" in tables))
+    connection.execute(feature_summary_sql("enrichment" in table_names(connection)))
