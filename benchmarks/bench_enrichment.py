@@ -5,7 +5,8 @@
 Synthetic data: a background of 10,000 genes, terms of log-uniform size 5–500, feature gene sets of
 20 genes; a quarter of the features are planted inside a random term (10 of their 20 genes), so the
 p-values span 1 down to ~1e-25. Part 1 runs both on the same features × terms and compares every
-p-value; part 2 times `enrich` on 16,384 features × 10,000 terms (peak RSS of the whole process).
+p-value; part 2 times `enrich` on 16,384 features × 10,000 terms (peak RSS of the whole process);
+part 3 times the STRING network statistic on 16,384 sets of 20 over 10,000 genes and ~600,000 edges.
 """
 
 from __future__ import annotations
@@ -65,6 +66,33 @@ def per_pair_loop(background: list[str], annotations: pl.DataFrame, unit_genes: 
     return out
 
 
+def network_part(n_sets: int) -> None:
+    import scipy.sparse as sp
+
+    from sae_genomics_core.enrichment.network import Network, network_enrichment
+
+    rng = np.random.default_rng(3)
+    # heavy-tailed degrees, as in STRING: each gene's expected degree ~ Pareto, ~600k edges in all
+    weights = rng.pareto(1.5, BACKGROUND) + 1
+    n_edges = 600_000
+    probability = weights / weights.sum()
+    left, right = (
+        rng.choice(BACKGROUND, n_edges, p=probability),
+        rng.choice(BACKGROUND, n_edges, p=probability),
+    )
+    network = Network.from_edges(BACKGROUND, left, right)
+    rows = np.repeat(np.arange(n_sets), SET_SIZE)
+    cols = np.concatenate([rng.choice(BACKGROUND, SET_SIZE, replace=False) for _ in range(n_sets)])
+    members = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n_sets, BACKGROUND))
+    start = time.perf_counter()
+    result = network_enrichment(network, members)
+    wall = time.perf_counter() - start
+    print(
+        f"part 3, STRING network statistic: {n_sets:,} sets of {SET_SIZE} over {BACKGROUND:,} genes and "
+        f"{network.n_edges:,} edges: {wall:.2f} s; random sets with p < 0.05: {(result['p_value'] < 0.05).mean():.3f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--loop-features", type=int, default=200)
@@ -112,6 +140,7 @@ def main() -> None:
             f"({summary.n_tests:,} tests, {summary.n_tested_pairs:,} p-values computed): {wall:.2f} s, "
             f"{summary.n_units_significant:,} features with a term at q ≤ 0.05"
         )
+    network_part(args.features)
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

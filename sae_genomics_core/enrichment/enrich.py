@@ -164,7 +164,10 @@ def enrich(
     """Enrichment of every unit against every database (annotations: database → annotations_<db> rows)."""
     background = sorted(set(background))
     if not background:
-        raise ValueError("the background is empty: no gene is both in the model vocab and expressed")
+        raise ValueError(
+            "the background is empty: no gene with an Ensembl id is both in the model vocab and expressed; check "
+            "genes.ensembl_id_source (symbols the HGNC set cannot map) and that the dataset's matrix holds counts"
+        )
     tables, summaries = [], []
     for database, frame in annotations.items():
         if database in NETWORK_DATABASES:

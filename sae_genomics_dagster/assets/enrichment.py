@@ -235,9 +235,12 @@ def build_enrichment_assets(
                 description=f"not evaluated: {NO_ANNOTATIONS}",
             )
             return
-        background = background_genes(genes, _vocab(home, dataset))
         unit_genes = _unit_genes(feature_genes)
-        result = enrich(unit_genes, background, annotations, settings, ontologies)
+        try:
+            background = background_genes(genes, _vocab(home, dataset))
+            result = enrich(unit_genes, background, annotations, settings, ontologies)
+        except ValueError as error:  # an empty universe or a genes table of an older schema
+            raise dg.Failure(description=f"enrichment of {dataset} layer {layer} not run: {error}") from error
         table = _keyed(
             result.table.join(
                 pl.DataFrame({"database": list(versions), "source_version": list(versions.values())}),
