@@ -25,6 +25,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from sae_genomics_core.enrichment.hypergeom import bh_q_values, hypergeom_log_sf, odds_ratio
+from sae_genomics_core.enrichment.ontology import OntologyTables
 
 NETWORK_DATABASES = ("string",)
 NETWORK_TERM_ID = "STRING:within-set-edges"
@@ -159,7 +160,7 @@ def enrich(
     background: Sequence[str],
     annotations: Mapping[str, pl.DataFrame],
     settings: EnrichmentSettings = EnrichmentSettings(),
-    ontologies: Mapping[str, object] | None = None,
+    ontologies: Mapping[str, OntologyTables] | None = None,
 ) -> EnrichmentResult:
     """Enrichment of every unit against every database (annotations: database → annotations_<db> rows)."""
     background = sorted(set(background))
@@ -182,7 +183,7 @@ def enrich(
 
 
 def _terms(
-    frame: pl.DataFrame, database: str, settings: EnrichmentSettings, ontology: object | None
+    frame: pl.DataFrame, database: str, settings: EnrichmentSettings, ontology: OntologyTables | None
 ) -> tuple[pl.DataFrame, dict[str, object]]:
     """Distinct (ensembl_id, term_id, term_name, term_kind), propagated up the ontology if there is one."""
     notes: dict[str, object] = {}
@@ -193,17 +194,15 @@ def _terms(
         from sae_genomics_core.enrichment.ontology import propagate
 
         kinds = rows.select("term_id", "term_kind").unique("term_id")
-        propagated = propagate(rows, ontology)  # type: ignore[arg-type]
-        if isinstance(propagated, tuple):  # (frame, report)
-            propagated, report = propagated
-            notes["propagation"] = report if isinstance(report, dict) else vars(report)
+        propagated, report = propagate(rows, ontology)
+        notes["propagation"] = vars(report)
         rows = propagated.join(kinds, on="term_id", how="left").select(
             "ensembl_id",
             "term_id",
             "term_name",
             pl.col("term_kind").fill_null(_ancestor_kind(rows)),
         )
-        notes["ontology_version"] = getattr(ontology, "version", None)
+        notes["ontology_version"] = ontology.version
     return rows.unique(["ensembl_id", "term_id"]), notes
 
 
@@ -219,7 +218,7 @@ def _hypergeometric(
     background: list[str],
     frame: pl.DataFrame,
     settings: EnrichmentSettings,
-    ontology: object | None,
+    ontology: OntologyTables | None,
 ) -> tuple[pl.DataFrame, DatabaseSummary]:
     terms_long, notes = _terms(frame, database, settings, ontology)
     terms_long = terms_long.filter(pl.col("ensembl_id").is_in(background))
@@ -279,7 +278,7 @@ def _hypergeometric(
 
 
 def _flag_most_specific(
-    table: pl.DataFrame, ontology: object | None, settings: EnrichmentSettings
+    table: pl.DataFrame, ontology: OntologyTables | None, settings: EnrichmentSettings
 ) -> pl.DataFrame:
     """most_specific: a significant term none of whose significant descendants is significant for the unit."""
     if ontology is None:
@@ -287,7 +286,7 @@ def _flag_most_specific(
     from sae_genomics_core.enrichment.ontology import most_specific
 
     significant = table.filter("significant").select("feature", "term_id")
-    kept = most_specific(significant, ontology, by=["feature"]).with_columns(most_specific=pl.lit(True))  # type: ignore[arg-type]
+    kept = most_specific(significant, ontology, by=["feature"]).with_columns(most_specific=pl.lit(True))
     table = table.join(kept, on=["feature", "term_id"], how="left").with_columns(
         pl.when(pl.col("significant"))
         .then(pl.col("most_specific").fill_null(False))
@@ -427,7 +426,7 @@ def calibrate(
     background: Sequence[str],
     annotations: Mapping[str, pl.DataFrame],
     settings: EnrichmentSettings = EnrichmentSettings(),
-    ontologies: Mapping[str, object] | None = None,
+    ontologies: Mapping[str, OntologyTables] | None = None,
     repeats: int = 1,
 ) -> pl.DataFrame:
     """The features' genes shuffled across features (`shuffled_gene_sets`) through the very same selection
