@@ -153,13 +153,14 @@ GROUPS = ("datasets", "activations", "sae", "features", "annotations", "enrichme
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def browser(webserver: str) -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
         pytest.fail(
             f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium; or set SAE_GENOMICS_CHROMIUM"
         )
+    _dismiss_welcome_dialog(webserver)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -167,15 +168,21 @@ def browser() -> Iterator[object]:
         chromium.close()
 
 
+def _dismiss_welcome_dialog(url: str) -> None:
+    """On a first visit the UI opens "Join the Dagster community" (animated, at an unpredictable moment).
+
+    Its Skip button records `setNuxSeen` in the instance; doing the same up front keeps it from ever
+    covering the page, rather than racing its animation.
+    """
+    response = requests.post(f"{url}/graphql", json={"query": "mutation { setNuxSeen }"}, timeout=30)
+    response.raise_for_status()
+    check = requests.post(f"{url}/graphql", json={"query": "{ shouldShowNux }"}, timeout=30)
+    assert check.json()["data"]["shouldShowNux"] is False, check.text
+
+
 def _page(browser: object) -> object:
     page = browser.new_page(viewport={"width": 1500, "height": 1000})  # type: ignore[attr-defined]
     page.set_default_timeout(60_000)
-    # the UI's "Join the Dagster community" dialog opens at an unpredictable moment on a first visit:
-    # whenever it covers the page, Playwright skips it before the next action
-    page.add_locator_handler(
-        page.get_by_text("Join the Dagster community"),
-        lambda: page.get_by_role("button", name="Skip").click(),
-    )
     return page
 
 
