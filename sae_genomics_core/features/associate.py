@@ -28,7 +28,8 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 import torch
-from scipy.stats import mannwhitneyu
+from scipy.special import ndtr
+from scipy.stats import mannwhitneyu, rankdata
 from statsmodels.stats.multitest import multipletests
 
 from sae_genomics_core.activations.store import ActivationStore, from_storage
@@ -63,7 +64,7 @@ class FeatureTables:
 def encode_topk(sae: Any, normalizer: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of the top-k latents per token, as sae-lens's TopK SAE computes them."""
     sae_in = normalizer(x) - sae.b_dec if sae.cfg.apply_b_dec_to_input else normalizer(x)
-    hidden = sae_in @ sae.W_enc + sae.b_enc
+    hidden = torch.addmm(sae.b_enc, sae_in, sae.W_enc)  # fused bias: no second tokens × d_sae buffer
     values, indices = hidden.topk(sae.cfg.k, dim=-1)
     return values.relu(), indices
 
@@ -83,7 +84,9 @@ def associate(
     d_sae = int(sae.cfg.d_sae)
     storage = store.manifest["dtype"]
     n_cells_total = int(store.manifest["n_cells_total"])
-    gene_parts: list[tuple[np.ndarray, np.ndarray]] = []  # per shard: (gene × d_sae + feature keys, sums)
+    gene_sums = (
+        _KeyedSums()
+    )  # per (gene × d_sae + feature): firing tokens, Σ activation, Σ activation × expression
     gene_tokens: dict[int, int] = {}
     cell_max: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per shard: (cell, feature, max)
     fire_count = np.zeros(d_sae, dtype=np.int64)
@@ -128,22 +131,12 @@ def associate(
         fire_count += np.bincount(features, minlength=d_sae)
         act_sum += np.bincount(features, weights=activation, minlength=d_sae)
         np.maximum.at(act_max, features, activation)
-        gene_parts.append(
-            _sum_by_key(
-                gene_ids[token_rows] * d_sae + features,
-                np.ones_like(activation),
-                activation,
-                activation * values_expr[token_rows],
-            )
+        gene_sums.add(
+            gene_ids[token_rows] * d_sae + features, activation, activation * values_expr[token_rows]
         )
-        if len(gene_parts) > 1:  # fold into one running total: memory stays at the distinct pairs seen
-            gene_parts = [
-                _sum_by_key(
-                    np.concatenate([k for k, _ in gene_parts]), *np.concatenate([v for _, v in gene_parts]).T
-                )
-            ]
         # per-cell maximum activation: a dense (cells of this shard × d_sae) buffer reduced with amax
-        shard_cells, local = np.unique(owners[token_rows], return_inverse=True)
+        shard_cells, owner_local = np.unique(owners, return_inverse=True)  # over tokens, not firing pairs
+        local = owner_local[token_rows]
         buffer = torch.zeros(shard_cells.size * d_sae, dtype=torch.float64)
         buffer.scatter_reduce_(
             0, torch.from_numpy(local * d_sae + features), torch.from_numpy(activation), "amax"
@@ -161,10 +154,8 @@ def associate(
     per_cell = _stack(cell_max, n_cells_total, d_sae).tocsc()
     stats = stats.with_columns(pl.Series("n_cells_active", np.diff(per_cell.indptr).astype(np.int64)))
     feature_mean_all = act_sum / max(1, n_tokens)
-    if gene_parts:
-        keys, sums = gene_parts[0]
-    else:
-        keys, sums = np.zeros(0, dtype=np.int64), np.zeros((0, 3))
+    # pairs with too little support can never be ranked: dropped before any table is built
+    keys, sums = gene_sums.totals(min_count=max(1, settings.min_gene_tokens))
     genes = _gene_table(keys // d_sae, keys % d_sae, sums, gene_tokens, feature_mean_all, settings)
     histograms = _histograms(per_cell)
     if not with_cells:
@@ -216,10 +207,46 @@ def _histograms(per_cell: sp.csc_matrix) -> pl.DataFrame:
     })  # fmt: skip
 
 
-def _sum_by_key(keys: np.ndarray, *weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unique keys and, per key, the sum of each weight array (one column per array)."""
-    unique, inverse = np.unique(keys, return_inverse=True)
-    return unique, np.stack([np.bincount(inverse, weights=w, minlength=unique.size) for w in weights], axis=1)
+class _KeyedSums:
+    """Per int64 key: the count and the sums of two weights, over every batch added.
+
+    Hash aggregation (polars) rather than a sort per batch; batches are folded into one running total
+    only when they outgrow it, so memory stays within twice the distinct keys (or one fold threshold).
+    """
+
+    FOLD_ROWS = 4_000_000
+
+    def __init__(self) -> None:
+        self.parts: list[pl.DataFrame] = []
+        self.pending_rows = 0
+        self.total_rows = 0
+
+    def add(self, keys: np.ndarray, first: np.ndarray, second: np.ndarray) -> None:
+        # 20 bytes a row until folded (sums are taken in float64)
+        self.parts.append(pl.DataFrame({
+            "key": keys, "count": np.ones(keys.size, dtype=np.int32),
+            "first": first.astype(np.float32), "second": second.astype(np.float32),
+        }))  # fmt: skip
+        self.pending_rows += keys.size
+        if self.pending_rows > max(self.total_rows, self.FOLD_ROWS):
+            self._fold()
+
+    def _fold(self) -> None:
+        folded = (
+            pl.concat(self.parts, how="vertical_relaxed")
+            .group_by("key")
+            .agg(pl.col("count").cast(pl.Int64).sum(), pl.col("first", "second").cast(pl.Float64).sum())
+        )
+        self.parts, self.pending_rows, self.total_rows = [folded], 0, folded.height
+
+    def totals(self, min_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Keys counted at least `min_count` times (in no particular order) and their (count, first,
+        second) sums as columns."""
+        if not self.parts:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 3))
+        self._fold()
+        folded = self.parts[0].filter(pl.col("count") >= min_count)
+        return folded["key"].to_numpy(), folded.select("count", "first", "second").to_numpy()
 
 
 def _stack(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_rows: int, n_cols: int) -> sp.csr_matrix:
@@ -243,8 +270,7 @@ def _gene_table(
         "feature": features.astype(np.int64), "gene_id": genes.astype(np.int64), "score": score, "n_tokens": n_fired,
         "mean_activation": mean_activation, "specificity": specificity,
     })  # fmt: skip
-    supported = frame.filter(pl.col("n_tokens") >= settings.min_gene_tokens)
-    ranked = supported.sort(["feature", "specificity", "score"], descending=[False, True, True]).with_columns(
+    ranked = frame.sort(["feature", "specificity", "score"], descending=[False, True, True]).with_columns(
         pl.int_range(1, pl.len() + 1).over("feature").cast(pl.Int64).alias("rank")
     )
     return ranked.filter(pl.col("rank") <= settings.top_genes)
@@ -261,6 +287,40 @@ def _cell_table(per_cell: sp.csc_matrix, cells: pl.DataFrame, top: int) -> pl.Da
     return ranked.filter(pl.col("rank") <= top).join(
         cells.select("cell_index", "cell_id"), on="cell_index", how="left"
     )
+
+
+class _RankSums:
+    """One-sided Mann–Whitney U (group > rest) for many groups of the same cells, feature by feature.
+
+    Every group splits the same cells, so the pooled ranks and tie counts are computed once per block
+    and each group's p-value is the normal approximation scipy's `mannwhitneyu` uses (tie-corrected,
+    continuity-corrected) from its rank sum. Groups or rests of 8 cells or fewer go to scipy itself,
+    which may use the exact distribution there.
+    """
+
+    def __init__(self, block: np.ndarray) -> None:  # cells × features
+        self.block = block
+        self.ranks = rankdata(block, axis=0)
+        ordered = np.sort(block, axis=0)
+        n = block.shape[0]
+        starts = np.ones_like(ordered, dtype=bool)  # where a run of equal values begins, per column
+        starts[1:] = ordered[1:] != ordered[:-1]
+        run = np.cumsum(starts.T.reshape(-1)) - 1  # run id over columns laid end to end
+        sizes = np.bincount(run).astype(np.float64)
+        column_of_run = np.repeat(np.arange(block.shape[1]), starts.sum(axis=0))
+        self.tie_term = np.bincount(column_of_run, weights=sizes**3 - sizes, minlength=block.shape[1])
+        self.n = n
+
+    def greater(self, inside: np.ndarray) -> np.ndarray:
+        n1 = int(inside.sum())
+        n2 = self.n - n1
+        if n1 <= 8 or n2 <= 8:
+            return mannwhitneyu(self.block[inside], self.block[~inside], axis=0, alternative="greater").pvalue
+        u1 = self.ranks[inside].sum(axis=0) - n1 * (n1 + 1) / 2
+        sd = np.sqrt(n1 * n2 / 12 * ((self.n + 1) - self.tie_term / (self.n * (self.n - 1))))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (u1 - n1 * n2 / 2 - 0.5) / sd
+        return np.clip(ndtr(-z), 0.0, 1.0)
 
 
 def _cell_type_table(per_cell: sp.csc_matrix, cells: pl.DataFrame, chunk: int = 256) -> pl.DataFrame:
@@ -281,13 +341,14 @@ def _cell_type_table(per_cell: sp.csc_matrix, cells: pl.DataFrame, chunk: int = 
             continue
         block = block[:, active_any]
         features = np.arange(first, min(first + chunk, matrix.shape[1]))[active_any]
+        rank_sums = _RankSums(block)
         for cell_type in types:
             inside = labels == cell_type
             if inside.all():
                 continue
             group, rest = block[inside], block[~inside]
             mean_in, mean_out = group.mean(axis=0), rest.mean(axis=0)
-            p_values = mannwhitneyu(group, rest, axis=0, alternative="greater").pvalue
+            p_values = rank_sums.greater(inside)
             frames.append(pl.DataFrame({
                 "feature": features.astype(np.int64), "cell_type": [str(cell_type)] * features.size,
                 "mean_activation": mean_in, "frac_active": (group > 0).mean(axis=0),

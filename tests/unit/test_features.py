@@ -144,3 +144,48 @@ def test_l0_counts_and_activation_histograms_equal_the_dense_computation(setup) 
     assert got.sum() == expected.sum() == active.size
     assert np.abs(got - expected).sum() <= 2
     assert rows["bin_end"].max() == pytest.approx(active.max(), rel=1e-6)
+
+
+def test_shared_rank_mann_whitney_equals_scipy_for_every_group_and_feature() -> None:
+    from sae_genomics_core.features.associate import _RankSums
+
+    rng = np.random.default_rng(3)
+    n_cells, n_features = 300, 40
+    # mostly silent cells (ties at zero), some tied positive values, one feature silent everywhere
+    block = np.where(
+        rng.random((n_cells, n_features)) < 0.7, 0.0, rng.integers(1, 6, (n_cells, n_features)) * 0.5
+    )
+    block[:, 0] = 0.0
+    block[:, 1] = rng.random(n_cells)  # no ties at all
+    labels = rng.choice(["big", "mid", "tiny"], n_cells, p=[0.6, 0.38, 0.02])
+    rank_sums = _RankSums(block)
+    for label in np.unique(labels):
+        inside = labels == label
+        expected = mannwhitneyu(block[inside], block[~inside], axis=0, alternative="greater").pvalue
+        np.testing.assert_allclose(rank_sums.greater(inside), expected, rtol=1e-12, atol=1e-300)
+    assert (labels == "tiny").sum() <= 8, "the small-group path (scipy's own choice of method) is exercised"
+
+
+def test_keyed_sums_folded_along_the_way_equal_one_grouping_at_the_end(monkeypatch) -> None:
+    from sae_genomics_core.features.associate import _KeyedSums
+
+    monkeypatch.setattr(_KeyedSums, "FOLD_ROWS", 500)  # fold many times over the batches below
+    rng = np.random.default_rng(5)
+    batches = [(rng.integers(0, 300, 400), rng.random(400), rng.random(400)) for _ in range(12)]
+    sums = _KeyedSums()
+    folds = 0
+    for keys, first, second in batches:
+        before = len(sums.parts)
+        sums.add(keys, first, second)
+        folds += len(sums.parts) < before + 1
+    assert folds >= 3, "the running total was folded along the way"
+    keys, totals = sums.totals(min_count=2)
+    all_keys = np.concatenate([b[0] for b in batches])
+    counts = np.bincount(all_keys, minlength=300)
+    expected_first = np.bincount(all_keys, weights=np.concatenate([b[1] for b in batches]), minlength=300)
+    expected_second = np.bincount(all_keys, weights=np.concatenate([b[2] for b in batches]), minlength=300)
+    order = np.argsort(keys)
+    np.testing.assert_array_equal(keys[order], np.flatnonzero(counts >= 2))
+    np.testing.assert_array_equal(totals[order, 0], counts[counts >= 2])
+    np.testing.assert_allclose(totals[order, 1], expected_first[counts >= 2], rtol=1e-6)
+    np.testing.assert_allclose(totals[order, 2], expected_second[counts >= 2], rtol=1e-6)
