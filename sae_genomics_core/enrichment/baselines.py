@@ -107,16 +107,21 @@ def compare(summaries: dict[str, pl.DataFrame], unit_counts: dict[str, int]) -> 
     """Per method × database: units tested, units with ≥ 1 significant term, and the fraction.
 
     summaries: method → EnrichmentResult.summary_frame(); unit_counts: method → all units (d_sae, or
-    the number of directions), so dead units and units with no gene in the universe stay visible."""
-    frames = [
-        frame.select(
-            pl.lit(method).alias("method"), "database", "statistic",
-            pl.lit(unit_counts[method], dtype=pl.Int64).alias("n_units"),
-            pl.col("n_units").alias("n_units_tested"), "n_units_significant",
-            (pl.col("n_units_significant") / pl.max_horizontal(pl.col("n_units"), pl.lit(1))).alias("fraction_significant"),
-            (pl.col("n_units_significant") / max(unit_counts[method], 1)).alias("fraction_of_all_units"),
-            "n_tests", pl.col("n_significant").alias("n_significant_pairs"), "background_size",
-        )
-        for method, frame in summaries.items()
-    ]  # fmt: skip
+    the number of directions), so dead units and units with no gene in the universe stay visible.
+    A database with nothing to test (no term within the size bounds) tested no unit: its fractions are
+    null, not 0, so that "no unit is significant" is never claimed where nothing could have been."""
+    frames = []
+    for method, frame in summaries.items():
+        tested = pl.when(pl.col("n_tests") > 0).then(pl.col("n_units")).otherwise(0)
+        frames.append(
+            frame.with_columns(n_units_tested=tested).select(
+                pl.lit(method).alias("method"), "database", "statistic",
+                pl.lit(unit_counts[method], dtype=pl.Int64).alias("n_units"), "n_units_tested", "n_units_significant",
+                pl.when(pl.col("n_units_tested") > 0).then(pl.col("n_units_significant") / pl.col("n_units_tested"))
+                .alias("fraction_significant"),
+                pl.when(pl.col("n_units_tested") > 0).then(pl.col("n_units_significant") / max(unit_counts[method], 1))
+                .alias("fraction_of_all_units"),
+                "n_tests", pl.col("n_significant").alias("n_significant_pairs"), "background_size",
+            )
+        )  # fmt: skip
     return pl.concat(frames).sort("database", "method")

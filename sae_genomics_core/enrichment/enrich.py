@@ -4,9 +4,13 @@ One job per database, all units × all terms at once:
 - universe: the background (model vocab ∩ genes expressed in the dataset, with an Ensembl id), and,
   by default, only those background genes the database annotates at all (`annotated_only`): a gene no
   source has studied can never be in a term, and counting it would reward well-studied gene sets;
-- a unit's gene set: its top `gene_set_size` genes (by `gene_set_order`) within that universe;
+- a unit's gene set: its top `gene_set_size` genes (by `gene_set_order`) among the background, then
+  those of them in the universe (`gene_set_scope="background"`, the usual gene-list ∩ universe), or its
+  top genes among the universe itself (`"universe"`, always full sets but reaching deeper into the
+  feature's ranking where its best genes are unannotated);
 - terms: annotation terms within the universe with `min_term_size` ≤ size ≤ `max_term_size`; ontology
-  databases (HPO) are first propagated up is_a (true-path rule);
+  databases (HPO) are first propagated up is_a (true-path rule) and kept to one branch (`term_roots`:
+  HPO's Phenotypic abnormality, so the root, Clinical modifier, Onset, ... are never tested);
 - overlaps: one sparse product (units × genes) · (genes × terms); pairs with overlap ≥ `min_overlap`
   get an exact one-sided hypergeometric p-value (= Fisher's exact, greater); all other pairs count
   as p = 1 in Benjamini–Hochberg over every unit × term pair of the database;
@@ -56,6 +60,7 @@ ENRICHMENT_SCHEMA: dict[str, pl.DataType] = {
 class EnrichmentSettings:
     gene_set_size: int = 20
     gene_set_order: Literal["score", "rank"] = "score"
+    gene_set_scope: Literal["background", "universe"] = "background"
     min_term_size: int = 5
     max_term_size: int = 500
     min_overlap: int = 2
@@ -63,6 +68,8 @@ class EnrichmentSettings:
     annotated_only: bool = True
     only_most_specific: bool = False
     exclude_term_kinds: tuple[str, ...] = ("inheritance",)
+    # (database, root): only terms below the root are tested (HPO: Phenotypic abnormality)
+    term_roots: tuple[tuple[str, str], ...] = (("hpo", "HP:0000118"),)
     min_network_score: float = 0.7
     seed: int = 0
 
@@ -72,6 +79,8 @@ class EnrichmentSettings:
             problems.append("gene_set_size must be at least 1")
         if self.gene_set_order not in ("score", "rank"):
             problems.append("gene_set_order must be 'score' or 'rank'")
+        if self.gene_set_scope not in ("background", "universe"):
+            problems.append("gene_set_scope must be 'background' or 'universe'")
         if not 1 <= self.min_term_size <= self.max_term_size:
             problems.append("term sizes need 1 <= min_term_size <= max_term_size")
         if self.min_overlap < 1:
@@ -129,10 +138,17 @@ def _column_index(genes: np.ndarray) -> pl.DataFrame:
     return pl.DataFrame({"ensembl_id": genes.astype(str), "column": np.arange(genes.size, dtype=np.int64)})
 
 
-def gene_sets(unit_genes: pl.DataFrame, universe: Sequence[str], settings: EnrichmentSettings) -> GeneSets:
-    """Top genes per unit within `universe` (unit_genes: feature, ensembl_id, score, rank)."""
+def gene_sets(
+    unit_genes: pl.DataFrame,
+    universe: Sequence[str],
+    settings: EnrichmentSettings,
+    candidates: Sequence[str] | None = None,
+) -> GeneSets:
+    """Per unit, its top `gene_set_size` genes among `candidates` (default: the universe) that are also in
+    `universe` (unit_genes: feature, ensembl_id, score, rank)."""
     genes = np.asarray(sorted(set(universe)), dtype=object)
     index = _column_index(genes)
+    pool = index if candidates is None else _column_index(np.asarray(sorted(set(candidates)), dtype=object))
     order = (
         ["feature", "score", "ensembl_id"]
         if settings.gene_set_order == "score"
@@ -141,11 +157,12 @@ def gene_sets(unit_genes: pl.DataFrame, universe: Sequence[str], settings: Enric
     descending = [False, True, False] if settings.gene_set_order == "score" else [False, False, False]
     chosen = (
         unit_genes.select("feature", "ensembl_id", "score", "rank")
-        .join(index, on="ensembl_id", how="inner")
+        .join(pool.select("ensembl_id"), on="ensembl_id", how="inner")
         .sort(order, descending=descending)  # two tokens of one gene: the better-ranked row stands
         .unique(["feature", "ensembl_id"], keep="first", maintain_order=True)
         .with_columns(pl.int_range(pl.len()).over("feature").alias("position"))
         .filter(pl.col("position") < settings.gene_set_size)
+        .join(index, on="ensembl_id", how="inner")
     )  # fmt: skip
     features, rows = np.unique(chosen["feature"].to_numpy(), return_inverse=True)
     members = sp.csr_matrix(
@@ -203,6 +220,12 @@ def _terms(
             pl.col("term_kind").fill_null(_ancestor_kind(rows)),
         )
         notes["ontology_version"] = ontology.version
+        root = dict(settings.term_roots).get(database)
+        if root is not None:
+            below = ontology.ancestors.filter(pl.col("ancestor_id") == root)["term_id"]
+            before = rows["term_id"].n_unique()
+            rows = rows.filter(pl.col("term_id").is_in(below.implode()))
+            notes["term_root"] = {"root": root, "terms_outside": before - rows["term_id"].n_unique()}
     return rows.unique(["ensembl_id", "term_id"]), notes
 
 
@@ -223,7 +246,8 @@ def _hypergeometric(
     terms_long, notes = _terms(frame, database, settings, ontology)
     terms_long = terms_long.filter(pl.col("ensembl_id").is_in(background))
     universe = sorted(set(terms_long["ensembl_id"].to_list())) if settings.annotated_only else background
-    sets = gene_sets(unit_genes, universe, settings)
+    candidates = background if settings.gene_set_scope == "background" else None
+    sets = gene_sets(unit_genes, universe, settings, candidates)
     sizes = terms_long.group_by("term_id").len()
     kept = sizes.filter(pl.col("len").is_between(settings.min_term_size, settings.max_term_size))
     term_info = (
@@ -371,6 +395,7 @@ def _network(
         "p_value": p_values, "log10_p_value": np.log10(np.maximum(p_values, np.finfo(float).tiny)), "q_value": q_values,
     })  # fmt: skip
     table = table.with_columns(
+        pl.col("odds_ratio").fill_nan(None),  # no edge expected and none seen: no ratio, not NaN
         significant=pl.col("q_value") <= settings.fdr,
         most_specific=pl.lit(None, dtype=pl.Boolean),
         overlap_genes=pl.lit(None, dtype=pl.List(pl.String)),

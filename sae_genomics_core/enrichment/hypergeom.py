@@ -113,12 +113,15 @@ def _ratio_series(
 def odds_ratio(
     overlap: np.ndarray, population: np.ndarray, successes: np.ndarray, draws: np.ndarray
 ) -> np.ndarray:
-    """Sample odds ratio of the 2×2 table, as scipy's fisher_exact reports it (inf when a cell is 0)."""
+    """Odds ratio of the 2×2 table: the sample odds ratio (as scipy's fisher_exact reports it) where every
+    cell is positive, and Haldane–Anscombe's (0.5 added to each cell) where one is 0, so that the column
+    holds no inf or NaN: a feature set lying wholly inside a small term is common, and an infinite
+    estimate would sort above every real one."""
     k = np.asarray(overlap, dtype=np.float64)
     a, b = k, np.asarray(draws) - k
     c, d = np.asarray(successes) - k, np.asarray(population) - np.asarray(successes) - np.asarray(draws) + k
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where((b * c) == 0, np.where(a * d == 0, np.nan, np.inf), (a * d) / (b * c))
+    shift = np.where((a == 0) | (b == 0) | (c == 0) | (d == 0), 0.5, 0.0)
+    return ((a + shift) * (d + shift)) / ((b + shift) * (c + shift))
 
 
 def bh_q_values(p_values: np.ndarray, n_tests: int) -> np.ndarray:

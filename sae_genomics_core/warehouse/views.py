@@ -13,10 +13,16 @@ with top_genes as (
     from feature_genes group by dataset, layer, feature
 ), best_type as (
     select dataset, layer, feature,
-           arg_min(cell_type, q_value) as top_cell_type,
-           min(q_value) as top_cell_type_q_value,
-           arg_min(log2_fold_change, q_value) as top_cell_type_log2_fold_change
-    from feature_cell_types group by dataset, layer, feature
+           arg_max(cell_type, ranking) as top_cell_type,
+           arg_max(q_value, ranking) as top_cell_type_q_value,
+           arg_max(log2_fold_change, ranking) as top_cell_type_log2_fold_change
+    from (
+        -- the significant type (q ≤ 0.05) with the largest fold change; with none, the smallest q.
+        -- By q alone the largest type always wins: it has the most cells, hence the most power.
+        select *, case when q_value <= 0.05 and log2_fold_change > 0 then [1, log2_fold_change]
+                       else [0, -coalesce(q_value, 1)] end as ranking
+        from feature_cell_types
+    ) group by dataset, layer, feature
 ){enrichment_ctes}
 select s.dataset, s.layer, s.feature, s.frequency, s.fire_count, s.n_cells_active, s.mean_activation,
        s.max_activation, g.top_genes, t.top_cell_type, t.top_cell_type_q_value, t.top_cell_type_log2_fold_change{enrichment_columns}
@@ -30,7 +36,7 @@ left join best_type t using (dataset, layer, feature){enrichment_joins}
 _ENRICHMENT_CTES = """, best_terms as (
     select dataset, layer, feature, database,
            arg_min(term_id, log10_p_value) as term_id,
-           arg_min(term_name, log10_p_value) as term_name,
+           arg_min(coalesce(term_name, term_id), log10_p_value) as term_name,  -- some sources name no term
            min(q_value) as q_value
     from enrichment
     where significant and coalesce(most_specific, true)

@@ -37,6 +37,11 @@ HPO_SNAPSHOT_GLOB = "hp.*.json.gz"
 
 class EnrichmentConfig(dg.Config):
     gene_set_size: int = Field(default=20, description="a feature's gene set: its top N genes")
+    gene_set_scope: str = Field(
+        default="background",
+        description="`background`: the top N genes, then those the database annotates (gene list ∩ universe); "
+        "`universe`: the top N among the genes the database annotates (always N, reaching deeper)",
+    )
     gene_set_order: str = Field(
         default="score",
         description="rank the feature's feature_genes rows by `score` (Σ activation × expression) or by `rank` "
@@ -56,6 +61,10 @@ class EnrichmentConfig(dg.Config):
     only_most_specific: bool = Field(
         default=False, description="HPO: drop significant terms that have a significant descendant"
     )
+    hpo_branch: str = Field(
+        default="HP:0000118",
+        description="HPO: test only terms below this one (Phenotypic abnormality); empty: every term",
+    )
     min_network_score: float = Field(default=0.7, description="STRING edges: combined score at least this")
     seed: int = Field(default=0, description="random gene sets, random directions")
 
@@ -65,6 +74,8 @@ class EnrichmentConfig(dg.Config):
         try:
             return EnrichmentSettings(
                 gene_set_size=self.gene_set_size, gene_set_order=self.gene_set_order,  # type: ignore[arg-type]
+                gene_set_scope=self.gene_set_scope,  # type: ignore[arg-type]
+                term_roots=(("hpo", self.hpo_branch),) if self.hpo_branch else (),
                 min_term_size=self.min_term_size, max_term_size=self.max_term_size, min_overlap=self.min_overlap,
                 fdr=self.fdr, annotated_only=self.annotated_only, only_most_specific=self.only_most_specific,
                 min_network_score=self.min_network_score, seed=self.seed,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import polars as pl
 import pytest
@@ -60,12 +62,16 @@ def test_invalid_parameters_are_refused() -> None:
         hypergeom_log_sf(np.array([1]), np.array([10]), np.array([11]), np.array([2]))
 
 
-def test_odds_ratio_matches_fisher_exact() -> None:
+def test_odds_ratio_matches_fisher_exact_and_stays_finite() -> None:
     table = [[4, 16], [20, 960]]
     expected = fisher_exact(table, alternative="greater").statistic
     assert odds_ratio(np.array([4]), np.array([1000]), np.array([24]), np.array([20]))[0] == pytest.approx(
         expected
     )
+    # a set inside its term (b = 0, sample OR inf) and a term inside the set (c = 0): Haldane–Anscombe
+    ratios = odds_ratio(np.array([5, 5]), np.array([100, 100]), np.array([20, 5]), np.array([5, 20]))
+    assert np.isfinite(ratios).all()
+    assert ratios[0] == pytest.approx(5.5 * 80.5 / (0.5 * 15.5))  # a, b, c, d = 5, 0, 15, 80
 
 
 def test_bh_over_untested_pairs_equals_padding_with_ones() -> None:
@@ -156,6 +162,22 @@ def test_universe_term_bounds_and_min_overlap() -> None:
     assert bounded.summaries[0].n_tests == bounded.summaries[0].n_units * bounded.summaries[0].n_terms
 
 
+def test_gene_set_is_the_top_genes_then_those_the_database_annotates() -> None:
+    genes = [f"ENSG{i:011d}" for i in range(100)]
+    annotated = genes[::2]  # the database knows every other gene
+    annotations = pl.DataFrame({
+        "ensembl_id": annotated, "term_id": [f"T:{i % 5}" for i in range(50)],
+        "term_name": ["t"] * 50, "term_kind": ["phenotype"] * 50,
+    })  # fmt: skip
+    unit_genes = pl.DataFrame({"feature": [0] * 100, "ensembl_id": genes, "score": np.arange(100, 0, -1.0)})
+    unit_genes = unit_genes.with_columns(rank=pl.int_range(1, 101).cast(pl.Int64))
+    settings = EnrichmentSettings(gene_set_size=20, min_overlap=1)
+    result = enrich(unit_genes, genes, {"toy": annotations}, settings)
+    assert set(result.table["feature_set_size"].to_list()) == {10}  # top 20 ∩ annotated
+    deeper = enrich(unit_genes, genes, {"toy": annotations}, replace(settings, gene_set_scope="universe"))
+    assert set(deeper.table["feature_set_size"].to_list()) == {20}  # top 20 of the annotated genes
+
+
 def test_inheritance_terms_and_unmapped_rows_are_left_out() -> None:
     genes, annotations = _world(seed=4, n_terms=20)
     extra = pl.DataFrame({
@@ -239,3 +261,23 @@ def test_an_ontology_database_with_no_usable_rows_gives_no_rows() -> None:
         _planted(genes, annotations, "T:0000"), genes, {"hpo": only_inheritance}, ontologies={"hpo": ontology}
     )
     assert result.table.height == 0 and result.summaries[0].n_terms == 0
+
+
+def test_string_goes_through_the_network_statistic_with_finite_or_null_ratios() -> None:
+    genes = [f"ENSG{i:011d}" for i in range(60)]
+    rng = np.random.default_rng(0)
+    clique = [(a, b) for a in range(8) for b in range(8) if a != b]  # unit 0's genes, densely linked
+    scattered = [(int(a), int(b)) for a, b in rng.integers(8, 40, (80, 2)) if a != b]
+    rows = [
+        {"ensembl_id": genes[a], "term_id": f"STRING:9606.P{b}", "term_name": f"N{b}",
+         "term_kind": "interaction", "source_gene_id": f"N{a}", "score": 0.9}
+        for a, b in clique + scattered + [(b, a) for a, b in scattered]
+    ]  # fmt: skip
+    string = pl.DataFrame(rows)
+    unit_genes = pl.DataFrame({"feature": [0] * 8 + [1] * 8, "ensembl_id": genes[:8] + genes[50:58]})
+    unit_genes = unit_genes.with_columns(score=pl.lit(1.0), rank=pl.lit(1, dtype=pl.Int64))
+    table = enrich(unit_genes, genes, {"string": string}).table.sort("feature")
+    assert table["statistic"].to_list() == ["string_network"] * 2
+    assert table["overlap"].to_list() == [28, 0]  # edges inside each set, each counted once
+    assert table["significant"].to_list() == [True, False]
+    assert table["odds_ratio"][0] > 1 and table["odds_ratio"][1] is None  # 0 seen of 0 expected: no ratio

@@ -258,3 +258,24 @@ def test_fetch_ontology_uses_the_conditional_get_cache(tmp_path: Path) -> None:
         service.route("/obo/gone.obo", Answer.text("not found", status=404))
         with pytest.raises(HttpError, match="hpo: HTTP 404"):
             fetch_ontology(service.url + "/obo/gone.obo", tmp_path / "cache", retries=0)
+
+
+def test_hpo_enrichment_tests_phenotypic_abnormalities_only(hpo: OntologyTables) -> None:
+    from sae_genomics_core.enrichment.enrich import EnrichmentSettings, enrich
+
+    raw = HpoClient(SourceConfig(name="hpo")).read_files([HPO_DIR / "genes_to_phenotype.2023-01-27.txt.gz"])
+    annotations = raw.frame.rename({"gene_id": "ensembl_id"}).with_columns(
+        pl.col("ensembl_id").cast(pl.String)
+    )
+    genes = annotations["ensembl_id"].unique().sort().to_list()[:200]  # the snapshot: 215 demo genes
+    # every unit takes 20 genes: the root, Onset and Clinical course branches would be large terms
+    units = pl.DataFrame({"feature": [u for u in range(10) for _ in range(20)], "ensembl_id": genes})
+    units = units.with_columns(score=pl.lit(1.0), rank=pl.lit(1, dtype=pl.Int64))
+    settings = EnrichmentSettings(min_overlap=1, max_term_size=10_000)
+    tested = enrich(units, genes, {"hpo": annotations}, settings, {"hpo": hpo}).table["term_id"].unique()
+    below = hpo.ancestors.filter(pl.col("ancestor_id") == "HP:0000118")["term_id"]
+    assert tested.len() > 100 and tested.is_in(below.implode()).all()
+    assert not tested.is_in(["HP:0000001", "HP:0000118", "HP:0012823", "HP:0003674"]).any()
+    unrestricted = EnrichmentSettings(min_overlap=1, max_term_size=10_000, term_roots=())
+    every = enrich(units, genes, {"hpo": annotations}, unrestricted, {"hpo": hpo}).table["term_id"].unique()
+    assert pl.Series(["HP:0000001", "HP:0012823"]).is_in(every.implode()).all()  # the setting keeps them out

@@ -1,7 +1,9 @@
 """Builds the Monarch snapshot: HPO's gene → disease edges for the demo genes, in Monarch's KGX layout.
 
 Run from the repository root with the shared reference data beside it:
-    .venv/bin/python external/snapshots/monarch/derive_from_hpo.py ../shared/data/hpo/genes_to_disease.txt
+    .venv/bin/python external/snapshots/monarch/derive_from_hpo.py ../shared/data/hpo/genes_to_disease.txt \
+        ../shared/data/hpo/phenotype.2024-03-06.hpoa.gz
+The second file (HPO's disease annotations) names the diseases: Monarch's edges carry object labels.
 """
 
 import gzip
@@ -24,7 +26,18 @@ CATEGORY = {
 }
 
 
-def main(genes_to_disease: Path) -> None:
+def disease_labels(hpoa: Path) -> pl.DataFrame:
+    """object, object_label from the HPO annotation file's database_id, disease_name."""
+    text = gzip.decompress(hpoa.read_bytes()) if hpoa.suffix == ".gz" else hpoa.read_bytes()
+    frame = pl.read_csv(
+        io.BytesIO(text), separator="\t", comment_prefix="#", infer_schema=False, quote_char=None
+    )
+    return frame.select(
+        pl.col("database_id").alias("object"), pl.col("disease_name").alias("object_label")
+    ).unique("object", keep="first")
+
+
+def main(genes_to_disease: Path, hpoa: Path) -> None:
     hgnc = pl.read_csv(HGNC, separator="\t", infer_schema=False, quote_char='"').select(
         pl.col("entrez_id"), pl.col("hgnc_id").alias("subject"), pl.col("symbol").alias("subject_label")
     )
@@ -34,6 +47,7 @@ def main(genes_to_disease: Path) -> None:
         .with_columns(pl.col("ncbi_gene_id").str.replace("^NCBIGene:", "").alias("entrez_id"))
         .join(hgnc, on="entrez_id", how="inner")
         .filter(pl.col("subject").is_in(sorted(demo)))
+        .join(disease_labels(hpoa).rename({"object": "disease_id"}), on="disease_id", how="left")
     )
     kgx = edges.select(
         "subject",
@@ -42,7 +56,7 @@ def main(genes_to_disease: Path) -> None:
         pl.lit("NCBITaxon:9606").alias("subject_taxon"),
         pl.col("association_type").replace_strict({k: v[1] for k, v in CATEGORY.items()}).alias("predicate"),
         pl.col("disease_id").alias("object"),
-        pl.lit(None, dtype=pl.String).alias("object_label"),
+        "object_label",
         pl.lit("biolink:Disease").alias("object_category"),
         pl.col("association_type").replace_strict({k: v[0] for k, v in CATEGORY.items()}).alias("category"),
         pl.when(pl.col("disease_id").str.starts_with("ORPHA:"))
@@ -59,4 +73,4 @@ def main(genes_to_disease: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

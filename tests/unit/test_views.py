@@ -1,0 +1,60 @@
+"""The feature_summary view on a real DuckDB: which cell type and which term a reader is shown."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from sae_genomics_core.warehouse.views import create_feature_summary
+
+KEY = "'d' as dataset, 0 as layer"
+
+
+@pytest.fixture
+def connection() -> duckdb.DuckDBPyConnection:
+    db = duckdb.connect()
+    db.execute(
+        f"create table feature_stats as select {KEY}, feature, 0.1 as frequency, 10 as fire_count, "
+        "5 as n_cells_active, 1.0 as mean_activation, 2.0 as max_activation from range(3) t(feature)"
+    )
+    db.execute(
+        f"create table feature_genes as select {KEY}, 0 as feature, 'G' as symbol, 'E' as ensembl_id, 1 as rank"
+    )
+    # feature 0: the large type has the smallest q but a small fold change; feature 1: nothing significant
+    db.execute(
+        f"""create table feature_cell_types as select {KEY}, * from (values
+            (0, 'T cell', 1e-30, 0.4), (0, 'NK cell', 1e-4, 3.0), (0, 'B cell', 0.2, 5.0),
+            (1, 'T cell', 0.3, 1.0), (1, 'B cell', 0.1, 0.5)) v(feature, cell_type, q_value, log2_fold_change)"""
+    )
+    return db
+
+
+def test_top_cell_type_is_the_significant_type_with_the_largest_fold_change(
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
+    create_feature_summary(connection)
+    rows = connection.execute(
+        "select feature, top_cell_type, top_cell_type_q_value, top_cell_type_log2_fold_change "
+        "from feature_summary order by feature"
+    ).fetchall()
+    assert rows[0] == (0, "NK cell", 1e-4, 3.0)  # not the T cells' tiny q, not the B cells' q = 0.2
+    assert rows[1] == (1, "B cell", 0.1, 0.5)  # none significant: the smallest q
+    assert rows[2][1] is None  # no cell type rows
+
+
+def test_top_term_falls_back_to_the_term_id_when_the_source_names_none(
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
+    connection.execute(
+        f"""create table enrichment as select {KEY}, * from (values
+            (0, 'monarch', 'ORPHA:803', null, -5.0, 0.01, true, null),
+            (0, 'hpo', 'HP:0001250', 'Seizure', -3.0, 0.04, true, true),
+            (1, 'hpo', 'HP:0000001', 'All', -1.0, 0.5, false, null))
+            v(feature, database, term_id, term_name, log10_p_value, q_value, significant, most_specific)"""
+    )
+    create_feature_summary(connection)
+    rows = connection.execute(
+        "select feature, top_term, n_databases_significant, n_significant_terms from feature_summary order by feature"
+    ).fetchall()
+    assert rows[0] == (0, "ORPHA:803", 2, 2)
+    assert rows[1] == (1, None, 0, 0)
