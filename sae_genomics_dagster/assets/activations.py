@@ -18,6 +18,7 @@ from sae_genomics_core.data.h5ad import DatasetError, file_checksum, open_matrix
 from sae_genomics_core.data.registry import DatasetNotRegistered
 from sae_genomics_core.model.specs import ModelUnavailable
 from sae_genomics_dagster.assets.common import BY_DATASET, OWNERS
+from sae_genomics_dagster.io_manager import warehouse_lock
 from sae_genomics_dagster.partitions import dataset_partitions
 from sae_genomics_dagster.resources import HomeResource, ModelResource
 
@@ -169,4 +170,22 @@ def activation_sets(context: dg.AssetExecutionContext, home: HomeResource) -> pl
         for layer in manifest["layers"]
         for hook in manifest["hooks"]
     ]
+    _record_vocab_coverage(
+        context, home, dataset, store.root / "vocab.json", bool(manifest["random_weights"])
+    )
     return pl.DataFrame(rows, schema_overrides={"revision": pl.String})
+
+
+def _record_vocab_coverage(
+    context: dg.AssetExecutionContext, home: HomeResource, dataset: str, vocab_path: Path, symbols_too: bool
+) -> None:
+    """datasets.n_genes_in_vocab and genes.in_vocab, unknown at ingest, from the vocab just used."""
+    import duckdb
+
+    from sae_genomics_core.warehouse.vocab_coverage import record_vocab_coverage
+
+    vocab = json.loads(vocab_path.read_text())
+    database = str(home.home.warehouse)
+    with warehouse_lock(database), duckdb.connect(database) as connection:
+        n_in_vocab = record_vocab_coverage(connection, dataset, vocab.keys(), symbols_too)
+    context.log.info(f"{dataset}: {n_in_vocab} genes in the model vocab recorded in datasets and genes")

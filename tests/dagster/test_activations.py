@@ -45,7 +45,13 @@ def test_pipeline_extracts_and_catalogues_activations(
             "select layer, hook, n_tokens, d_model, dtype, random_weights, checksum from activation_sets "
             "where dataset = 'chr21' order by layer, hook"
         ).fetchall()
+        in_vocab, flagged, n_genes = connection.execute(
+            "select n_genes_in_vocab, (select count(*) filter (where in_vocab) from genes where dataset = 'chr21'), "
+            "(select count(*) from genes where dataset = 'chr21') from datasets where dataset = 'chr21'"
+        ).fetchone()
     assert len(rows) == 8
+    # unknown at ingest, recorded from the vocab the activations used; the same count in both tables
+    assert in_vocab == metadata["n_genes_in_vocab"] == flagged and 0 < in_vocab <= n_genes
     assert {row[2] for row in rows} == {metadata["n_tokens"]}
     assert all(row[3] == 64 and row[4] == "bfloat16" and row[5] for row in rows)
     assert rows[0][6] == metadata["checksum"]
