@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sae_genomics_core.cli import add_core_commands, add_dataset_options, dataset_options, run
-from sae_genomics_core.config import Home
+from sae_genomics_core.config import HOME_ENV, Home
 from sae_genomics_core.data.h5ad import DatasetError
 from sae_genomics_core.data.registry import DatasetNotRegistered, Registry
 
 DEMO_NAME = "pbmc68k"
 DEMO_CELL_TYPE_KEY = "bulk_labels"
+MODEL_ENV = "SAE_GENOMICS_MODEL"  # the model spec definitions.py reads (dir:<path> names a folder)
 
 
 def _home() -> Home:
@@ -48,23 +49,33 @@ def _execute(
 ONTOLOGY = "hpo_ontology"
 
 
+def annotate_usage_error(mode: str, only: Sequence[str], files: Sequence[str]) -> str | None:
+    """What is wrong with `annotate`'s arguments, checked before anything runs (else a run fails half-way)."""
+    from sae_genomics_core.annotations.refresh import CLIENTS
+
+    known = [*CLIENTS, ONTOLOGY]
+    unknown = sorted(set(only) - set(known))
+    if unknown:
+        return f"unknown database(s) {', '.join(unknown)}; known: {', '.join(known)}"
+    if mode != "file":
+        return f"--file is read only with --mode file (not --mode {mode})" if files else None
+    if len(only) != 1:
+        given = f" (got --only {' '.join(only)})" if only else ""
+        return f"--mode file reads one database's download at a time: pass --only DB --file PATH{given}"
+    if not files:
+        return f"--mode file --only {only[0]} needs the downloaded file: pass --file PATH"
+    missing = [f for f in files if not Path(f).is_file()]
+    return f"--file {', '.join(missing)}: no such file" if missing else None
+
+
 def _annotate(home: Home, mode: str, only: Sequence[str] = (), files: Sequence[str] = ()) -> int:
     """Refresh gene_identifiers, then every annotation database (each its own run; one failing spares the rest)."""
     from sae_genomics_core.annotations.refresh import CLIENTS
     from sae_genomics_dagster.definitions import build_definitions
     from sae_genomics_dagster.instance import get_instance
 
-    unknown = sorted(set(only) - set(CLIENTS) - {ONTOLOGY})
-    if unknown:
-        print(
-            f"error: unknown database(s) {', '.join(unknown)}; known: {', '.join(CLIENTS)}", file=sys.stderr
-        )
-        return 2
-    if mode == "file" and len(only) != 1:
-        print(
-            "error: --mode file reads one database's download: name it with --only DB --file PATH",
-            file=sys.stderr,
-        )
+    if problem := annotate_usage_error(mode, only, files):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     instance = get_instance(home)
     defs = build_definitions(home)
@@ -200,6 +211,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_annotate(args: argparse.Namespace) -> int:
+    if problem := annotate_usage_error(args.mode, args.only, args.file):
+        print(f"error: {problem}", file=sys.stderr)  # before _home(): a refused command creates nothing
+        return 2
     return _annotate(_home(), args.mode, args.only, args.file)
 
 
@@ -209,14 +223,35 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_ui(args: argparse.Namespace) -> int:
+def ui_launch(host: str, port: int) -> tuple[list[str], Path, dict[str, str]]:
+    """The `dagster dev` command, working folder and environment of `sae-genomics ui`, with the home prepared.
+
+    `_home()` creates $DAGSTER_HOME and installs dagster.yaml there. `dagster dev` still warns that
+    dagster.yaml "will not be used" whenever its working folder holds one and is not DAGSTER_HOME (as
+    the repository root, where `make ui` runs, does), so it starts in DAGSTER_HOME itself; the paths
+    the environment gives relative to the caller's folder are made absolute first.
+    """
+    from sae_genomics_core.annotations.base import SNAPSHOTS_ENV, SOURCES_ENV
+
     home = _home()
     command = [
         str(Path(sys.executable).with_name("dagster")), "dev",
-        "-m", "sae_genomics_dagster.definitions", "-h", args.host, "-p", str(args.port),
+        "-m", "sae_genomics_dagster.definitions", "-h", host, "-p", str(port),
     ]  # fmt: skip
-    print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={home.dagster_home})")
-    return subprocess.call(command, env={**os.environ, "DAGSTER_HOME": str(home.dagster_home)})
+    env = {**os.environ, "DAGSTER_HOME": str(home.dagster_home), HOME_ENV: str(home.root)}
+    for name in (SOURCES_ENV, SNAPSHOTS_ENV):
+        if env.get(name):
+            env[name] = str(Path(env[name]).expanduser().resolve())
+    model = env.get(MODEL_ENV, "")
+    if model.startswith("dir:"):
+        env[MODEL_ENV] = f"dir:{Path(model.removeprefix('dir:')).expanduser().resolve()}"
+    return command, home.dagster_home, env
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    command, folder, env = ui_launch(args.host, args.port)
+    print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={env['DAGSTER_HOME']})")
+    return subprocess.call(command, cwd=folder, env=env)
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -270,9 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="refresh gene_identifiers and the annotation databases now (as their schedules would)",
     )
     annotate.add_argument("--mode", choices=["live", "file", "snapshot"], default="live")
-    annotate.add_argument("--only", nargs="*", default=[], metavar="DB", help="only these databases")
+    # nargs="+": a bare --only is a mistake, not "everything"
+    annotate.add_argument("--only", nargs="+", default=[], metavar="DB", help="only these databases")
     annotate.add_argument(
-        "--file", action="append", default=[], help="with --mode file: the downloaded file(s)"
+        "--file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="with --mode file and one --only DB: the downloaded file (repeat for several)",
     )
     annotate.set_defaults(handler=_cmd_annotate)
 

@@ -42,6 +42,11 @@ LOG1P_MAX_VALUE = 20.0
 # Share of a column's non-empty values that must look like Ensembl ids for automatic detection.
 ENSEMBL_DETECT_SHARE = 0.9
 MATRIX_CHOICES = "auto, X, raw or layers/<name>"
+# A cell-type column with more distinct values than this, or distinct in more than this share of the
+# cells (once it has more than MIN_DISTINCT_FOR_SHARE values), holds ids rather than labels.
+MAX_CELL_TYPES = 500
+MAX_CELL_TYPE_SHARE = 0.5
+MIN_DISTINCT_FOR_SHARE = 20
 
 
 @dataclass(frozen=True)
@@ -506,7 +511,30 @@ def _cell_types(
     values = obs[key].astype("string")
     if values.isna().all():
         notes.append(f"cell-type column '{key}' is empty.")
+    elif (reason := _not_a_label(obs[key])) is not None:
+        others = [str(c) for c in obs.columns if c != key and _not_a_label(obs[c]) is None]
+        notes.append(
+            f"cell-type column '{key}' looks like an id or a number, not a cell type label ({reason}), so "
+            "per-cell-type results would compare ids. Choose the obs column that names cell types with "
+            "--cell-type-key COLUMN (`sae-genomics register PATH --name NAME --cell-type-key COLUMN` "
+            "re-registers a dataset)"
+            + (f"; columns that look like labels: {', '.join(others[:8])}." if others else ".")
+        )
     return [None if pd.isna(v) else str(v) for v in values], key
+
+
+def _not_a_label(column: pd.Series) -> str | None:
+    """Why an obs column cannot be cell type labels (numbers, or nearly one value per cell), else None."""
+    dtype = column.dtype.categories.dtype if isinstance(column.dtype, pd.CategoricalDtype) else column.dtype
+    if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+        return f"its values are {dtype} numbers"
+    present = column.dropna()
+    n_distinct = int(present.nunique())
+    if n_distinct > MAX_CELL_TYPES or (
+        n_distinct > MIN_DISTINCT_FOR_SHARE and n_distinct > MAX_CELL_TYPE_SHARE * len(present)
+    ):
+        return f"{n_distinct} distinct values in {len(present)} cells"
+    return None
 
 
 # -- the streamed matrix scan ----------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import polars as pl
 import pytest
 import scipy.sparse as sp
@@ -94,6 +95,33 @@ def test_explicit_columns_are_used(tmp_path: Path) -> None:
     assert tables.report.gene_id_source == "ensembl:ens"
     assert tables.genes["symbol"][2] == "S2"
     assert set(tables.cells["cell_type"]) == {"x", "y"}
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        (np.arange(40) % 7, "int64 numbers"),  # e.g. cluster numbers or counts
+        (np.linspace(0.0, 1.0, 40), "float64 numbers"),  # e.g. a QC score
+        (pd.Categorical(np.arange(40) % 3), "int64 numbers"),  # numbers made categorical
+        ([f"AAACCTG-{i}" for i in range(40)], "40 distinct values in 40 cells"),  # barcodes
+    ],
+)
+def test_cell_type_key_that_looks_like_ids_is_warned_about(
+    tmp_path: Path, values: object, reason: str
+) -> None:
+    path = write_h5ad(tmp_path / "ids.h5ad", counts(), obs={"label": ["x", "y"] * 20, "other": values})
+    tables = inspect_h5ad(path, DatasetOptions(cell_type_key="other"))
+    (warning,) = [w for w in tables.report.warnings if "'other'" in w]
+    assert "looks like an id or a number, not a cell type label" in warning
+    assert reason in warning
+    assert "--cell-type-key COLUMN" in warning and "columns that look like labels: label." in warning
+    assert tables.report.cell_type_key == "other"  # a warning: ingest goes on with the chosen column
+
+
+def test_cell_type_labels_are_not_warned_about(tmp_path: Path) -> None:
+    labels = np.array([f"type{i % 12}" for i in range(40)])  # 12 types in 40 cells: labels, not ids
+    path = write_h5ad(tmp_path / "labels.h5ad", counts(), obs={"cell_type": pd.Categorical(labels)})
+    assert not [w for w in inspect_h5ad(path).report.warnings if "cell type label" in w]
 
 
 def test_checksum_changes_with_content(tmp_path: Path) -> None:
