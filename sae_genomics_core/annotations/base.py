@@ -165,7 +165,9 @@ class AnnotationClient(ABC):
                 f"{cls.title}: set the environment variable {config.key_env} to your API key to refresh this "
                 f"source ({config.licence}); skipped until then"
             )
-        options = {"min_interval_s": cls.min_interval_s, **http_options}
+        # sources.yaml may set a service's spacing (a key with a higher quota, a mirror); else the class's
+        spacing = float(config.extra.get("min_interval_s", cls.min_interval_s))
+        options = {"min_interval_s": spacing, **http_options}
         http = HttpClient(cls.name, cache_dir, secrets=[key] if key else [], **options)
         return cls(config, http)
 

@@ -32,7 +32,7 @@ from typing import Any
 import polars as pl
 
 from sae_genomics_core.annotations.base import AnnotationClient, GeneSet, RawAnnotations, require_columns
-from sae_genomics_core.annotations.errors import AnnotationError, PayloadError
+from sae_genomics_core.annotations.errors import AnnotationError, PayloadError, SourceSkipped
 
 DEFAULT_BATCH_SIZE = 100
 MAX_PAGES = 5000  # 500,000 associations per batch: far above any real gene set, stops a looping server
@@ -53,7 +53,7 @@ class DisgenetClient(AnnotationClient):
             raise AnnotationError("DisGeNET: sources.yaml gives no api base URL")
         ids = _entrez_ids(genes.entrez_ids)
         if not ids:
-            raise AnnotationError(
+            raise SourceSkipped(
                 "DisGeNET: it is queried per gene and no NCBI Gene ids were given; pass the dataset's genes "
                 "(a GeneSet with entrez_ids) to refresh it"
             )

@@ -26,7 +26,7 @@ import polars as pl
 import yaml
 
 from sae_genomics_core.annotations.base import AnnotationClient, GeneSet, RawAnnotations, require_columns
-from sae_genomics_core.annotations.errors import AnnotationError, PayloadError, SchemaError
+from sae_genomics_core.annotations.errors import AnnotationError, PayloadError, SchemaError, SourceSkipped
 from sae_genomics_core.annotations.files import read_json_file
 from sae_genomics_core.annotations.http import HttpError
 
@@ -46,6 +46,7 @@ class MonarchClient(AnnotationClient):
     name = "monarch"
     title = "Monarch Initiative"
     term_kind = "disease"
+    min_interval_s = 0.2  # a shared academic API: at most 5 requests a second
     # the Monarch answers available offline hold no gene edges: the snapshot is HPO-annotation gene → disease
     # edges in Monarch's KGX layout (external/snapshots/monarch/PROVENANCE.md)
     snapshot_files = ("gene_disease.derived-from-hpo-annotations.tsv.gz",)
@@ -56,7 +57,7 @@ class MonarchClient(AnnotationClient):
             raise AnnotationError("Monarch: no `api` URL in sources.yaml for live mode")
         hgnc_ids = list(dict.fromkeys(h for h in getattr(genes, "hgnc_ids", []) if h))
         if not hgnc_ids:
-            raise AnnotationError(
+            raise SourceSkipped(
                 "Monarch: live mode asks API v3 about the dataset's genes as HGNC ids and got none; register a "
                 "dataset (its genes need HGNC ids), or use mode 'file' with the KGX association TSVs"
             )

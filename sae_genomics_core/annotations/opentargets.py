@@ -29,7 +29,7 @@ from typing import Any
 import polars as pl
 
 from sae_genomics_core.annotations.base import AnnotationClient, GeneSet, RawAnnotations, require_columns
-from sae_genomics_core.annotations.errors import AnnotationError, PayloadError, SchemaError
+from sae_genomics_core.annotations.errors import AnnotationError, PayloadError, SchemaError, SourceSkipped
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class OpenTargetsClient(AnnotationClient):
     name = "opentargets"
     title = "Open Targets Platform"
     term_kind = "disease"
+    min_interval_s = 0.1  # no published quota: at most 10 requests a second
     snapshot_files = ("graphql_associated_diseases.json",)
 
     def fetch_live(self, genes: GeneSet) -> RawAnnotations:
@@ -61,7 +62,7 @@ class OpenTargetsClient(AnnotationClient):
             raise AnnotationError("Open Targets: no `api` URL in sources.yaml for live mode")
         ids = list(dict.fromkeys(g for g in genes.ensembl_ids if g))
         if not ids:
-            raise AnnotationError(
+            raise SourceSkipped(
                 "Open Targets: live mode asks the GraphQL API about the genes of a registered dataset and got "
                 "none; register a dataset first, or use mode 'file' with a parquet release "
                 "(association_overall_direct)"

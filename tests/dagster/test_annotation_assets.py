@@ -177,6 +177,20 @@ def test_keyed_source_without_key_is_skipped_not_failed(
     assert evaluation.skip_message and "OMIM_API_KEY is not set" in evaluation.skip_message
 
 
+@pytest.mark.parametrize("database", ["opentargets", "monarch"])
+def test_gene_driven_source_without_a_dataset_is_skipped_not_failed(
+    home: Home, instance: dg.DagsterInstance, database: str
+) -> None:
+    # their live APIs are asked about the registered datasets' genes; a fresh install has none yet,
+    # and a scheduled tick then must not be a failed run
+    assert materialise(home, instance, ["gene_identifiers"]).success
+    result = materialise(home, instance, [f"annotations_{database}"], mode="live")
+    assert result.success
+    assert instance.get_latest_materialization_event(dg.AssetKey(f"annotations_{database}")) is None
+    messages = [record.user_message for record in instance.all_logs(result.run_id)]
+    assert any(f"skipped annotations_{database}" in m and "register a dataset" in m for m in messages)
+
+
 def test_keyed_source_with_key_never_leaks_it(
     home: Home, instance: dg.DagsterInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -246,3 +246,15 @@ def test_query_text_is_what_the_fake_checks() -> None:
     # the fake's assertions guard the real query; keep them in step
     assert "targets(ensemblIds: $ids)" in ASSOCIATIONS_QUERY
     assert "associatedDiseases(page: {index: $index, size: $size})" in ASSOCIATIONS_QUERY
+
+
+def test_request_spacing_defaults_per_service_and_sources_yaml_overrides_it() -> None:
+    from sae_genomics_core.annotations.opentargets import OpenTargetsClient
+
+    default = OpenTargetsClient.make(
+        SourceConfig.from_mapping("opentargets", {"api": "http://127.0.0.1:9"}), None
+    )
+    assert default.http is not None and default.http.limiter.min_interval_s == pytest.approx(0.1)
+    settings = {"api": "http://127.0.0.1:9", "min_interval_s": 0.5}
+    configured = OpenTargetsClient.make(SourceConfig.from_mapping("opentargets", settings), None)
+    assert configured.http is not None and configured.http.limiter.min_interval_s == pytest.approx(0.5)
