@@ -6,6 +6,7 @@ import os
 
 import dagster as dg
 
+from sae_genomics_core.annotations.refresh import client_class
 from sae_genomics_core.config import Home
 from sae_genomics_core.model.specs import n_layers_of
 from sae_genomics_dagster.assets.activations import activation_sets, activations
@@ -33,9 +34,15 @@ def build_definitions(home: Home | None = None) -> dg.Definitions:
     partitions = dataset_layer_partitions(n_layers_of(model_spec))
     sae_job = build_sae_job(partitions)
     annotation_assets = build_annotation_assets()
-    hpo_ontology, *enrichment_assets = build_enrichment_assets(
-        partitions, [key for asset in annotation_assets for key in asset.keys]
-    )
+    # A key-gated source without its key ends without output, and Dagster skips whatever depends on it in
+    # the same run: enrichment reads such tables when they exist but does not wait on them.
+    always_available = [
+        key
+        for asset in annotation_assets
+        for key in asset.keys
+        if not client_class(key.path[-1].removeprefix("annotations_")).needs_key
+    ]
+    hpo_ontology, *enrichment_assets = build_enrichment_assets(partitions, always_available)
     return dg.Definitions(
         assets=[
             dataset_h5ad,

@@ -146,6 +146,7 @@ class AnnotationClient(ABC):
     title: ClassVar[str]  # shown in the UI
     term_kind: ClassVar[str]  # default term_kind of its rows (disease, phenotype, interaction, trait…)
     needs_key: ClassVar[bool] = False  # True: skipped (not failed) when the key's variable is unset
+    per_gene: ClassVar[bool] = False  # live mode asks about the registered datasets' genes, not a bulk file
     snapshot_files: ClassVar[tuple[str, ...]] = ()  # under external/snapshots/<name>/, in read_files order
     min_interval_s: ClassVar[float] = 0.0  # the service's polite request spacing
 

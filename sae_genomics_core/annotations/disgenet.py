@@ -44,6 +44,7 @@ class DisgenetClient(AnnotationClient):
     name = "disgenet"
     title = "DisGeNET"
     term_kind = "disease"
+    per_gene = True
     needs_key = True
     min_interval_s = 0.25  # be gentle: quotas are per key
 

@@ -46,6 +46,7 @@ class MonarchClient(AnnotationClient):
     name = "monarch"
     title = "Monarch Initiative"
     term_kind = "disease"
+    per_gene = True
     min_interval_s = 0.2  # a shared academic API: at most 5 requests a second
     # the Monarch answers available offline hold no gene edges: the snapshot is HPO-annotation gene → disease
     # edges in Monarch's KGX layout (external/snapshots/monarch/PROVENANCE.md)

@@ -53,6 +53,7 @@ class OpenTargetsClient(AnnotationClient):
     name = "opentargets"
     title = "Open Targets Platform"
     term_kind = "disease"
+    per_gene = True
     min_interval_s = 0.1  # no published quota: at most 10 requests a second
     snapshot_files = ("graphql_associated_diseases.json",)
 

@@ -133,7 +133,8 @@ def build_annotation_asset(database: str, config: SourceConfig) -> dg.AssetsDefi
         group_name=GROUP,
         kinds={"duckdb", "polars"},
         owners=OWNERS,
-        deps=["gene_identifiers"],
+        # per-gene sources ask about the datasets' genes: after ingest in a run, and stale when a dataset is added
+        deps=["gene_identifiers", *(["genes"] if cls.per_gene else [])],
         output_required=False,
         pool="duckdb",
         metadata={"licence": config.licence, "refresh_cron": config.refresh_cron},

@@ -79,3 +79,23 @@ def test_every_asset_tells_a_newcomer_what_it_is(home: Home) -> None:
     assert dg.AssetKey("enrichment") in graph.get(dg.AssetKey("enrichment_baselines")).parent_keys
     assert dg.AssetKey("enrichment_baselines") in graph.get(dg.AssetKey("feature_pages")).parent_keys
     assert {c.name for c in graph.get_check_keys_for_assets({dg.AssetKey("enrichment")})} == {"calibration"}
+
+
+def test_keyless_sources_cannot_hold_up_enrichment_and_per_gene_sources_follow_ingest(home: Home) -> None:
+    graph = build_definitions(home).resolve_asset_graph()
+    enrichment_parents = {key.path[-1] for key in graph.get(dg.AssetKey("enrichment")).parent_keys}
+    # OMIM and DisGeNET end without output when their key is unset; a hard dependency would skip enrichment
+    assert not {"annotations_omim", "annotations_disgenet"} & enrichment_parents
+    assert {
+        "annotations_hpo",
+        "annotations_string",
+        "annotations_monarch",
+        "hpo_ontology",
+    } <= enrichment_parents
+    for database in (
+        "opentargets",
+        "monarch",
+        "disgenet",
+    ):  # their live APIs are asked about the datasets' genes
+        assert dg.AssetKey("genes") in graph.get(dg.AssetKey(f"annotations_{database}")).parent_keys
+    assert dg.AssetKey("genes") not in graph.get(dg.AssetKey("annotations_hpo")).parent_keys  # a bulk file

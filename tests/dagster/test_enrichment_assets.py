@@ -123,6 +123,7 @@ def test_planted_feature_is_enriched_and_calibration_passes(world) -> None:
     assert background == annotated_expressed < N_GENES
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert checks["calibration"].passed
+    assert checks["calibration"].partition == KEY  # a verdict per dataset × layer
     assert checks["calibration"].metadata["worst_fraction"].value <= 0.05
     metadata = instance.get_latest_materialization_event(
         dg.AssetKey("enrichment")
@@ -135,7 +136,7 @@ def test_planted_feature_is_enriched_and_calibration_passes(world) -> None:
     assert top == ("planted term", 1, "T")
 
 
-def test_calibration_draws_random_sets_of_the_features_sizes(world) -> None:
+def test_calibration_draws_every_features_gene_set_per_repeat(world) -> None:
     _, instance, defs = world
     result = run(defs, instance, {"calibration_repeats": 2})
     check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "calibration")

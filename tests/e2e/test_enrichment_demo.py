@@ -80,6 +80,9 @@ def test_calibration_check_passed_on_every_partition(demo_home: Path) -> None:
     evaluations = [r.event.dagster_event.event_specific_data for r in records if r.event is not None]
     assert len(evaluations) >= len(LAYERS)
     assert all(e.passed for e in evaluations)
+    # one verdict per dataset × layer partition
+    expected = {str(dg.MultiPartitionKey({"dataset": "pbmc68k", "layer": str(layer)})) for layer in LAYERS}
+    assert {str(e.partition) for e in evaluations} == expected
     assert all(e.metadata["worst_fraction"].value <= 0.05 for e in evaluations)
 
 

@@ -279,3 +279,30 @@ def test_hpo_enrichment_tests_phenotypic_abnormalities_only(hpo: OntologyTables)
     unrestricted = EnrichmentSettings(min_overlap=1, max_term_size=10_000, term_roots=())
     every = enrich(units, genes, {"hpo": annotations}, unrestricted, {"hpo": hpo}).table["term_id"].unique()
     assert pl.Series(["HP:0000001", "HP:0012823"]).is_in(every.implode()).all()  # the setting keeps them out
+
+
+def test_enrichment_flags_and_can_keep_only_the_most_specific_terms(tiny: OntologyTables) -> None:
+    from dataclasses import replace
+
+    from sae_genomics_core.enrichment.enrich import EnrichmentSettings, enrich
+
+    genes = [f"ENSG{i:011d}" for i in range(300)]
+    direct = [(g, D) for g in genes[:10]] + [(g, E) for g in genes[10:60]] + [(g, B) for g in genes[60:300]]
+    annotations = pl.DataFrame(direct, schema=["ensembl_id", "term_id"], orient="row").with_columns(
+        term_name=pl.lit("t"), term_kind=pl.lit("phenotype")
+    )
+    # unit 0 holds D's ten genes (so D, and through propagation C, A and B, are enriched); unit 1 is random
+    units = pl.DataFrame({"feature": [0] * 10 + [1] * 10, "ensembl_id": genes[:10] + genes[100:300:20]})
+    units = units.with_columns(score=pl.lit(1.0), rank=pl.lit(1, dtype=pl.Int64))
+    settings = EnrichmentSettings(min_term_size=5, max_term_size=1_000)
+    table = enrich(units, genes, {"toy": annotations}, settings, {"toy": tiny}).table
+    significant = table.filter("significant")
+    assert set(significant.filter(pl.col("feature") == 0)["term_id"]) >= {D, C, A}
+    flags = dict(significant.filter(pl.col("feature") == 0).select("term_id", "most_specific").iter_rows())
+    assert flags[D] is True and flags[C] is False and flags[A] is False  # D's ancestors are implied by D
+    assert table.filter(~pl.col("significant"))["most_specific"].is_null().all()
+    kept = enrich(
+        units, genes, {"toy": annotations}, replace(settings, only_most_specific=True), {"toy": tiny}
+    )
+    assert kept.table.filter("significant")["term_id"].to_list() == [D]
+    assert kept.table.filter(~pl.col("significant")).height == table.filter(~pl.col("significant")).height
