@@ -22,7 +22,8 @@ import polars as pl
 
 from sae_genomics_core.warehouse.sql import connect_read_only, table_names
 
-TOP_GENES, TOP_CELLS, TOP_TERMS = 20, 10, 15
+TOP_GENES, TOP_CELLS = 20, 10
+TERMS_PER_DATABASE = 5  # best rows of each database per feature, plus every significant row
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,10 @@ def collect(warehouse: Path, dataset: str, layer: int) -> dict[str, Any]:
         enrichment = _frame(
             connection,
             "select feature, database, term_id, term_name, overlap, feature_set_size, term_size, odds_ratio, "
-            "log10_p_value, q_value, significant, overlap_genes from ("
-            "  select *, row_number() over (partition by feature order by log10_p_value) as position "
+            "log10_p_value, q_value, significant, most_specific, overlap_genes from ("
+            "  select *, row_number() over (partition by feature, database order by log10_p_value) as position "
             "  from enrichment where dataset = ? and layer = ?"
-            f") where position <= {TOP_TERMS} order by feature, log10_p_value",
+            f") where position <= {TERMS_PER_DATABASE} or significant order by feature, log10_p_value",
             key, tables, "enrichment",
         )  # fmt: skip
         baselines = _frame(
@@ -138,8 +139,9 @@ def render(data: dict[str, Any], vega_bundle: str) -> str:
     title = f"sae-genomics · {data['dataset']} · layer {data['layer']}"
     return (
         _TEMPLATE.replace("__TITLE__", html.escape(title))
+        .replace("__TERMS_PER_DATABASE__", str(TERMS_PER_DATABASE))
         .replace("__VEGA__", vega_bundle.replace("</script", "<\\/script"))
-        .replace("__DATA__", payload)
+        .replace("__DATA__", payload)  # last: data must never be scanned for placeholders
     )
 
 
@@ -231,7 +233,7 @@ function search(query) {
   const hits = new Map();
   const add = (f, why, weight) => { const h = hits.get(f) || {why: new Set(), weight: 0}; h.why.add(why); h.weight += weight; hits.set(f, h); };
   for (const [f, list] of genes) for (const r of list) if (String(r.gene).toLowerCase().includes(q) || String(r.ensembl_id).toLowerCase() === q) add(f, "gene " + r.gene + " (rank " + r.rank + ")", 2 + 1 / r.rank);
-  for (const [f, list] of terms) for (const r of list) if (String(r.term_name).toLowerCase().includes(q) || String(r.term_id).toLowerCase() === q) add(f, (r.significant ? "significant term " : "term ") + r.term_name, r.significant ? 4 : 0.5);
+  for (const [f, list] of terms) for (const r of list) if (String(r.term_name ?? "").toLowerCase().includes(q) || String(r.term_id).toLowerCase() === q) add(f, (r.significant ? "significant term " : "term ") + r.term_name, r.significant ? 4 : 0.5);
   for (const [f, list] of types) for (const r of list) if (r.q_value < 0.05 && String(r.cell_type).toLowerCase().includes(q)) add(f, "cell type " + r.cell_type, 3);
   if (/^\d+$/.test(q) && stats.some(s => s.feature === Number(q))) add(Number(q), "feature number", 10);
   const found = stats.filter(s => hits.has(s.feature)).sort((a, b) => hits.get(b.feature).weight - hits.get(a.feature).weight || b.frequency - a.frequency);
@@ -284,7 +286,7 @@ function featurePage(f) {
     <div class="charts"><div><h3>Top genes</h3><div id="genes-chart"></div></div>
       <div><h3>Activation histogram (cells)</h3><div id="hist-chart"></div><h3>Density: this feature in its layer</h3><div id="density"></div></div></div>
     <h3>Top genes</h3>${table(["rank", "gene", "Ensembl", "score", "specificity", "tokens"], g.map(r => `<tr><td>${r.rank}</td><td>${esc(r.gene)}</td><td>${esc(r.ensembl_id)}</td><td>${num(r.score)}</td><td>${num(r.specificity)}</td><td>${r.n_tokens}</td></tr>`))}
-    <h3>Enrichment (BH q per database)</h3>${e.length ? table(["database", "term", "overlap", "set", "term size", "odds ratio", "log10 p", "q", "genes"], e.map(r => `<tr class="${r.significant ? "sig" : ""}"><td>${esc(r.database)}</td><td>${esc(r.term_name || r.term_id)} <small>${esc(r.term_id)}</small></td><td>${r.overlap}</td><td>${r.feature_set_size}</td><td>${r.term_size}</td><td>${num(r.odds_ratio, 1)}</td><td>${num(r.log10_p_value, 2)}</td><td>${num(r.q_value)}</td><td>${(r.overlap_genes || []).map(x => `<span class=pill>${esc(x)}</span>`).join("")}</td></tr>`)) : "<p class=muted>Not tested (no enrichment rows for this feature).</p>"}
+    <h3>Enrichment (BH q per database; its best __TERMS_PER_DATABASE__ rows each, and every significant one)</h3>${e.length ? table(["database", "term", "overlap", "set", "term size", "odds ratio", "log10 p", "q", "genes"], e.map(r => `<tr class="${r.significant ? "sig" : ""}"><td>${esc(r.database)}</td><td>${esc(r.term_name || r.term_id)} <small>${esc(r.term_id)}</small>${r.most_specific ? ' <span class=pill title="no significant descendant term">most specific</span>' : ""}</td><td>${r.overlap}</td><td>${r.feature_set_size}</td><td>${r.term_size}</td><td>${num(r.odds_ratio, 1)}</td><td>${num(r.log10_p_value, 2)}</td><td>${num(r.q_value)}</td><td>${(r.overlap_genes || []).map(x => `<span class=pill>${esc(x)}</span>`).join("")}</td></tr>`)) : "<p class=muted>Not tested (no enrichment rows for this feature).</p>"}
     <h3>Compared with the baselines of this layer</h3>${baselineTable()}
     <h3>Cell types (cells as the unit, Mann–Whitney U, BH q)</h3>${table(["cell type", "mean activation", "fraction active", "log2 FC", "q"], t.map(r => `<tr class="${r.q_value < 0.05 ? "sig" : ""}"><td>${esc(r.cell_type)}</td><td>${num(r.mean_activation)}</td><td>${num(r.frac_active)}</td><td>${num(r.log2_fold_change, 2)}</td><td>${num(r.q_value)}</td></tr>`))}
     <h3>Top cells</h3>${table(["rank", "cell", "cell type", "max activation"], c.map(r => `<tr><td>${r.rank}</td><td>${esc(r.cell_id)}</td><td>${esc(r.cell_type)}</td><td>${num(r.max_activation)}</td></tr>`))}`;

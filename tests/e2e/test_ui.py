@@ -261,5 +261,26 @@ def test_browser_feature_page_search(ui_home: Path, webserver: str, browser: obj
     page.locator("#hist-chart svg").wait_for()
     assert symbol in page.inner_text("#page")
     page.screenshot(path=str(ARTIFACTS / "feature-page.png"), full_page=True)
+
+    # by term id: the features whose embedded rows (best 5 per database, and all significant) hold it
+    with duckdb.connect(str(ui_home / "warehouse.duckdb"), read_only=True) as connection:
+        term, term_feature, n_term = connection.execute(
+            "with shown as (select feature, term_id, significant, row_number() over (partition by feature, database "
+            "order by log10_p_value) as position from enrichment where dataset = 'pbmc68k' and layer = 1) "
+            "select term_id, min(feature), count(distinct feature) as n from shown where position <= 5 or significant "
+            "group by term_id order by n, term_id limit 1"
+        ).fetchone()
+        cell_type, n_typed = connection.execute(
+            "select cell_type, (select count(distinct feature) from feature_cell_types t where t.dataset = 'pbmc68k' "
+            "and t.layer = 1 and t.q_value < 0.05 and contains(lower(t.cell_type), lower(c.cell_type))) "
+            "from feature_cell_types c where dataset = 'pbmc68k' and layer = 1 and q_value < 0.05 "
+            "group by cell_type order by count(*), cell_type limit 1"
+        ).fetchone()
+    page.fill("#search", term)
+    page.get_by_text(f"{n_term} feature{'' if n_term == 1 else 's'} match “{term}”").wait_for()
+    assert page.locator(f'#list a[data-feature="{term_feature}"]').count() == 1
+    # by cell type: every feature for which that type is significant
+    page.fill("#search", cell_type)
+    page.get_by_text(f"{n_typed} feature{'' if n_typed == 1 else 's'} match “{cell_type}”").wait_for()
     assert not errors, errors
     page.close()

@@ -32,7 +32,7 @@ def _warehouse(path: Path, with_enrichment: bool = True) -> Path:
             "dataset": "d", "layer": 0, "feature": [0, 0], "database": ["hpo", "hpo"], "term_id": ["HP:0002715", "HP:0000001"],
             "term_name": ["Abnormality of the immune system", "All"], "overlap": [3, 1], "feature_set_size": [20, 20], "term_size": [3, 500],
             "odds_ratio": [float("inf"), 1.0], "log10_p_value": [-8.0, 0.0], "q_value": [1e-6, 1.0], "significant": [True, False],
-            "overlap_genes": [["LYZ", "S100A8", "S100A9"], None],
+            "most_specific": [True, None], "overlap_genes": [["LYZ", "S100A8", "S100A9"], None],
         })  # fmt: skip
     with duckdb.connect(str(path)) as connection:
         for name, frame in tables.items():
@@ -62,6 +62,7 @@ def test_pages_embed_what_each_feature_shows(tmp_path: Path) -> None:
     assert data["enrichment"]["overlap_genes"][0] == ["LYZ", "S100A8", "S100A9"]
     assert data["histograms"]["n_cells"] == [1, 2]
     assert data["baselines"] == {}  # not materialised yet: the page says so instead of failing
+    assert data["enrichment"]["most_specific"] == [True, None]
 
 
 def test_pages_without_enrichment_still_build(tmp_path: Path) -> None:
@@ -88,3 +89,32 @@ def test_script_breaking_text_in_the_data_is_escaped(tmp_path: Path, text: str) 
     data_block = page.split('<script id="data" type="application/json">', 1)[1].split("</script>", 1)[0]
     assert "<" not in data_block and ">" not in data_block  # nothing the HTML parser could act on
     assert text in _embedded(page)["enrichment"]["term_name"]
+
+
+def test_every_database_keeps_its_best_rows_on_the_page(tmp_path: Path) -> None:
+    warehouse = _warehouse(tmp_path / "w.duckdb")
+    many_hpo = pl.DataFrame({
+        "dataset": "d", "layer": 0, "feature": 2, "database": "hpo", "term_id": [f"HP:{i:07d}" for i in range(20)],
+        "term_name": "t", "overlap": 2, "feature_set_size": 20, "term_size": 10, "odds_ratio": 2.0,
+        "log10_p_value": [-3.0 + 0.1 * i for i in range(20)], "q_value": 0.5, "significant": [i < 8 for i in range(20)],
+        "most_specific": None, "overlap_genes": None,
+    }, schema_overrides={"most_specific": pl.Boolean, "overlap_genes": pl.List(pl.String)})  # fmt: skip
+    string = many_hpo.head(1).with_columns(  # weaker than every HPO row, still shown: its own database
+        database=pl.lit("string"), term_id=pl.lit("STRING:within-set-edges"), log10_p_value=pl.lit(-0.1)
+    )
+    with duckdb.connect(str(warehouse)) as connection:
+        for frame in (many_hpo, string):
+            connection.register("frame", frame.to_arrow())
+            connection.execute("insert into enrichment by name select * from frame")
+            connection.unregister("frame")
+    embedded = collect(warehouse, "d", 0)["enrichment"]
+    enrichment = pl.DataFrame({k: embedded[k] for k in ("feature", "database", "term_id")}).filter(
+        pl.col("feature") == 2
+    )
+    assert enrichment.group_by("database").len().sort("database").rows() == [
+        ("hpo", 8),
+        ("string", 1),
+    ]  # best 5 + all significant
+    assert enrichment.filter(pl.col("database") == "hpo")["term_id"].to_list() == [
+        f"HP:{i:07d}" for i in range(8)
+    ]
