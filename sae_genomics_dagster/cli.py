@@ -58,14 +58,18 @@ def annotate_usage_error(mode: str, only: Sequence[str], files: Sequence[str]) -
     if unknown:
         return f"unknown database(s) {', '.join(unknown)}; known: {', '.join(known)}"
     if mode != "file":
-        return f"--file is read only with --mode file (not --mode {mode})" if files else None
+        return (
+            f"--file is read only with --mode file (not --mode {mode}): add --mode file, or drop --file"
+            if files
+            else None
+        )
     if len(only) != 1:
         given = f" (got --only {' '.join(only)})" if only else ""
         return f"--mode file reads one database's download at a time: pass --only DB --file PATH{given}"
     if not files:
         return f"--mode file --only {only[0]} needs the downloaded file: pass --file PATH"
     missing = [f for f in files if not Path(f).is_file()]
-    return f"--file {', '.join(missing)}: no such file" if missing else None
+    return f"--file {', '.join(missing)}: no such file; check the path" if missing else None
 
 
 def _annotate(home: Home, mode: str, only: Sequence[str] = (), files: Sequence[str] = ()) -> int:
@@ -74,9 +78,6 @@ def _annotate(home: Home, mode: str, only: Sequence[str] = (), files: Sequence[s
     from sae_genomics_dagster.definitions import build_definitions
     from sae_genomics_dagster.instance import get_instance
 
-    if problem := annotate_usage_error(mode, only, files):
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
     instance = get_instance(home)
     defs = build_definitions(home)
     failed = []

@@ -55,8 +55,8 @@ class DisgenetClient(AnnotationClient):
         ids = _entrez_ids(genes.entrez_ids)
         if not ids:
             raise SourceSkipped(
-                "DisGeNET: it is queried per gene and no NCBI Gene ids were given; pass the dataset's genes "
-                "(a GeneSet with entrez_ids) to refresh it"
+                "DisGeNET: it is queried per gene and the registered datasets gave no NCBI Gene ids; register a "
+                "dataset first, or use mode 'file' with a downloaded association file"
             )
         batch_size = max(1, int(self.config.extra.get("batch_size", DEFAULT_BATCH_SIZE)))
         url = self.config.api.rstrip("/") + "/gda/summary"
