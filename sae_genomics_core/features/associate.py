@@ -4,19 +4,22 @@ Tokens are encoded batch by batch to their top-k latents — a (tokens × k) spa
 tokens × d_sae matrix — and reduced on the fly into sparse per-(gene, feature) and per-(cell,
 feature) sums. Cells never span shards, so per-cell results are final at each shard's end.
 
-Definitions (per dataset × layer, feature f, gene g, cell c):
-- fire_count: tokens with a_f > 0; frequency = fire_count / tokens; mean_activation over firing
+Definitions (per dataset × layer, feature f with activation a, gene g, cell c):
+- fire_count: tokens with a > 0; frequency = fire_count / tokens; mean_activation over firing
   tokens; n_cells_active: cells with any firing token.
-- feature_genes: score = Σ a_f · expression over g's tokens; n_tokens = g's tokens where f fires;
-  mean_activation = Σ a_f over g's tokens / all of g's tokens; specificity = that mean over f's mean
-  activation on all tokens (a lift: 1 = no preference). Genes are ranked by specificity among those
-  with at least `min_gene_tokens` firing tokens (so a gene present in every cell cannot win by
-  volume alone), then by score; the top `top_genes` are kept.
+- feature_genes: score = Σ a × expression bin over g's tokens (the bin tahoe-x1 saw, so counts and
+  log1p registrations of the same cells score alike); n_tokens = g's tokens where f fires;
+  mean_activation m_g = Σ a over g's tokens / all n_g of g's tokens; raw_specificity = m_g / μ_f, f's
+  mean over all tokens (a lift: 1 = no preference). A raw lift of a rare gene is noisy and the top of a
+  ranking by it is full of rare genes by chance, so genes are ranked by `specificity`, the lift shrunk by
+  empirical Bayes: m_g ~ N(θ_g, σ_f²/n_g) with σ_f² f's variance over all tokens, θ_g ~ N(μ_f, τ_f²) with
+  τ_f² by the method of moments over every gene of the dataset; specificity = (μ_f + B_g (m_g − μ_f)) /
+  μ_f with B_g = τ_f² / (τ_f² + σ_f²/n_g). Ties (τ_f² = 0: no detectable preference) are broken by
+  specificity_z = (m_g − μ_f) / (σ_f / √n_g), which does not favour rare or common genes under the null.
+  Genes need `min_gene_tokens` firing tokens; the top `top_genes` are kept.
 - feature_cells: a cell's activation is its maximum over its tokens; the top `top_cells` cells.
-- feature_cell_types: per cell type, the mean of the cells' activations (0 when silent), the
-  fraction of cells active, log2 fold change of the means (type vs the rest, +1e-6), and a one-sided
-  Mann–Whitney U test (type > rest) with the cell as the unit, over the cells the model saw; BH
-  q-values over all features × types (pairs that could not be tested count as p = 1).
+- feature_cell_types: see sae_genomics_core.features.cell_types (a cell's mean activation over its
+  tokens, Welch or pseudobulk paired t-tests, shrunk fold changes with a lower bound, BH).
 """
 
 from __future__ import annotations
@@ -28,11 +31,10 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 import torch
-from scipy.special import ndtr
-from scipy.stats import mannwhitneyu, rankdata
-from statsmodels.stats.multitest import multipletests
 
 from sae_genomics_core.activations.store import ActivationStore, from_storage
+from sae_genomics_core.features.cell_types import SCHEMA as CELL_TYPE_SCHEMA
+from sae_genomics_core.features.cell_types import cell_type_table
 
 
 @dataclass(frozen=True)
@@ -74,103 +76,168 @@ def associate(
     layer: int,
     hook: str,
     loaded: Any,  # sae_genomics_core.sae.checkpoint.LoadedSae
-    cells: pl.DataFrame,  # cell_index, cell_id, cell_type
+    cells: pl.DataFrame,  # cell_index, cell_id, cell_type, optionally sample
     settings: AssociationSettings = AssociationSettings(),
     with_cells: bool = True,
 ) -> FeatureTables:
     """All four tables; `with_cells=False` leaves feature_cells and feature_cell_types empty (baselines
     need only the genes, and the per-type tests are the slowest part)."""
-    sae, normalizer = loaded.sae.to(settings.device), loaded.normalizer
-    d_sae = int(sae.cfg.d_sae)
-    storage = store.manifest["dtype"]
-    n_cells_total = int(store.manifest["n_cells_total"])
-    gene_sums = (
-        _KeyedSums()
-    )  # per (gene × d_sae + feature): firing tokens, Σ activation, Σ activation × expression
-    gene_tokens: dict[int, int] = {}
-    cell_max: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per shard: (cell, feature, max)
-    fire_count = np.zeros(d_sae, dtype=np.int64)
-    act_sum = np.zeros(d_sae, dtype=np.float64)
-    act_max = np.zeros(d_sae, dtype=np.float64)
-    l0_counts = np.zeros(int(sae.cfg.k) + 1, dtype=np.int64)
-    n_tokens = 0
+    sae = loaded.sae.to(settings.device)
+    totals = _Totals(int(sae.cfg.d_sae), int(sae.cfg.k), int(store.manifest["n_cells_total"]))
     for shard in store.manifest["shards"]:
-        if shard["n_tokens"] == 0:
-            continue
-        tokens = store.tokens(shard["name"])
-        acts = store.acts(layer, hook, shard["name"])
-        gene_ids = np.asarray(tokens["gene_id"], dtype=np.int64)
-        values_expr = np.asarray(tokens["value"], dtype=np.float64)
-        owners = np.asarray(tokens["cell_index"], dtype=np.int64)
-        for gene, count in zip(*np.unique(gene_ids, return_counts=True), strict=True):
-            gene_tokens[int(gene)] = gene_tokens.get(int(gene), 0) + int(count)
-        rows, cols, vals = [], [], []
-        for start in range(0, shard["n_tokens"], settings.batch_tokens):
-            stop = min(start + settings.batch_tokens, shard["n_tokens"])
-            x = from_storage(np.asarray(acts[start:stop]), storage).float().to(settings.device)
-            top_values, top_indices = encode_topk(sae, normalizer, x)
-            flat_values = top_values.reshape(-1).cpu().numpy().astype(np.float64)
-            flat_features = top_indices.reshape(-1).cpu().numpy()
-            token_rows = np.repeat(np.arange(start, stop), top_values.shape[1])
-            firing = flat_values > 0
-            l0_counts += np.bincount(
-                firing.reshape(-1, top_values.shape[1]).sum(axis=1), minlength=l0_counts.size
-            )
-            flat_values, flat_features, token_rows = (
-                flat_values[firing],
-                flat_features[firing],
-                token_rows[firing],
-            )
-            rows.append(token_rows)
-            cols.append(flat_features)
-            vals.append(flat_values)
-        token_rows = np.concatenate(rows)
-        features = np.concatenate(cols)
-        activation = np.concatenate(vals)
-        n_tokens += shard["n_tokens"]
-        fire_count += np.bincount(features, minlength=d_sae)
-        act_sum += np.bincount(features, weights=activation, minlength=d_sae)
-        np.maximum.at(act_max, features, activation)
-        gene_sums.add(
-            gene_ids[token_rows] * d_sae + features, activation, activation * values_expr[token_rows]
-        )
-        # per-cell maximum activation: a dense (cells of this shard × d_sae) buffer reduced with amax
-        shard_cells, owner_local = np.unique(owners, return_inverse=True)  # over tokens, not firing pairs
-        local = owner_local[token_rows]
-        buffer = torch.zeros(shard_cells.size * d_sae, dtype=torch.float64)
-        buffer.scatter_reduce_(
-            0, torch.from_numpy(local * d_sae + features), torch.from_numpy(activation), "amax"
-        )
-        nonzero = torch.nonzero(buffer).squeeze(1).numpy()
-        cell_max.append((shard_cells[nonzero // d_sae], nonzero % d_sae, buffer.numpy()[nonzero]))
-
-    stats = pl.DataFrame({
-        "feature": np.arange(d_sae, dtype=np.int64),
-        "fire_count": fire_count,
-        "frequency": fire_count / max(1, n_tokens),
-        "mean_activation": np.divide(act_sum, fire_count, out=np.zeros(d_sae), where=fire_count > 0),
-        "max_activation": act_max,
-    })  # fmt: skip
-    per_cell = _stack(cell_max, n_cells_total, d_sae).tocsc()
-    stats = stats.with_columns(pl.Series("n_cells_active", np.diff(per_cell.indptr).astype(np.int64)))
-    feature_mean_all = act_sum / max(1, n_tokens)
-    # pairs with too little support can never be ranked: dropped before any table is built
-    keys, sums = gene_sums.totals(min_count=max(1, settings.min_gene_tokens))
-    genes = _gene_table(keys // d_sae, keys % d_sae, sums, gene_tokens, feature_mean_all, settings)
-    histograms = _histograms(per_cell)
+        if shard["n_tokens"] > 0:
+            totals.add_shard(_encode_shard(store, layer, hook, shard, sae, loaded.normalizer, settings))
+    stats = totals.stats()
+    per_cell_max = _stack(totals.cell_max, totals.n_cells, totals.d_sae).tocsc()
+    stats = stats.with_columns(pl.Series("n_cells_active", np.diff(per_cell_max.indptr).astype(np.int64)))
+    genes = rank_genes(totals.gene_sums, totals.gene_tokens, totals.moments(), settings)
+    histograms = _histograms(per_cell_max)
     if not with_cells:
-        cell_table, cell_types = _cell_table(per_cell[:0], cells, 0), _cell_type_table(per_cell, cells[:0])
-        return FeatureTables(stats, genes, cell_table, cell_types, n_tokens, l0_counts, histograms)
-    cell_table = _cell_table(per_cell, cells, settings.top_cells)
-    seen = (
-        np.concatenate([store.tokens(s["name"])["cls_cell_index"] for s in store.manifest["shards"]])
-        if store.manifest["shards"]
-        else np.zeros(0)
+        cell_table = _cell_table(per_cell_max[:0], cells, 0)
+        return FeatureTables(
+            stats,
+            genes,
+            cell_table,
+            pl.DataFrame(schema=CELL_TYPE_SCHEMA),
+            totals.n_tokens,
+            totals.l0_counts,
+            histograms,
+        )
+    seen = np.flatnonzero(totals.cell_tokens > 0)  # cells the model skipped are not counted as silent
+    cell_types = cell_type_table(
+        totals.per_cell_mean(), cells.filter(pl.col("cell_index").is_in(seen.tolist()))
     )
-    cell_types = _cell_type_table(
-        per_cell, cells.filter(pl.col("cell_index").is_in(seen.astype(np.int64).tolist()))
-    )
-    return FeatureTables(stats, genes, cell_table, cell_types, n_tokens, l0_counts, histograms)
+    cell_table = _cell_table(per_cell_max, cells, settings.top_cells)
+    return FeatureTables(stats, genes, cell_table, cell_types, totals.n_tokens, totals.l0_counts, histograms)
+
+
+@dataclass
+class _EncodedShard:
+    """A shard's firing (token, feature, activation) triples and its tokens' fields."""
+
+    token_rows: np.ndarray
+    features: np.ndarray
+    activation: np.ndarray
+    l0_counts: np.ndarray  # tokens by number of firing latents
+    tokens: dict[str, np.ndarray]
+
+
+def _encode_shard(
+    store: ActivationStore,
+    layer: int,
+    hook: str,
+    shard: dict[str, Any],
+    sae: Any,
+    normalizer: Any,
+    settings: AssociationSettings,
+) -> _EncodedShard:
+    acts, storage, k = store.acts(layer, hook, shard["name"]), store.manifest["dtype"], int(sae.cfg.k)
+    rows, cols, vals = [], [], []
+    l0_counts = np.zeros(k + 1, dtype=np.int64)
+    for start in range(0, shard["n_tokens"], settings.batch_tokens):
+        stop = min(start + settings.batch_tokens, shard["n_tokens"])
+        x = from_storage(np.asarray(acts[start:stop]), storage).float().to(settings.device)
+        top_values, top_indices = encode_topk(sae, normalizer, x)
+        values = top_values.cpu().numpy().astype(np.float64)
+        firing = values > 0
+        l0_counts += np.bincount(firing.sum(axis=1), minlength=k + 1)
+        rows.append(np.repeat(np.arange(start, stop), k).reshape(-1, k)[firing])
+        cols.append(top_indices.cpu().numpy()[firing])
+        vals.append(values[firing])
+    tokens = {name: np.asarray(column) for name, column in store.tokens(shard["name"]).items()}
+    return _EncodedShard(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), l0_counts, tokens)
+
+
+@dataclass(frozen=True)
+class FeatureMoments:
+    """Per feature over every token: the count of tokens and the first two moments of its activation."""
+
+    n_tokens: int
+    mean: np.ndarray
+    variance: np.ndarray
+
+
+class _Totals:
+    """Running per-feature, per-(gene, feature) and per-(cell, feature) sums over the shards."""
+
+    def __init__(self, d_sae: int, k: int, n_cells: int) -> None:
+        self.d_sae, self.n_cells, self.n_tokens = d_sae, n_cells, 0
+        self.fire_count = np.zeros(d_sae, dtype=np.int64)
+        self.act_sum = np.zeros(d_sae)
+        self.act_squares = np.zeros(d_sae)
+        self.act_max = np.zeros(d_sae)
+        self.l0_counts = np.zeros(k + 1, dtype=np.int64)
+        self.gene_tokens = np.zeros(0, dtype=np.int64)
+        # per (gene × d_sae + feature): firing tokens, Σ activation, Σ activation × bin, Σ activation²
+        self.gene_sums = _KeyedSums()
+        self.cell_tokens = np.zeros(n_cells, dtype=np.int64)
+        self.cell_max: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.cell_sum: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add_shard(self, encoded: _EncodedShard) -> None:
+        rows, features, activation = encoded.token_rows, encoded.features, encoded.activation
+        gene_ids = encoded.tokens["gene_id"].astype(np.int64)
+        owners = encoded.tokens["cell_index"].astype(np.int64)
+        # the expression bin, not the stored value: the same cells registered as counts or as log1p
+        # get the same bins (tahoe-x1 bins ranks within each cell), hence the same scores
+        bins = encoded.tokens["bin"].astype(np.float64)
+        self.n_tokens += gene_ids.size
+        self.l0_counts += encoded.l0_counts
+        self.fire_count += np.bincount(features, minlength=self.d_sae)
+        self.act_sum += np.bincount(features, weights=activation, minlength=self.d_sae)
+        self.act_squares += np.bincount(features, weights=activation**2, minlength=self.d_sae)
+        np.maximum.at(self.act_max, features, activation)
+        self.gene_tokens = _add_counts(self.gene_tokens, gene_ids)
+        self.gene_sums.add(
+            gene_ids[rows] * self.d_sae + features, activation, activation * bins[rows], activation**2
+        )
+        self.cell_tokens += np.bincount(owners, minlength=self.n_cells)
+        self.cell_max.append(_per_cell(owners[rows], features, activation, self.d_sae, "amax"))
+        self.cell_sum.append(_per_cell(owners[rows], features, activation, self.d_sae, "sum"))
+
+    def stats(self) -> pl.DataFrame:
+        fired = self.fire_count > 0
+        return pl.DataFrame(
+            {
+                "feature": np.arange(self.d_sae, dtype=np.int64),
+                "fire_count": self.fire_count,
+                "frequency": self.fire_count / max(1, self.n_tokens),
+                "mean_activation": np.divide(
+                    self.act_sum, self.fire_count, out=np.zeros(self.d_sae), where=fired
+                ),
+                "max_activation": self.act_max,
+            }
+        )
+
+    def moments(self) -> FeatureMoments:
+        n = max(1, self.n_tokens)
+        mean = self.act_sum / n
+        return FeatureMoments(self.n_tokens, mean, np.maximum(self.act_squares / n - mean**2, 0.0))
+
+    def per_cell_mean(self) -> sp.csr_matrix:
+        """cells × features: Σ activation over the cell's tokens / its number of tokens."""
+        sums = _stack(self.cell_sum, self.n_cells, self.d_sae)
+        return sp.diags(1.0 / np.maximum(self.cell_tokens, 1)) @ sums
+
+
+def _add_counts(counts: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    added = np.bincount(ids)
+    if added.size > counts.size:
+        counts = np.concatenate([counts, np.zeros(added.size - counts.size, dtype=np.int64)])
+    counts[: added.size] += added
+    return counts
+
+
+def _per_cell(
+    owners: np.ndarray, features: np.ndarray, activation: np.ndarray, d_sae: int, how: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cell, feature, value) of the shard's firing pairs reduced per cell × feature (`amax` or `sum`),
+    through a dense (cells of this shard × d_sae) buffer."""
+    shard_cells, local = np.unique(owners, return_inverse=True)
+    buffer = torch.zeros(shard_cells.size * d_sae, dtype=torch.float64)
+    buffer.scatter_reduce_(0, torch.from_numpy(local * d_sae + features), torch.from_numpy(activation), how)
+    nonzero = torch.nonzero(buffer).squeeze(1).numpy()
+    return shard_cells[nonzero // d_sae], nonzero % d_sae, buffer.numpy()[nonzero]
 
 
 def attach_gene_ids(gene_table: pl.DataFrame, vocab: dict[str, int], genes: pl.DataFrame) -> pl.DataFrame:
@@ -208,7 +275,7 @@ def _histograms(per_cell: sp.csc_matrix) -> pl.DataFrame:
 
 
 class _KeyedSums:
-    """Per int64 key: the count and the sums of two weights, over every batch added.
+    """Per int64 key: the count and the sums of some weights, over every batch added.
 
     Hash aggregation (polars) rather than a sort per batch; batches are folded into one running total
     only when they outgrow it, so memory stays within twice the distinct keys (or one fold threshold).
@@ -220,33 +287,34 @@ class _KeyedSums:
         self.parts: list[pl.DataFrame] = []
         self.pending_rows = 0
         self.total_rows = 0
+        self.n_weights = 0
 
-    def add(self, keys: np.ndarray, first: np.ndarray, second: np.ndarray) -> None:
-        # 20 bytes a row until folded (sums are taken in float64)
-        self.parts.append(pl.DataFrame({
-            "key": keys, "count": np.ones(keys.size, dtype=np.int32),
-            "first": first.astype(np.float32), "second": second.astype(np.float32),
-        }))  # fmt: skip
+    def add(self, keys: np.ndarray, *weights: np.ndarray) -> None:
+        # 12 + 4 bytes per weight a row until folded (sums are taken in float64)
+        self.n_weights = len(weights)
+        columns = {f"w{i}": w.astype(np.float32) for i, w in enumerate(weights)}
+        self.parts.append(pl.DataFrame({"key": keys, "count": np.ones(keys.size, dtype=np.int32), **columns}))
         self.pending_rows += keys.size
         if self.pending_rows > max(self.total_rows, self.FOLD_ROWS):
             self._fold()
 
     def _fold(self) -> None:
+        weights = [f"w{i}" for i in range(self.n_weights)]
         folded = (
             pl.concat(self.parts, how="vertical_relaxed")
             .group_by("key")
-            .agg(pl.col("count").cast(pl.Int64).sum(), pl.col("first", "second").cast(pl.Float64).sum())
+            .agg(pl.col("count").cast(pl.Int64).sum(), pl.col(weights).cast(pl.Float64).sum())
         )
         self.parts, self.pending_rows, self.total_rows = [folded], 0, folded.height
 
     def totals(self, min_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Keys counted at least `min_count` times (in no particular order) and their (count, first,
-        second) sums as columns."""
+        """Keys counted at least `min_count` times (in no particular order) and their (count, weight
+        sums…) as columns."""
         if not self.parts:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, 3))
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 1 + self.n_weights))
         self._fold()
         folded = self.parts[0].filter(pl.col("count") >= min_count)
-        return folded["key"].to_numpy(), folded.select("count", "first", "second").to_numpy()
+        return folded["key"].to_numpy(), folded.drop("key").to_numpy()
 
 
 def _stack(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_rows: int, n_cols: int) -> sp.csr_matrix:
@@ -257,23 +325,62 @@ def _stack(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_rows: int, 
     return sp.csr_matrix((values, (rows, cols)), shape=(n_rows, n_cols))
 
 
-def _gene_table(
-    genes: np.ndarray, features: np.ndarray, sums: np.ndarray, gene_tokens: dict[int, int],
-    feature_mean_all: np.ndarray, settings: AssociationSettings,
-) -> pl.DataFrame:  # fmt: skip
-    n_fired, activation, score = sums[:, 0].astype(np.int64), sums[:, 1], sums[:, 2]
-    totals = np.zeros(max([*gene_tokens, -1]) + 1)
-    totals[list(gene_tokens)] = list(gene_tokens.values())
-    mean_activation = activation / np.maximum(totals[genes], 1) if genes.size else activation
-    specificity = mean_activation / np.maximum(feature_mean_all[features], 1e-12)
-    frame = pl.DataFrame({
-        "feature": features.astype(np.int64), "gene_id": genes.astype(np.int64), "score": score, "n_tokens": n_fired,
-        "mean_activation": mean_activation, "specificity": specificity,
-    })  # fmt: skip
-    ranked = frame.sort(["feature", "specificity", "score"], descending=[False, True, True]).with_columns(
-        pl.int_range(1, pl.len() + 1).over("feature").cast(pl.Int64).alias("rank")
-    )
+def rank_genes(
+    gene_sums: _KeyedSums, gene_tokens: np.ndarray, moments: FeatureMoments, settings: AssociationSettings
+) -> pl.DataFrame:
+    """Each feature's top genes by empirical-Bayes shrunk lift (see the module docstring).
+
+    gene_sums: per (gene × d_sae + feature) the firing tokens and Σ a, Σ a × bin, Σ a²; gene_tokens: every
+    token of each gene, firing or not. Columns: feature, gene_id, score, n_tokens, mean_activation,
+    specificity (shrunk lift), raw_specificity (observed lift), specificity_z, rank.
+    """
+    d_sae = moments.mean.size
+    keys, sums = gene_sums.totals(min_count=1)
+    genes, features = keys // d_sae, keys % d_sae
+    n_gene = gene_tokens[genes].astype(np.float64)
+    mean, variance = moments.mean[features], moments.variance[features]
+    gene_mean = sums[:, 1] / n_gene
+    prior = _prior_variance(features, gene_mean, gene_tokens, moments)[features]
+    noise = variance / n_gene
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight = np.where(prior > 0, prior / (prior + noise), 0.0)
+        lift = np.where(mean > 0, gene_mean / mean, 0.0)
+        z = np.where(noise > 0, (gene_mean - mean) / np.sqrt(noise), 0.0)
+    frame = pl.DataFrame(
+        {
+            "feature": features.astype(np.int64),
+            "gene_id": genes.astype(np.int64),
+            "score": sums[:, 2],
+            "n_tokens": sums[:, 0].astype(np.int64),
+            "mean_activation": gene_mean,
+            "specificity": 1.0 + weight * (lift - 1.0),
+            "raw_specificity": lift,
+            "specificity_z": z,
+        }
+    ).filter(pl.col("n_tokens") >= max(1, settings.min_gene_tokens))
+    # ties (no spread between genes: every lift shrunk to 1) go to the z-score, which does not favour
+    # rare or common genes under the null
+    ranked = frame.sort(["feature", "specificity", "specificity_z"], descending=[False, True, True])
+    ranked = ranked.with_columns(pl.int_range(1, pl.len() + 1).over("feature").cast(pl.Int64).alias("rank"))
     return ranked.filter(pl.col("rank") <= settings.top_genes)
+
+
+def _prior_variance(
+    features: np.ndarray, gene_mean: np.ndarray, gene_tokens: np.ndarray, moments: FeatureMoments
+) -> np.ndarray:
+    """Per feature, the spread of true gene means around the feature's mean (method of moments): the
+    observed mean squared deviation over every gene with tokens minus the sampling variance σ²/n_g."""
+    present = gene_tokens[gene_tokens > 0].astype(np.float64)
+    n_genes, inverse_tokens = present.size, (1.0 / present).sum() if present.size else 0.0
+    d_sae = moments.mean.size
+    # genes on which the feature never fires have mean 0: deviation μ², counted for all, corrected here
+    fired = np.bincount(
+        features,
+        weights=(gene_mean - moments.mean[features]) ** 2 - moments.mean[features] ** 2,
+        minlength=d_sae,
+    )
+    deviation = fired + n_genes * moments.mean**2
+    return np.maximum(0.0, (deviation - moments.variance * inverse_tokens) / max(1, n_genes))
 
 
 def _cell_table(per_cell: sp.csc_matrix, cells: pl.DataFrame, top: int) -> pl.DataFrame:
@@ -287,80 +394,3 @@ def _cell_table(per_cell: sp.csc_matrix, cells: pl.DataFrame, top: int) -> pl.Da
     return ranked.filter(pl.col("rank") <= top).join(
         cells.select("cell_index", "cell_id"), on="cell_index", how="left"
     )
-
-
-class _RankSums:
-    """One-sided Mann–Whitney U (group > rest) for many groups of the same cells, feature by feature.
-
-    Every group splits the same cells, so the pooled ranks and tie counts are computed once per block
-    and each group's p-value is the normal approximation scipy's `mannwhitneyu` uses (tie-corrected,
-    continuity-corrected) from its rank sum. Groups or rests of 8 cells or fewer go to scipy itself,
-    which may use the exact distribution there.
-    """
-
-    def __init__(self, block: np.ndarray) -> None:  # cells × features
-        self.block = block
-        self.ranks = rankdata(block, axis=0)
-        ordered = np.sort(block, axis=0)
-        n = block.shape[0]
-        starts = np.ones_like(ordered, dtype=bool)  # where a run of equal values begins, per column
-        starts[1:] = ordered[1:] != ordered[:-1]
-        run = np.cumsum(starts.T.reshape(-1)) - 1  # run id over columns laid end to end
-        sizes = np.bincount(run).astype(np.float64)
-        column_of_run = np.repeat(np.arange(block.shape[1]), starts.sum(axis=0))
-        self.tie_term = np.bincount(column_of_run, weights=sizes**3 - sizes, minlength=block.shape[1])
-        self.n = n
-
-    def greater(self, inside: np.ndarray) -> np.ndarray:
-        n1 = int(inside.sum())
-        n2 = self.n - n1
-        if n1 <= 8 or n2 <= 8:
-            return mannwhitneyu(self.block[inside], self.block[~inside], axis=0, alternative="greater").pvalue
-        u1 = self.ranks[inside].sum(axis=0) - n1 * (n1 + 1) / 2
-        sd = np.sqrt(n1 * n2 / 12 * ((self.n + 1) - self.tie_term / (self.n * (self.n - 1))))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = (u1 - n1 * n2 / 2 - 0.5) / sd
-        return np.clip(ndtr(-z), 0.0, 1.0)
-
-
-def _cell_type_table(per_cell: sp.csc_matrix, cells: pl.DataFrame, chunk: int = 256) -> pl.DataFrame:
-    typed = cells.filter(pl.col("cell_type").is_not_null())
-    empty = pl.DataFrame(schema={"feature": pl.Int64, "cell_type": pl.String, "mean_activation": pl.Float64, "frac_active": pl.Float64,
-                                 "log2_fold_change": pl.Float64, "p_value": pl.Float64, "q_value": pl.Float64, "n_cells": pl.Int64})  # fmt: skip
-    if typed.height == 0:
-        return empty
-    rows = typed["cell_index"].to_numpy()
-    labels = typed["cell_type"].to_numpy()
-    types = np.unique(labels)
-    matrix = per_cell[rows].tocsc()
-    frames = []
-    for first in range(0, matrix.shape[1], chunk):
-        block = matrix[:, first : first + chunk].toarray()  # cells × chunk features
-        active_any = (block > 0).any(axis=0)
-        if not active_any.any():
-            continue
-        block = block[:, active_any]
-        features = np.arange(first, min(first + chunk, matrix.shape[1]))[active_any]
-        rank_sums = _RankSums(block)
-        for cell_type in types:
-            inside = labels == cell_type
-            if inside.all():
-                continue
-            group, rest = block[inside], block[~inside]
-            mean_in, mean_out = group.mean(axis=0), rest.mean(axis=0)
-            p_values = rank_sums.greater(inside)
-            frames.append(pl.DataFrame({
-                "feature": features.astype(np.int64), "cell_type": [str(cell_type)] * features.size,
-                "mean_activation": mean_in, "frac_active": (group > 0).mean(axis=0),
-                "log2_fold_change": np.log2((mean_in + 1e-6) / (mean_out + 1e-6)),
-                "p_value": np.nan_to_num(p_values, nan=1.0), "n_cells": np.full(features.size, int(inside.sum()), dtype=np.int64),
-            }))  # fmt: skip
-    if not frames:
-        return empty
-    table = pl.concat(frames)
-    # BH over every feature × cell type pair: pairs not tested (feature silent in all typed cells, or a
-    # type covering every cell) count as p = 1 so they still weigh in the correction
-    n_untested = matrix.shape[1] * types.size - table.height
-    p_values = np.concatenate([table["p_value"].to_numpy(), np.ones(max(0, n_untested))])
-    q_values = multipletests(p_values, method="fdr_bh")[1][: table.height]
-    return table.with_columns(pl.Series("q_value", q_values)).select(empty.columns)

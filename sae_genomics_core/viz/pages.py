@@ -71,7 +71,8 @@ def collect(warehouse: Path, dataset: str, layer: int) -> dict[str, Any]:
             f"where fc.dataset = ? and fc.layer = ? and fc.rank <= {TOP_CELLS} order by fc.feature, fc.rank", key
         ).pl()  # fmt: skip
         cell_types = connection.execute(
-            "select feature, cell_type, mean_activation, frac_active, log2_fold_change, q_value "
+            "select feature, cell_type, mean_activation, frac_active, log2_fold_change, log2_fold_change_lower, "
+            "q_value, test_unit, n_units "
             "from feature_cell_types where dataset = ? and layer = ? order by feature, q_value", key
         ).pl()  # fmt: skip
         histograms = _frame(
@@ -288,7 +289,7 @@ function featurePage(f) {
     <h3>Top genes</h3>${table(["rank", "gene", "Ensembl", "score", "specificity", "tokens"], g.map(r => `<tr><td>${r.rank}</td><td>${esc(r.gene)}</td><td>${esc(r.ensembl_id)}</td><td>${num(r.score)}</td><td>${num(r.specificity)}</td><td>${r.n_tokens}</td></tr>`))}
     <h3>Enrichment (BH q per database; its best __TERMS_PER_DATABASE__ rows each, and every significant one)</h3>${e.length ? table(["database", "term", "overlap", "set", "term size", "odds ratio", "log10 p", "q", "genes"], e.map(r => `<tr class="${r.significant ? "sig" : ""}"><td>${esc(r.database)}</td><td>${esc(r.term_name || r.term_id)} <small>${esc(r.term_id)}</small>${r.most_specific ? ' <span class=pill title="no significant descendant term">most specific</span>' : ""}</td><td>${r.overlap}</td><td>${r.feature_set_size}</td><td>${r.term_size}</td><td>${num(r.odds_ratio, 1)}</td><td>${num(r.log10_p_value, 2)}</td><td>${num(r.q_value)}</td><td>${(r.overlap_genes || []).map(x => `<span class=pill>${esc(x)}</span>`).join("")}</td></tr>`)) : "<p class=muted>Not tested (no enrichment rows for this feature).</p>"}
     <h3>Compared with the baselines of this layer</h3>${baselineTable()}
-    <h3>Cell types (cells as the unit, Mann–Whitney U, BH q)</h3>${table(["cell type", "mean activation", "fraction active", "log2 FC", "q"], t.map(r => `<tr class="${r.q_value < 0.05 ? "sig" : ""}"><td>${esc(r.cell_type)}</td><td>${num(r.mean_activation)}</td><td>${num(r.frac_active)}</td><td>${num(r.log2_fold_change, 2)}</td><td>${num(r.q_value)}</td></tr>`))}
+    <h3>Cell types (a cell's mean activation per token; type vs rest by ${t.length && t[0].test_unit === "sample" ? "paired t over samples (pseudobulk)" : "Welch's t with cells as units"}; BH q; highlighted: q &lt; 0.05 and the fold change's 95% lower bound &gt; 0)</h3>${table(["cell type", "mean activation", "fraction of cells active", "log2 FC", "log2 FC lower bound", "q", "units"], t.map(r => `<tr class="${r.q_value < 0.05 && r.log2_fold_change_lower > 0 ? "sig" : ""}"><td>${esc(r.cell_type)}</td><td>${num(r.mean_activation)}</td><td>${num(r.frac_active)}</td><td>${num(r.log2_fold_change, 2)}</td><td>${num(r.log2_fold_change_lower, 2)}</td><td>${num(r.q_value)}</td><td>${r.n_units} ${esc(r.test_unit)}s</td></tr>`))}
     <h3>Top cells</h3>${table(["rank", "cell", "cell type", "max activation"], c.map(r => `<tr><td>${r.rank}</td><td>${esc(r.cell_id)}</td><td>${esc(r.cell_type)}</td><td>${num(r.max_activation)}</td></tr>`))}`;
   chart("#genes-chart", {width: 300, height: Math.max(100, 15 * g.length), data: {values: g}, mark: "bar",
     encoding: {y: {field: "gene", type: "nominal", sort: {field: "rank"}, title: null}, x: {field: "score", type: "quantitative", title: "Σ activation × expression"},

@@ -79,11 +79,14 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
                 "Per feature: fire count, frequency, mean and max activation, cells active. Table `feature_stats`."
             ),
             "feature_genes": _out(
-                "Per feature: top genes by specificity (lift) with score = Σ activation × expression. Table `feature_genes`."
+                "Per feature: top genes by specificity (lift shrunk by empirical Bayes) with score = Σ activation × "
+                "expression bin. Table `feature_genes`."
             ),
             "feature_cells": _out("Per feature: top cells by max activation. Table `feature_cells`."),
             "feature_cell_types": _out(
-                "Per feature × cell type: mean activation, fraction active, log2 FC, Mann–Whitney U with BH q. Table `feature_cell_types`."
+                "Per feature × cell type: a cell's mean activation over its tokens, type vs rest by Welch's t "
+                "(cells) or a paired t over samples (pseudobulk), log2 FC with its lower bound, BH q. "
+                "Table `feature_cell_types`."
             ),
             "feature_histograms": _out(
                 "Per feature: its active cells binned by (max) activation, 20 equal bins from 0 to its maximum; "
@@ -111,9 +114,8 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         settings = AssociationSettings(
             config.top_genes, config.top_cells, config.min_gene_tokens, config.batch_tokens, sae_device()
         )
-        tables = associate(
-            store, layer, hook, loaded, cells.select("cell_index", "cell_id", "cell_type"), settings
-        )
+        unit_columns = ["cell_index", "cell_id", "cell_type", *(["sample"] if "sample" in cells.columns else [])]
+        tables = associate(store, layer, hook, loaded, cells.select(unit_columns), settings)
         vocab = json.loads((store.root / "vocab.json").read_text())
         gene_rows = attach_gene_ids(tables.genes, vocab, genes)
 
@@ -157,7 +159,7 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
                     gene_rows.filter(pl.col("feature") == busiest), f"feature {busiest}: top genes, {label}"
                 ),
             )
-        yield dg.Output(keyed(gene_rows.select("feature", "ensembl_id", "symbol", "score", "n_tokens", "mean_activation", "specificity", "rank", "gene_id")),
+        yield dg.Output(keyed(gene_rows.select("feature", "ensembl_id", "symbol", "score", "n_tokens", "mean_activation", "specificity", "rank", "gene_id", "raw_specificity", "specificity_z")),
                         "feature_genes", metadata=gene_metadata)  # fmt: skip
         yield dg.Output(keyed(tables.cells), "feature_cells", metadata={"rows": tables.cells.height})
         significant = int((tables.cell_types["q_value"] < 0.05).sum()) if tables.cell_types.height else 0

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from scipy.stats import mannwhitneyu
+from scipy.stats import ttest_ind
 
 from sae_genomics_core.activations.extract import ExtractionSettings, extract_activations
 from sae_genomics_core.data.h5ad import DatasetOptions, inspect_h5ad, open_matrix
@@ -60,7 +60,7 @@ def _dense(store, sae):
     """The straightforward dense computation: every token's full latent vector."""
     tokens = {
         k: np.concatenate([store.tokens(s["name"])[k] for s in store.manifest["shards"]])
-        for k in ("gene_id", "value", "cell_index")
+        for k in ("gene_id", "bin", "cell_index")
     }
     acts = torch.from_numpy(
         np.concatenate([np.asarray(store.acts(2, "resid_post", s["name"])) for s in store.manifest["shards"]])
@@ -76,9 +76,9 @@ def test_stats_genes_and_cells_equal_the_dense_computation(setup) -> None:
     np.testing.assert_array_equal(stats["fire_count"].to_numpy(), (dense > 0).sum(axis=0))
     np.testing.assert_allclose(stats["max_activation"].to_numpy(), dense.max(axis=0), rtol=1e-5)
     feature = int(stats.sort("fire_count", descending=True)["feature"][0])
-    # gene scores of the busiest feature: Σ activation × expression per gene
+    # gene scores of the busiest feature: Σ activation × expression bin per gene
     expected = {}
-    for gene, value, activation in zip(tokens["gene_id"], tokens["value"], dense[:, feature], strict=True):
+    for gene, value, activation in zip(tokens["gene_id"], tokens["bin"], dense[:, feature], strict=True):
         if activation > 0:
             expected[int(gene)] = expected.get(int(gene), 0.0) + activation * value
     ours = {
@@ -103,20 +103,19 @@ def test_genes_are_ranked_by_specificity_with_enough_support(setup) -> None:
     assert ranked["specificity"].is_sorted(descending=True)
 
 
-def test_cell_type_test_uses_cells_as_units_with_bh(setup) -> None:
+def test_cell_type_test_uses_the_cells_mean_activation_with_welch_and_bh(setup) -> None:
     store, sae, cells, tables = setup
     tokens, dense = _dense(store, sae)
     row = tables.cell_types.sort("p_value").row(0, named=True)
-    per_cell = np.zeros(cells.height)
-    np.maximum.at(per_cell, tokens["cell_index"], dense[:, row["feature"]])
-    seen = np.concatenate([store.tokens(s["name"])["cls_cell_index"] for s in store.manifest["shards"]])
-    per_cell = per_cell[np.sort(seen)]  # cells the model skipped are not counted as silent
-    types = cells["cell_type"].to_numpy()[np.sort(seen)]
-    inside = types == row["cell_type"]
-    expected = mannwhitneyu(per_cell[inside], per_cell[~inside], alternative="greater").pvalue
+    counts = np.bincount(tokens["cell_index"], minlength=cells.height)
+    sums = np.bincount(tokens["cell_index"], weights=dense[:, row["feature"]], minlength=cells.height)
+    seen = counts > 0  # cells the model skipped are not counted as silent
+    per_cell = sums[seen] / counts[seen]
+    inside = cells["cell_type"].to_numpy()[seen] == row["cell_type"]
+    expected = ttest_ind(per_cell[inside], per_cell[~inside], equal_var=False, alternative="greater").pvalue
     assert row["p_value"] == pytest.approx(expected, rel=1e-6)
     assert row["mean_activation"] == pytest.approx(per_cell[inside].mean(), rel=1e-6)
-    assert row["n_cells"] == int(inside.sum())
+    assert row["n_cells"] == row["n_units"] == int(inside.sum()) and row["test_unit"] == "cell"
     q = tables.cell_types["q_value"].to_numpy()
     assert (q >= tables.cell_types["p_value"].to_numpy() - 1e-15).all() and (q <= 1).all()
 
@@ -146,26 +145,6 @@ def test_l0_counts_and_activation_histograms_equal_the_dense_computation(setup) 
     assert rows["bin_end"].max() == pytest.approx(active.max(), rel=1e-6)
 
 
-def test_shared_rank_mann_whitney_equals_scipy_for_every_group_and_feature() -> None:
-    from sae_genomics_core.features.associate import _RankSums
-
-    rng = np.random.default_rng(3)
-    n_cells, n_features = 300, 40
-    # mostly silent cells (ties at zero), some tied positive values, one feature silent everywhere
-    block = np.where(
-        rng.random((n_cells, n_features)) < 0.7, 0.0, rng.integers(1, 6, (n_cells, n_features)) * 0.5
-    )
-    block[:, 0] = 0.0
-    block[:, 1] = rng.random(n_cells)  # no ties at all
-    labels = rng.choice(["big", "mid", "tiny"], n_cells, p=[0.6, 0.38, 0.02])
-    rank_sums = _RankSums(block)
-    for label in np.unique(labels):
-        inside = labels == label
-        expected = mannwhitneyu(block[inside], block[~inside], axis=0, alternative="greater").pvalue
-        np.testing.assert_allclose(rank_sums.greater(inside), expected, rtol=1e-12, atol=1e-300)
-    assert (labels == "tiny").sum() <= 8, "the small-group path (scipy's own choice of method) is exercised"
-
-
 def test_keyed_sums_folded_along_the_way_equal_one_grouping_at_the_end(monkeypatch) -> None:
     from sae_genomics_core.features.associate import _KeyedSums
 
@@ -189,3 +168,39 @@ def test_keyed_sums_folded_along_the_way_equal_one_grouping_at_the_end(monkeypat
     np.testing.assert_array_equal(totals[order, 0], counts[counts >= 2])
     np.testing.assert_allclose(totals[order, 1], expected_first[counts >= 2], rtol=1e-6)
     np.testing.assert_allclose(totals[order, 2], expected_second[counts >= 2], rtol=1e-6)
+
+
+def test_scores_do_not_depend_on_whether_counts_or_log1p_were_registered(setup, tenx_h5ad, tmp_path) -> None:
+    """The same cells registered as raw counts and as log1p CP10k give the same gene table."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    store, sae, cells, tables = setup
+    counts = ad.read_h5ad(tenx_h5ad)
+    matrix = sp.csr_matrix(counts.X, dtype=np.float64)
+    scaled = sp.diags(1e4 / np.maximum(np.asarray(matrix.sum(axis=1)).ravel(), 1)) @ matrix
+    logged = ad.AnnData(X=scaled.log1p().astype(np.float32), obs=counts.obs, var=counts.var)
+    path = tmp_path / "log1p.h5ad"
+    logged.write_h5ad(path)
+    with open_matrix(path) as opened:
+        genes = opened.genes["ensembl_id"].to_list()
+    settings = ExtractionSettings(
+        layers=(2,), hooks=("resid_post",), storage_dtype="float32", shard_cells=400
+    )
+    log_store = extract_activations(
+        load_model("tiny-random", dataset_genes=genes),
+        path,
+        DatasetOptions(),
+        tmp_path / "acts",
+        settings,
+        {},
+    ).store
+    association = AssociationSettings(
+        top_genes=10_000, top_cells=10_000, min_gene_tokens=1, batch_tokens=1000
+    )
+    log_tables = associate(log_store, 2, "resid_post", sae, cells, association)
+    columns = ["feature", "gene_id", "rank", "score"]
+    ours, theirs = (t.genes.select(columns).sort("feature", "rank") for t in (tables, log_tables))
+    assert ours.height > 0
+    assert ours.select("feature", "gene_id", "rank").equals(theirs.select("feature", "gene_id", "rank"))
+    np.testing.assert_allclose(ours["score"].to_numpy(), theirs["score"].to_numpy(), rtol=1e-5)

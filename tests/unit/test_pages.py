@@ -24,7 +24,8 @@ def _warehouse(path: Path, with_enrichment: bool = True) -> Path:
         "feature_cells": pl.DataFrame({"dataset": "d", "layer": 0, "feature": [0], "cell_index": [7], "cell_id": ["AAAC-1"], "max_activation": [2.0], "rank": [1]}),
         "cells": pl.DataFrame({"dataset": "d", "cell_index": [7], "cell_type": ["CD14+ Monocyte"]}),
         "feature_cell_types": pl.DataFrame({"dataset": "d", "layer": 0, "feature": [0], "cell_type": ["CD14+ Monocyte"], "mean_activation": [1.0],
-                                            "frac_active": [0.5], "log2_fold_change": [2.0], "q_value": [0.001]}),
+                                            "frac_active": [0.5], "log2_fold_change": [2.0], "log2_fold_change_lower": [1.5], "q_value": [0.001],
+                                            "test_unit": ["cell"], "n_units": [40]}),
         "feature_histograms": pl.DataFrame({"dataset": "d", "layer": 0, "feature": [0, 0], "bin": [0, 19], "bin_start": [0.0, 1.9], "bin_end": [0.1, 2.0], "n_cells": [1, 2]}),
     }  # fmt: skip
     if with_enrichment:

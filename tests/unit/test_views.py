@@ -20,16 +20,18 @@ def connection() -> duckdb.DuckDBPyConnection:
     db.execute(
         f"create table feature_genes as select {KEY}, 0 as feature, 'G' as symbol, 'E' as ensembl_id, 1 as rank"
     )
-    # feature 0: the large type has the smallest q but a small fold change; feature 1: nothing significant
+    # feature 0: the large type has the smallest q but a small fold change, a tiny type the largest fold
+    # change from a lucky mean (its lower bound below 0); feature 1: nothing significant
     db.execute(
         f"""create table feature_cell_types as select {KEY}, * from (values
-            (0, 'T cell', 1e-30, 0.4), (0, 'NK cell', 1e-4, 3.0), (0, 'B cell', 0.2, 5.0),
-            (1, 'T cell', 0.3, 1.0), (1, 'B cell', 0.1, 0.5)) v(feature, cell_type, q_value, log2_fold_change)"""
+            (0, 'T cell', 1e-30, 0.4, 0.3), (0, 'NK cell', 1e-4, 3.0, 2.0), (0, 'B cell', 0.2, 5.0, 1.0),
+            (0, 'pDC', 0.01, 6.0, -0.5), (1, 'T cell', 0.3, 1.0, -1.0), (1, 'B cell', 0.1, 0.5, -0.2))
+            v(feature, cell_type, q_value, log2_fold_change, log2_fold_change_lower)"""
     )
     return db
 
 
-def test_top_cell_type_is_the_significant_type_with_the_largest_fold_change(
+def test_top_cell_type_is_the_significant_type_with_the_largest_fold_change_lower_bound(
     connection: duckdb.DuckDBPyConnection,
 ) -> None:
     create_feature_summary(connection)
@@ -37,7 +39,7 @@ def test_top_cell_type_is_the_significant_type_with_the_largest_fold_change(
         "select feature, top_cell_type, top_cell_type_q_value, top_cell_type_log2_fold_change "
         "from feature_summary order by feature"
     ).fetchall()
-    assert rows[0] == (0, "NK cell", 1e-4, 3.0)  # not the T cells' tiny q, not the B cells' q = 0.2
+    assert rows[0] == (0, "NK cell", 1e-4, 3.0)  # not T's tiny q, not B's q = 0.2, not pDC's lucky mean
     assert rows[1] == (1, "B cell", 0.1, 0.5)  # none significant: the smallest q
     assert rows[2][1] is None  # no cell type rows
 
