@@ -15,17 +15,21 @@ with top_genes as (
     select dataset, layer, feature,
            arg_max(cell_type, ranking) as top_cell_type,
            arg_max(q_value, ranking) as top_cell_type_q_value,
-           arg_max(log2_fold_change, ranking) as top_cell_type_log2_fold_change
+           arg_max(log2_fold_change, ranking) as top_cell_type_log2_fold_change,
+           arg_max(log2_fold_change_lower, ranking) as top_cell_type_log2_fold_change_lower
     from (
-        -- the significant type (q ≤ 0.05) with the largest fold change; with none, the smallest q.
-        -- By q alone the largest type always wins: it has the most cells, hence the most power.
-        select *, case when q_value <= 0.05 and log2_fold_change > 0 then [1, log2_fold_change]
+        -- among significant types (q ≤ 0.05) whose fold change is surely positive, the largest lower
+        -- confidence bound of the fold change; with none, the smallest q. By q alone the largest type
+        -- always wins (most cells, most power); by the fold change itself a small type with a lucky
+        -- mean does (winner's curse).
+        select *, case when q_value <= 0.05 and log2_fold_change_lower > 0 then [1, log2_fold_change_lower]
                        else [0, -coalesce(q_value, 1)] end as ranking
         from feature_cell_types
     ) group by dataset, layer, feature
 ){enrichment_ctes}
 select s.dataset, s.layer, s.feature, s.frequency, s.fire_count, s.n_cells_active, s.mean_activation,
-       s.max_activation, g.top_genes, t.top_cell_type, t.top_cell_type_q_value, t.top_cell_type_log2_fold_change{enrichment_columns}
+       s.max_activation, g.top_genes, t.top_cell_type, t.top_cell_type_q_value, t.top_cell_type_log2_fold_change,
+       t.top_cell_type_log2_fold_change_lower{enrichment_columns}
 from feature_stats s
 left join top_genes g using (dataset, layer, feature)
 left join best_type t using (dataset, layer, feature){enrichment_joins}
