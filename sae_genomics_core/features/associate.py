@@ -336,12 +336,13 @@ def rank_genes(
     """
     d_sae = moments.mean.size
     keys, sums = gene_sums.totals(min_count=1)
+    gene_mean = sums[:, 1] / gene_tokens[keys // d_sae]
+    prior_all = _prior_variance(keys % d_sae, gene_mean, gene_tokens, moments)  # needs every pair
+    supported = sums[:, 0] >= max(1, settings.min_gene_tokens)  # the others can never be ranked
+    keys, sums, gene_mean = keys[supported], sums[supported], gene_mean[supported]
     genes, features = keys // d_sae, keys % d_sae
-    n_gene = gene_tokens[genes].astype(np.float64)
-    mean, variance = moments.mean[features], moments.variance[features]
-    gene_mean = sums[:, 1] / n_gene
-    prior = _prior_variance(features, gene_mean, gene_tokens, moments)[features]
-    noise = variance / n_gene
+    mean, prior = moments.mean[features], prior_all[features]
+    noise = moments.variance[features] / gene_tokens[genes]
     with np.errstate(divide="ignore", invalid="ignore"):
         weight = np.where(prior > 0, prior / (prior + noise), 0.0)
         lift = np.where(mean > 0, gene_mean / mean, 0.0)
@@ -357,7 +358,7 @@ def rank_genes(
             "raw_specificity": lift,
             "specificity_z": z,
         }
-    ).filter(pl.col("n_tokens") >= max(1, settings.min_gene_tokens))
+    )
     # ties (no spread between genes: every lift shrunk to 1) go to the z-score, which does not favour
     # rare or common genes under the null
     ranked = frame.sort(["feature", "specificity", "specificity_z"], descending=[False, True, True])
