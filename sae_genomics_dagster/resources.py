@@ -31,7 +31,9 @@ class ModelResource(dg.ConfigurableResource):
 
     spec: str = Field(
         default="tiny-random",
-        description="tahoe-x1-70m, tahoe-x1-1.3b, tahoe-x1-3b, dir:<path> or tiny-random (random weights, offline demo)",
+        description="tahoe-x1-70m, tahoe-x1-1.3b, tahoe-x1-3b, dir:<path>, random-init:<one of those> (the "
+        "architecture with seeded random weights: the baseline for a real-weights run) or tiny-random (random "
+        "weights, offline demo)",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:<i>")
     batch_size: int = Field(default=16, description="cells per forward pass")
@@ -44,7 +46,14 @@ class ModelResource(dg.ConfigurableResource):
     shard_cells: int = Field(
         default=2048, description="cells per shard (memory is bounded by one shard's batch)"
     )
-    seed: int = Field(default=0, description="seeds tiny-random weights and per-cell gene sampling")
+    seed: int = Field(
+        default=0, description="seeds tiny-random and random-init weights and per-cell gene sampling"
+    )
+    drug: str | None = Field(
+        default=None,
+        description="run with the drug token at position 1 (3B model): pad, a drug name from the model folder's "
+        "drug_to_id.json (e.g. the DMSO control); None leaves it out, as upstream's default",
+    )
 
     def resolved_device(self) -> str:
         import torch
@@ -70,7 +79,7 @@ class ModelResource(dg.ConfigurableResource):
                     strict=True,
                 )
             ]
-        return load_model(self.spec, dataset_genes=genes, device=device, seed=self.seed)
+        return load_model(self.spec, dataset_genes=genes, device=device, seed=self.seed, drug=self.drug)
 
     def settings(self, n_layers: int) -> Any:
         from sae_genomics_core.activations.extract import ExtractionSettings

@@ -73,9 +73,10 @@ class ExtractionResult:
 
 
 def gene_keys(genes: Any, loaded: LoadedModel) -> list[str | None]:
-    """The vocab key of each gene: its Ensembl id (tiny-random falls back to the symbol)."""
+    """The vocab key of each gene: its Ensembl id (tiny-random, whose vocab is the dataset's, falls back to
+    the symbol; random-init has the real model's vocab)."""
     ensembl = genes["ensembl_id"].to_list()
-    if loaded.random_weights:
+    if loaded.vocab_from_dataset:
         return [e or s for e, s in zip(ensembl, genes["symbol"].to_list(), strict=True)]
     return ensembl
 
@@ -141,7 +142,7 @@ def extract_activations(
              "dtype": settings.storage_dtype, "widths": widths, "max_length": tokenizer.max_length,
              "seed": settings.seed, "compute_dtype": "bfloat16-autocast" if use_autocast else "float32",
              "n_cells_total": opened.n_cells, "n_genes": len(keys),
-             "n_genes_in_vocab": n_in_vocab},
+             "n_genes_in_vocab": n_in_vocab, "drug_token": loaded.drug_label},
         )  # fmt: skip
         loaded.vocab.save(store.root / "vocab.json")  # token ids in the shards mean these genes
         resumed_from = store.next_cell
@@ -154,7 +155,7 @@ def extract_activations(
                 store.start_shard(0, 0, widths).commit(first, int(cell_indices[-1]), len(skipped))
                 continue
             lengths = batch.key_padding_mask.sum(dim=1)
-            n_tokens = int(lengths.sum()) - len(lengths)  # <cls> rows are kept apart
+            n_tokens = int(lengths.sum()) - len(lengths) * batch.n_prefix  # <cls> (and <drug>) are not genes
             writer = store.start_shard(n_tokens, len(lengths), widths)
             order = torch.argsort(lengths, descending=True, stable=True)
             for rows in order.split(settings.batch_size):
@@ -162,13 +163,18 @@ def extract_activations(
                 genes = batch.genes[rows, :width].to(device)
                 values = batch.values[rows, :width].to(device)
                 real = batch.key_padding_mask[rows, :width].to(device)
+                drug_ids = (
+                    None
+                    if loaded.drug_id is None
+                    else torch.full((len(rows),), loaded.drug_id, device=device)
+                )
                 with (
                     torch.inference_mode(),
                     torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast),
                 ):
-                    output = model(genes, values, real, capture=capture, run_to_end=False)
+                    output = model(genes, values, real, capture=capture, run_to_end=False, drug_ids=drug_ids)
                 gene_tokens = real.clone()
-                gene_tokens[:, 0] = False
+                gene_tokens[:, : batch.n_prefix] = False
                 per_cell = gene_tokens.sum(dim=1).cpu().numpy()
                 token_mask_cpu = gene_tokens.cpu()
                 acts, cls = {}, {}

@@ -37,11 +37,33 @@ SYMBOL_COLUMN_CANDIDATES = (
 CELL_TYPE_KEY_CANDIDATES = (
     "cell_type", "celltype", "cell_types", "CellType", "cell_type_label", "cell_ontology_class", "annotation",
 )  # fmt: skip
+# Obs columns that name the sample or donor a cell came from (the unit of replication for pseudobulk).
+# Only names that cannot mean anything else: `batch` is left out (a sequencing batch may pool donors).
+SAMPLE_KEY_CANDIDATES = frozenset(
+    {
+        "sample",
+        "sample_id",
+        "donor",
+        "donor_id",
+        "individual",
+        "patient",
+        "patient_id",
+        "subject",
+        "subject_id",
+    }
+)
+NO_SAMPLE_KEY = "none"  # --sample-key none: the dataset has no sample column (cells are the unit)
 # A log1p value above this would mean more than 4.8e8 counts in one entry: such data is not log1p.
 LOG1P_MAX_VALUE = 20.0
 # Share of a column's non-empty values that must look like Ensembl ids for automatic detection.
 ENSEMBL_DETECT_SHARE = 0.9
 MATRIX_CHOICES = "auto, X, raw or layers/<name>"
+# Fewer measured genes than this is not a whole transcriptome: 10x and Smart-seq matrices keep well over
+# 10,000 genes even after dropping genes seen in under 3 cells, and tahoe-x1 trained on whole ones.
+FEW_GENES = 5_000
+# var columns and uns keys that scanpy/Seurat write when highly variable genes were selected
+HVG_VAR_COLUMNS = ("highly_variable", "highly_variable_rank", "dispersions_norm", "variances_norm")
+HVG_UNS_KEYS = ("hvg",)
 # A cell-type column with more distinct values than this, or distinct in more than this share of the
 # cells (once it has more than MIN_DISTINCT_FOR_SHARE values), holds ids rather than labels.
 MAX_CELL_TYPES = 500
@@ -56,6 +78,7 @@ class DatasetOptions:
     ensembl_column: str | None = None  # var column holding Ensembl ids; "index" for var_names
     symbol_column: str | None = None  # var column holding gene symbols; "index" for var_names
     cell_type_key: str | None = None  # obs column holding cell types
+    sample_key: str | None = None  # obs column holding the sample/donor; "none" for no such column
     matrix: str = "auto"  # auto (layers['counts'] > .raw > X), X, raw or layers/<name>
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +124,10 @@ class ValidationReport:
     cell_type_key: str | None
     n_cell_types: int
     cells_scanned: int
+    looks_like_gene_subset: bool = False
+    n_stored_zeros: int = 0  # explicitly stored zeros in the scanned rows (tahoe-x1 makes them tokens)
+    sample_key: str | None = None
+    n_samples: int = 0
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,7 +201,11 @@ def inspect_h5ad(
             )  # fmt: skip
 
         genes, gene_id_source, symbol_source = _gene_table(var, options, problems, notes)
+        subset_note = _gene_subset_note(adata, var, source, n_genes)
+        if subset_note is not None:
+            notes.append(subset_note)
         cell_types, cell_type_key = _cell_types(adata.obs, options, problems, notes)
+        samples, sample_key = _samples(adata.obs, options, problems, notes)
 
         scan_rows = n_cells if max_cells is None else min(n_cells, max_cells)
         try:
@@ -213,6 +244,12 @@ def inspect_h5ad(
             "rank binning still works, but raw counts in layers['counts'] are preferred."
         )
 
+    if stats.n_stored_zeros:
+        notes.append(
+            f"{source} stores {stats.n_stored_zeros} explicit zeros; tahoe-x1 makes every stored entry a "
+            "token, so they become tokens with expression bin 1, as upstream. If they are artefacts of "
+            "an export, remove them (adata.X.eliminate_zeros()) and register the file again."
+        )
     n_empty = int((stats.genes_per_cell[:scan_rows] == 0).sum())
     if n_empty == scan_rows:
         problems.append(Problem(
@@ -239,7 +276,8 @@ def inspect_h5ad(
         "cell_type": cell_types,
         "n_genes_expressed": stats.genes_per_cell.astype(np.int32),
         "total_counts": totals.astype(np.float64),
-    }, schema_overrides={"cell_id": pl.String, "cell_type": pl.String})  # fmt: skip
+        "sample": samples,
+    }, schema_overrides={"cell_id": pl.String, "cell_type": pl.String, "sample": pl.String})  # fmt: skip
     genes = genes.with_columns(pl.Series("n_cells_expressed", stats.cells_per_gene.astype(np.int64)))
 
     report = ValidationReport(
@@ -257,6 +295,10 @@ def inspect_h5ad(
         cell_type_key=cell_type_key,
         n_cell_types=int(pl.Series(cell_types, dtype=pl.String).drop_nulls().n_unique()),
         cells_scanned=scan_rows,
+        looks_like_gene_subset=subset_note is not None,
+        n_stored_zeros=stats.n_stored_zeros,
+        sample_key=sample_key,
+        n_samples=int(pl.Series(samples, dtype=pl.String).drop_nulls().n_unique()),
         warnings=notes,
     )
     return DatasetTables(cells=cells, genes=genes, report=report)
@@ -275,12 +317,11 @@ class OpenMatrix:
     genes: pl.DataFrame  # gene_index, feature_name, ensembl_id, symbol (as in the `genes` table)
 
     def row_chunks(self, chunk_cells: int, start: int = 0) -> Iterator[tuple[int, sp.csr_matrix]]:
-        """(first row, CSR block) pairs from `start` to the end, explicit zeros removed."""
+        """(first row, CSR block) pairs from `start` to the end; explicitly stored zeros are kept (tahoe-x1
+        makes them tokens), a dense matrix stores none."""
         for first in range(start, self.n_cells, chunk_cells):
             block = self.matrix[first : min(first + chunk_cells, self.n_cells)]
-            block = block.tocsr() if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
-            block.eliminate_zeros()
-            yield first, block
+            yield first, block.tocsr() if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
 
 
 @contextlib.contextmanager
@@ -383,6 +424,44 @@ def _available(adata: Any, layer_names: list[str]) -> str:
 
 
 # -- genes ------------------------------------------------------------------------------------------
+
+
+def _gene_subset_note(adata: Any, var: pd.DataFrame, source: str, n_genes: int) -> str | None:
+    """A warning when the matrix looks like a gene subset (e.g. highly variable genes), else None.
+
+    tahoe-x1 bins a cell's values by their rank among all of the cell's expressed genes, so a subset
+    shifts every bin away from what the model saw in training. Evidence, any of: another matrix of the
+    file has more genes; every gene is flagged highly variable; fewer than FEW_GENES genes (then HVG
+    metadata, if any, is named as well).
+    """
+    # flags of X describe the chosen matrix when it has the same genes (e.g. .raw of an HVG-annotated X)
+    flags = var if HVG_VAR_COLUMNS[0] in var.columns or len(adata.var) != n_genes else adata.var
+    hvg_columns = [c for c in HVG_VAR_COLUMNS if c in flags.columns]
+    all_hvg = "highly_variable" in flags.columns and bool(flags["highly_variable"].fillna(False).all())
+    raw_genes = int(adata.raw.n_vars) if adata.raw is not None and source != "raw.X" else 0
+    if raw_genes <= n_genes and not all_hvg and n_genes >= FEW_GENES:
+        return None
+    few = f" (under {FEW_GENES:,}; whole transcriptomes keep over 10,000)" if n_genes < FEW_GENES else ""
+    evidence = [f"it has {n_genes} genes{few}"]
+    if all_hvg:
+        evidence.append("every gene is flagged var['highly_variable']")
+    elif hvg_columns:
+        evidence.append(f"var has highly-variable-gene columns ({', '.join(hvg_columns)})")
+    evidence += [f"uns['{key}'] records a gene selection" for key in HVG_UNS_KEYS if key in adata.uns]
+    if raw_genes > n_genes:
+        fix = f"register the full matrix with --matrix raw (.raw holds {raw_genes} genes)"
+    else:
+        fix = (
+            "this file holds no larger matrix: export all measured genes as raw counts (e.g. the AnnData "
+            "before `adata = adata[:, adata.var.highly_variable]`, or keep them with "
+            "`adata.layers['counts'] = adata.X.copy()` / `adata.raw = adata` before selecting genes) and "
+            "register that file (layers['counts'] and .raw are read before X; --matrix chooses)"
+        )
+    return (
+        f"{source} looks like a gene subset ({'; '.join(evidence)}). tahoe-x1 bins each cell's values by "
+        "rank among all its expressed genes, so over a subset the expression bins differ from those the "
+        f"model saw in training. To fix: {fix}."
+    )
 
 
 def _column_values(var: pd.DataFrame, column: str) -> pd.Series:
@@ -523,6 +602,58 @@ def _cell_types(
     return [None if pd.isna(v) else str(v) for v in values], key
 
 
+def _samples(
+    obs: pd.DataFrame, options: DatasetOptions, problems: list[Problem], notes: list[str]
+) -> tuple[list[str | None], str | None]:
+    """The sample/donor of each cell and the obs column it came from (None: cells are the unit)."""
+    none: list[str | None] = [None] * len(obs)
+    key = options.sample_key
+    if key == NO_SAMPLE_KEY:
+        return none, None
+    if key is not None and key not in obs.columns:
+        listed = ", ".join(map(str, obs.columns)) or "(obs has no columns)"
+        problems.append(
+            Problem(
+                f"--sample-key '{key}' is not an obs column",
+                f"use one of: {listed}, or --sample-key {NO_SAMPLE_KEY}",
+            )
+        )
+        return none, None
+    if key is None:
+        key = _detect_sample_key(obs, notes)
+        if key is None:
+            return none, None
+    if obs[key].nunique() < 2:
+        notes.append(f"sample column '{key}' holds fewer than 2 samples; per-sample tests are not possible.")
+    return [None if pd.isna(v) else str(v) for v in obs[key].astype("string")], key
+
+
+def _detect_sample_key(obs: pd.DataFrame, notes: list[str]) -> str | None:
+    """The one obs column named like a sample/donor, else None (several: the user must say which is the unit)."""
+    found = [str(c) for c in obs.columns if str(c).lower() in SAMPLE_KEY_CANDIDATES]
+    if len(found) > 1:  # e.g. sample and donor_id: samples nested in donors
+        notes.append(
+            f"several sample/donor columns ({', '.join(found)}); none is used. Choose the unit of "
+            "replication with --sample-key COLUMN."
+        )
+    if len(found) != 1:
+        return None
+    key = found[0]
+    present = obs[key].dropna()
+    n_distinct = int(present.nunique())
+    if n_distinct > MIN_DISTINCT_FOR_SHARE and n_distinct > MAX_CELL_TYPE_SHARE * len(present):
+        notes.append(
+            f"obs column '{key}' has a different value in nearly every cell ({n_distinct} in "
+            f"{len(present)}), so it is not used as the sample column; name it with --sample-key COLUMN."
+        )
+        return None
+    notes.append(
+        f"sample column '{key}' detected (the sample is the unit of replication for pseudobulk tests); "
+        f"pass --sample-key COLUMN to choose another, or --sample-key {NO_SAMPLE_KEY}."
+    )
+    return key
+
+
 def _not_a_label(column: pd.Series) -> str | None:
     """Why an obs column cannot be cell type labels (numbers, or nearly one value per cell), else None."""
     dtype = column.dtype.categories.dtype if isinstance(column.dtype, pd.CategoricalDtype) else column.dtype
@@ -548,6 +679,7 @@ class _MatrixStats:
     cells_per_gene: np.ndarray
     n_nonfinite: int = 0
     n_negative: int = 0
+    n_stored_zeros: int = 0
     min_value: float = 0.0
     max_value: float = 0.0
     all_integer: bool = True
@@ -572,6 +704,7 @@ def _scan_matrix(matrix: Any, n_rows: int, n_genes: int, chunk_cells: int) -> _M
         data = np.asarray(block.data, dtype=np.float64)
         finite = np.isfinite(data)
         stats.n_nonfinite += int((~finite).sum())
+        stats.n_stored_zeros += int((data == 0).sum())
         values = np.where(finite, data, 0.0)
         stats.n_negative += int((values < 0).sum())
         if values.size:

@@ -10,6 +10,18 @@ from typing import Any
 
 import yaml
 
+# tahoe_x1.model.blocks.init_config_defaults: llm-foundry's parameter init when model_config has no init_config
+INIT_CONFIG_DEFAULTS: dict[str, Any] = {
+    "name": "kaiming_normal_",
+    "fan_mode": "fan_in",
+    "init_nonlinearity": "relu",
+    "init_div_is_residual": True,
+    "emb_init_std": None,
+    "emb_init_uniform_lim": None,
+    "init_std": None,
+    "init_gain": 0.0,
+}
+
 
 @dataclass(frozen=True)
 class TahoeConfig:
@@ -41,6 +53,12 @@ class TahoeConfig:
     keep_first_n_tokens: int = 1
     use_chem_token: bool = False
     chem_dropped: bool = False  # the checkpoint had a chemical token that inference leaves out
+    # chemical encoder (model_config `chemical_encoder`; the 3B model): drug embedding table and activation
+    chem_num_drugs: int = 0  # 0: unknown until the checkpoint's chem_encoder.embedding.weight is read
+    chem_fp_dim: int = 0
+    chem_padding_idx: int = 0
+    chem_activation: str = "leaky_relu"
+    init_config: dict[str, Any] = field(default_factory=lambda: dict(INIT_CONFIG_DEFAULTS))
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -62,6 +80,7 @@ class TahoeConfig:
         expression = model.get("expression_encoder") or {}
         decoder = model.get("expression_decoder") or {}
         mvc = model.get("mvc")
+        chem = model.get("chemical_encoder") or {}
         n_heads = int(model["n_heads"])
         if attn.get("attn_type", "grouped_query_attention") not in {
             "grouped_query_attention",
@@ -101,6 +120,11 @@ class TahoeConfig:
             max_length=int(collator.get("max_length", 1024)),
             keep_first_n_tokens=int(collator.get("keep_first_n_tokens", 1)),
             use_chem_token=bool(collator.get("use_chem_token", False)),
+            init_config={**INIT_CONFIG_DEFAULTS, **(model.get("init_config") or {})},
+            chem_num_drugs=int(chem.get("num_drugs") or 0),
+            chem_fp_dim=int(chem.get("fp_dim") or 0),
+            chem_padding_idx=int(chem.get("padding_idx", 0)),
+            chem_activation=str(chem.get("activation", "leaky_relu")),
         )
 
     @classmethod

@@ -1,10 +1,15 @@
 """Cells → tahoe-x1 token sequences, exactly as tahoe-x1 was trained (notes §5).
 
-Per cell: the non-zero entries of genes in the vocab, in var order; per-cell rank binning of their
-values into bins 1..num_bins-1 (50 quantile edges over the non-zero values, `bucketize(right=False)`
-+ 1, computed in float32 with torch as upstream); `<cls>` first with the pad value; when a cell has
-more genes than `max_length - 1`, a subset sampled with a generator seeded by (seed, cell index), so
-the same cell always gets the same tokens whatever the batch; padding with the pad token and value.
+Per cell: every entry stored in its sparse row for a gene in the vocab, in var order, explicitly
+stored zeros included (upstream's CountDataset takes the row's stored entries as they are); per-cell
+rank binning as upstream's `binning`: 50 quantile edges over the cell's non-zero values,
+`bucketize(right=False)` + 1 in float32 with torch, so non-zero values get bins 1..num_bins-1 and
+stored zeros bin 1; `<cls>` first with the pad value; when a cell has more genes than
+`max_length - 1`, a subset sampled with a generator seeded by (seed, cell index), so the same cell
+always gets the same tokens whatever the batch; padding with the pad token and value. A cell with no
+non-zero value is skipped (upstream's binning fails on it). Dense matrices store no zeros (upstream
+converts them to CSR the same way). With a drug token (the 3B model run with its chemical encoder) the
+`<drug>` token follows `<cls>` with the pad value, and both are kept first (`keep_first_n_tokens` 2).
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ import scipy.sparse as sp
 import torch
 
 SPECIAL_TOKENS = ("<pad>", "<cls>", "<eoc>")
+# Bumped when the same cells would give other tokens (2: explicitly stored zeros became tokens), so that
+# extractions made before are not reused.
+TOKENIZER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -64,11 +72,16 @@ class GeneVocab:
 
 
 def bin_values(values: np.ndarray, num_bins: int) -> np.ndarray:
-    """tahoe-x1's per-cell rank binning of strictly positive values: float32 quantiles, bins 1..num_bins-1."""
+    """tahoe-x1's per-cell rank binning of non-negative values: float32 quantiles of the non-zero values
+    give them bins 1..num_bins-1; zeros get bin 1 (as upstream's `binning`)."""
     row = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
-    grades = torch.linspace(0, 1, num_bins - 1, dtype=torch.float32)
-    edges = torch.quantile(row, grades)
-    return (torch.bucketize(row, edges, right=False) + 1).numpy()
+    positive = row > 0
+    bins = torch.ones(row.shape, dtype=torch.int64)
+    if bool(positive.any()):
+        grades = torch.linspace(0, 1, num_bins - 1, dtype=torch.float32)
+        edges = torch.quantile(row[positive], grades)
+        bins[positive] = torch.bucketize(row[positive], edges, right=False) + 1
+    return bins.numpy()
 
 
 @dataclass
@@ -78,6 +91,7 @@ class TokenBatch:
     raw: torch.Tensor  # (B, S) float32 expression values before binning
     key_padding_mask: torch.Tensor  # (B, S) True for real tokens (<cls> included)
     cell_index: np.ndarray  # (B,) dataset row of each cell
+    n_prefix: int = 1  # leading tokens that are not genes: <cls>, and <drug> when present
 
     @property
     def n_tokens(self) -> int:
@@ -92,24 +106,35 @@ class Tokenizer:
     num_bins: int = 51
     max_length: int = 1024
     seed: int = 0
+    drug_token_id: int | None = None  # <drug> after <cls> (the chemical encoder fills its embedding)
+
+    @property
+    def prefix(self) -> list[int]:
+        return [self.cls_id] if self.drug_token_id is None else [self.cls_id, self.drug_token_id]
 
     def cell_tokens(
         self, cell_index: int, columns: np.ndarray, values: np.ndarray, vocab_ids: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """Tokens of one cell from its sparse row (column indices and values); None when nothing is left."""
-        keep = (values > 0) & (vocab_ids[columns] >= 0)
+        """Tokens of one cell from its sparse row (column indices and values); None when no value > 0 is left.
+
+        Stored zeros stay tokens (bin 1), as upstream; validation refuses negative values.
+        """
+        keep = vocab_ids[columns] >= 0
         columns, values = columns[keep], values[keep]
-        if columns.size == 0:
+        if not np.any(values > 0):
             return None
         order = np.argsort(columns, kind="stable")  # var order, whatever the storage order
         columns, values = columns[order], values[order].astype(np.float32)
         bins = bin_values(values, self.num_bins).astype(np.float32)
-        if columns.size > self.max_length - 1:
+        prefix = self.prefix
+        budget = self.max_length - len(prefix)
+        if columns.size > budget:
             generator = np.random.default_rng((self.seed, int(cell_index)))
-            chosen = np.sort(generator.choice(columns.size, size=self.max_length - 1, replace=False))
+            chosen = np.sort(generator.choice(columns.size, size=budget, replace=False))
             columns, values, bins = columns[chosen], values[chosen], bins[chosen]
-        genes = np.concatenate([[self.cls_id], vocab_ids[columns]])
-        return genes, np.concatenate([[self.pad_value], bins]), np.concatenate([[self.pad_value], values])
+        genes = np.concatenate([prefix, vocab_ids[columns]])
+        pads = [self.pad_value] * len(prefix)
+        return genes, np.concatenate([pads, bins]), np.concatenate([pads, values])
 
     def batch(
         self, rows: sp.csr_matrix, cell_indices: np.ndarray, vocab_ids: np.ndarray
@@ -141,4 +166,5 @@ class Tokenizer:
             raw=torch.from_numpy(raw),
             key_padding_mask=genes_tensor != self.pad_id,
             cell_index=np.asarray(kept, dtype=np.int64),
+            n_prefix=len(self.prefix),
         ), skipped

@@ -17,8 +17,10 @@ pass, without Python hooks:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +138,29 @@ class ContinuousValueEncoder(nn.Module):
         return self.norm(x) if self.use_norm else x
 
 
+class ChemEncoder(nn.Module):
+    """The 3B model's drug encoder (upstream `ChemEncoder`): a drug id → its fingerprint row (a frozen
+    table in the checkpoint) → fc → activation → proj → LayerNorm; the result replaces token 1."""
+
+    def __init__(self, config: TahoeConfig):
+        super().__init__()
+        if config.chem_num_drugs <= 0 or config.chem_fp_dim <= 0:
+            raise ValueError(
+                "the chemical encoder's table size is unknown: set chem_num_drugs and chem_fp_dim from the "
+                "checkpoint's chem_encoder.embedding.weight"
+            )
+        self.embedding = nn.Embedding(
+            config.chem_num_drugs, config.chem_fp_dim, padding_idx=config.chem_padding_idx
+        )
+        self.fc = nn.Linear(config.chem_fp_dim, config.d_model)
+        self.activation = _activation(config.chem_activation)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.norm = nn.LayerNorm(config.d_model)  # upstream builds it with use_norm=True always
+
+    def forward(self, drug_ids: Tensor) -> Tensor:
+        return self.norm(self.proj(self.activation(self.fc(self.embedding(drug_ids)))))
+
+
 class ExprDecoder(nn.Module):
     """Present for state-dict compatibility; inference skips the decoders."""
 
@@ -168,8 +193,6 @@ class TXModel(nn.Module):
 
     def __init__(self, config: TahoeConfig):
         super().__init__()
-        if config.use_chem_token:
-            raise ValueError("build the inference model from config.without_chem_token()")
         if config.cell_emb_style != "cls":
             raise ValueError(
                 f"cell_emb_style {config.cell_emb_style!r} is not used by released tahoe-x1 models"
@@ -178,6 +201,8 @@ class TXModel(nn.Module):
         self.gene_encoder = GeneEncoder(config)
         self.flag_encoder = nn.Embedding(2, config.d_model)
         self.expression_encoder = ContinuousValueEncoder(config)
+        if config.use_chem_token:
+            self.chem_encoder = ChemEncoder(config)
         self.transformer_encoder = TXEncoder(config)
         self.expression_decoder = ExprDecoder(config)
         if config.mvc_query_activation is not None:
@@ -190,11 +215,13 @@ class TXModel(nn.Module):
         key_padding_mask: Tensor,
         capture: Mapping[int, set[str]] | None = None,
         run_to_end: bool = True,
+        drug_ids: Tensor | None = None,
     ) -> ForwardOutput:
         """`key_padding_mask` is True for real tokens (as upstream). `capture`: layer -> hook names.
 
         With `run_to_end=False` the pass stops after the last captured layer (cell_emb and final
-        are then empty), which is all extraction needs.
+        are then empty), which is all extraction needs. A model with the drug token (`use_chem_token`)
+        takes `drug_ids` (B,) and puts the chemical encoder's embedding at position 1, as upstream.
         """
         capture = capture or {}
         unknown = {hook for hooks in capture.values() for hook in hooks} - set(HOOKS)
@@ -202,6 +229,11 @@ class TXModel(nn.Module):
             raise ValueError(f"unknown hook point(s) {sorted(unknown)}; choose from {', '.join(HOOKS)}")
         # at inference no position is generative, so the flag embedding is zero and values are kept
         x = self.gene_encoder(genes) + self.expression_encoder(values.to(self.flag_encoder.weight.dtype))
+        if self.config.use_chem_token:
+            if drug_ids is None:
+                raise ValueError("this model runs with the drug token at position 1: pass drug_ids")
+            drug = self.chem_encoder(drug_ids).to(x.dtype)
+            x = torch.cat([x[:, :1], drug[:, None, :], x[:, 2:]], dim=1)
         attend = key_padding_mask[:, None, None, :]  # (B, 1, 1, S): True = may be attended to
         last = max(capture) if (capture and not run_to_end) else len(self.transformer_encoder.layers) - 1
         captured: dict[int, dict[str, Tensor]] = {}
@@ -234,3 +266,61 @@ def load_tahoe_state_dict(model: TXModel, state_dict: Mapping[str, Tensor]) -> N
             "the checkpoint does not match the tahoe-x1 architecture of its config: "
             f"missing {result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}"
         )
+
+
+def official_init_(model: TXModel) -> None:
+    """Re-initialise every parameter as upstream's TXModel does at construction (llm-foundry's
+    `generic_param_init_fn_` with the model's init_config): Linear weights by the configured init
+    (kaiming_normal_ fan_in/relu by default) and zero biases; attention `out_proj` (llm-foundry's
+    `_is_residual`) divided by sqrt(2 * n_layers); embeddings by the same init (or emb_init_std /
+    emb_init_uniform_lim) with the padding row zeroed; LayerNorms at 1 and 0. The fused Wqkv is
+    initialised per head slice upstream; with a fan-in init every slice has the same fan-in, so the
+    distribution is the same. Seed the global torch generator first for reproducible weights.
+    """
+    cfg = model.config.init_config
+    if cfg["name"] == "kaiming_normal_":
+        init_fn = partial(
+            nn.init.kaiming_normal_,
+            a=cfg["init_gain"],
+            mode=cfg["fan_mode"],
+            nonlinearity=cfg["init_nonlinearity"],
+        )
+    elif cfg["name"] == "xavier_uniform_":
+        init_fn = partial(nn.init.xavier_uniform_, gain=cfg["init_gain"])
+    else:
+        raise ValueError(
+            f"init_config name {cfg['name']!r} is not reproduced here; random-init supports kaiming_normal_ "
+            "and xavier_uniform_ (the ones released tahoe-x1 configs use)"
+        )
+    divide = cfg["init_div_is_residual"]
+    residual_div = math.sqrt(2 * model.config.n_layers) if divide is True else float(divide or 1.0)
+    residual = {id(block.self_attn.out_proj) for block in model.transformer_encoder.layers}
+    # upstream marks the drug fingerprint table skip_init: it keeps the pretrained table
+    chem = getattr(model, "chem_encoder", None)
+    skip = {id(chem.embedding)} if chem is not None else set()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                init_fn(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+                if id(module) in residual:
+                    module.weight.div_(residual_div)
+            elif isinstance(module, nn.Embedding) and id(module) not in skip:
+                _init_embedding(module, cfg, init_fn)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+
+def _init_embedding(module: nn.Embedding, cfg: Mapping, init_fn: Callable[[Tensor], Tensor]) -> None:
+    if cfg.get("emb_init_std") is not None:
+        nn.init.normal_(module.weight, mean=0.0, std=float(cfg["emb_init_std"]))
+    elif cfg.get("emb_init_uniform_lim") is not None:
+        limit = cfg["emb_init_uniform_lim"]
+        low, high = (-limit, limit) if isinstance(limit, int | float) else limit
+        nn.init.uniform_(module.weight, a=low, b=high)
+    else:
+        init_fn(module.weight)
+    if module.padding_idx is not None:
+        module.weight[module.padding_idx].fill_(0)

@@ -16,7 +16,7 @@ from sae_genomics_core.annotations.store import read_table
 from sae_genomics_core.data.gene_ids import default_resolver, map_gene_ids
 from sae_genomics_core.data.h5ad import DatasetError, file_checksum, open_matrix
 from sae_genomics_core.data.registry import DatasetNotRegistered
-from sae_genomics_core.model.specs import ModelUnavailable
+from sae_genomics_core.model.specs import RANDOM_INIT, TINY_RANDOM, ModelUnavailable
 from sae_genomics_dagster.assets.common import BY_DATASET, OWNERS
 from sae_genomics_dagster.io_manager import warehouse_lock
 from sae_genomics_dagster.partitions import dataset_partitions
@@ -53,7 +53,9 @@ def _dataset_dir(home: HomeResource, dataset: str) -> Path:
         "attn_out, mlp_hidden), from one forward pass per batch, streamed to shards under "
         "$SAE_GENOMICS_HOME/artefacts/activations/<dataset>/. PAD tokens are never stored; the <cls> "
         "row is kept apart as the cell vector. With the model spec `tiny-random` (the offline demo) "
-        "the weights are RANDOM: the architecture is real, the features are not biology."
+        "the weights are RANDOM: the architecture is real, the features are not biology. "
+        "`random-init:<spec>` is the baseline for a real model: its architecture and vocab, random weights "
+        "(model id `random-init(seed=…):…`)."
     ),
 )
 def activations(
@@ -61,6 +63,7 @@ def activations(
 ) -> dg.MaterializeResult:
     # torch and the model load here, not when Dagster imports the definitions
     from sae_genomics_core.activations.extract import NoGenesInVocab, extract_activations
+    from sae_genomics_core.model.tokenize import TOKENIZER_VERSION
 
     dataset = context.partition_key
     try:
@@ -78,6 +81,7 @@ def activations(
         "model_id": loaded.model_id,
         "revision": loaded.revision,
         "random_weights": loaded.random_weights,
+        "tokenizer_version": TOKENIZER_VERSION,
         # the HGNC mapping decides which genes become which tokens, so it is part of the identity
         "gene_keys_sha256": hashlib.sha256(json.dumps(genes["ensembl_id"].to_list()).encode()).hexdigest(),
     }
@@ -87,9 +91,10 @@ def activations(
     ).hexdigest()[:16]
     out_dir = _dataset_dir(home, dataset) / key
     if loaded.random_weights:
-        context.log.warning(
-            f"{loaded.model_id}: RANDOM weights (tiny-random); activations are for smoke runs only"
+        use = (
+            "a baseline for the real model" if loaded.model_id.startswith(RANDOM_INIT) else "smoke runs only"
         )
+        context.log.warning(f"{loaded.model_id}: RANDOM weights; activations are for {use}")
     try:
         result = extract_activations(
             loaded, entry.path, entry.options, out_dir, settings, header, device=device, genes=genes,
@@ -109,6 +114,7 @@ def activations(
             "model_id": loaded.model_id,
             "revision": str(loaded.revision),
             "random_weights": loaded.random_weights,
+            "drug_token": str(loaded.drug_label),  # None: left out, as upstream's use_chem_inf=False
             "device": device,
             "layers": dg.MetadataValue.json(list(settings.layers)),
             "hooks": dg.MetadataValue.json(list(settings.hooks)),
@@ -162,6 +168,7 @@ def activation_sets(context: dg.AssetExecutionContext, home: HomeResource) -> pl
             "model_id": manifest["model_id"],
             "revision": manifest["revision"],
             "random_weights": manifest["random_weights"],
+            "drug_token": manifest.get("drug_token"),
             "max_length": manifest["max_length"],
             "n_cells_skipped": manifest["n_cells_skipped"],
             "n_genes_in_vocab": manifest["n_genes_in_vocab"],
@@ -170,10 +177,10 @@ def activation_sets(context: dg.AssetExecutionContext, home: HomeResource) -> pl
         for layer in manifest["layers"]
         for hook in manifest["hooks"]
     ]
-    _record_vocab_coverage(
-        context, home, dataset, store.root / "vocab.json", bool(manifest["random_weights"])
-    )
-    return pl.DataFrame(rows, schema_overrides={"revision": pl.String})
+    # tiny-random's vocab holds the dataset's symbols too; every other model's holds Ensembl ids only
+    symbols_too = str(manifest["model_id"]).startswith(TINY_RANDOM)
+    _record_vocab_coverage(context, home, dataset, store.root / "vocab.json", symbols_too)
+    return pl.DataFrame(rows, schema_overrides={"revision": pl.String, "drug_token": pl.String})
 
 
 def _record_vocab_coverage(

@@ -87,6 +87,8 @@ def dataset_tables(context: dg.AssetExecutionContext, home: HomeResource) -> Ite
             "n_empty_cells": [report.n_empty_cells],
             "validation_warnings": [report.warnings],
             "ingested_at": [datetime.now(UTC)],
+            "sample_key": pl.Series([report.sample_key], dtype=pl.String),
+            "n_samples": [report.n_samples],
         },
         schema_overrides={"validation_warnings": pl.List(pl.String)},
     )
@@ -106,6 +108,8 @@ def dataset_tables(context: dg.AssetExecutionContext, home: HomeResource) -> Ite
             "n_cells": report.n_cells,
             "n_empty_cells": report.n_empty_cells,
             "n_cell_types": report.n_cell_types,
+            "sample_key": str(report.sample_key),
+            "n_samples": report.n_samples,
             "cell_types": dg.MetadataValue.md(format_frame(cell_type_counts, "table")),
         },
     )

@@ -99,3 +99,16 @@ def test_unregistered_partition_fails_with_instructions(home: Home, instance: dg
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "sae-genomics register" in failure.step_failure_data.user_failure_data.description
     assert not home.warehouse.exists()
+
+
+def test_sample_column_reaches_cells_and_datasets(
+    home: Home, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    obs = {"cell_type": ["T", "B"] * 20, "donor_id": [f"d{i % 5}" for i in range(40)]}
+    Registry(home).register(write_h5ad(tmp_path / "donors.h5ad", counts(), obs=obs), "donors")
+    assert _ingest(home, instance, "donors").success
+    assert _count(home, "select count(distinct sample) from cells where dataset = 'donors'") == 5
+    assert _count(home, "select count(*) from cells where sample = 'd3'") == 8
+    with duckdb.connect(str(home.warehouse), read_only=True) as connection:
+        key, n_samples = connection.execute("select sample_key, n_samples from datasets").fetchone()
+    assert (key, n_samples) == ("donor_id", 5)

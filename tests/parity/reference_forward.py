@@ -8,11 +8,15 @@ official package needs live here, with the test:
    unpad_input stands in (its result is unused on that path).
 3. TXEncoder._make_mask returns (B,S,S), which the encoder broadcasts wrongly for B>1; at inference
    (no generative tokens) the right mask is all-True (S,S), and the encoder then merges key padding.
+4. The chemical encoder and the collator fetch the drug fingerprint table (.npy) and drug_to_id (.json)
+   from S3 by `download_file_from_s3_url(remote, local)`; offline, the test writes local fakes in the
+   real formats and the download is replaced by a check that the local file is there.
 
 usage: python reference_forward.py CONFIG_JSON OUTPUT_SAFETENSORS
 """
 
 import json
+import os
 import sys
 import types
 
@@ -54,13 +58,69 @@ def _inference_mask(self, gen_mask, device):
 blocks.TXEncoder._make_mask = _inference_mask
 
 
+def _local_only(s3_url: str, local_file_path: str) -> str:
+    if not os.path.exists(local_file_path):
+        raise FileNotFoundError(f"offline test: {local_file_path} (fake of {s3_url}) was not written")
+    return local_file_path
+
+
+blocks.download_file_from_s3_url = _local_only
+
+
+def _tokenize(spec: dict) -> dict[str, torch.Tensor]:
+    """Upstream CountDataset + DataCollator (inference settings, no sampling) on a CSR matrix."""
+    import numpy as np
+    from scipy.sparse import csr_matrix
+    from tahoe_x1.data import collator as collator_module
+    from tahoe_x1.data.collator import DataCollator
+    from tahoe_x1.data.dataloader import CountDataset
+
+    collator_module.download_file_from_s3_url = _local_only
+    from tahoe_x1.tokenizer import GeneVocab
+
+    matrix = csr_matrix(
+        (np.asarray(spec["data"], dtype=np.float32), spec["indices"], spec["indptr"]), shape=spec["shape"]
+    )  # the stored entries as given, explicit zeros included
+    vocab = GeneVocab.from_dict(spec["vocab"])
+    dataset = CountDataset(
+        matrix, np.asarray(spec["gene_ids"]), cls_token_id=vocab["<cls>"], pad_value=spec["pad_value"]
+    )
+    chem = spec.get("drug_to_id_path")  # with it: the drug token after <cls>, both kept first
+    collator = DataCollator(
+        vocab=vocab,
+        use_chem_token=chem is not None,
+        drug_to_id_path=chem,
+        pad_token_id=vocab["<pad>"],
+        pad_value=spec["pad_value"],
+        do_mlm=False,
+        do_binning=True,
+        max_length=spec["max_length"],
+        sampling=False,
+        keep_first_n_tokens=1 if chem is None else 2,
+        num_bins=51,
+    )
+    examples = [dataset[i] for i in range(len(dataset))]
+    for example, drug in zip(examples, spec.get("drugs", []), strict=False):
+        example["drug"] = drug
+    batch = collator(examples)
+    out = {"tok.gene": batch["gene"], "tok.expr": batch["expr"], "tok.expr_raw": batch["expr_raw"]}
+    if chem is not None:
+        out["tok.drug_ids"] = batch["drug_ids"]
+    return out
+
+
 def main(config_path: str, output_path: str) -> None:
     with open(config_path) as handle:
         spec = json.load(handle)
+    if "tokenize" in spec:
+        save_file({k: v.contiguous() for k, v in _tokenize(spec["tokenize"]).items()}, output_path)
+        return
     torch.manual_seed(spec["seed"])
     model_config = OmegaConf.create(spec["model_config"])
     collator_config = OmegaConf.create(spec["collator_config"])
     model = TXModel(model_config=model_config, collator_config=collator_config, device="cpu").eval()
+    # the official initialisation, before the perturbation below (random-init reproduces its scheme)
+    initial = {f"init.{k}": v.detach().clone().contiguous() for k, v in model.named_parameters()}
     # random init leaves biases and norms at 0/1; perturb them so parity also covers those parameters
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -91,16 +151,19 @@ def main(config_path: str, output_path: str) -> None:
                 lambda m, a, o, i=i: captured.__setitem__(f"{i}.attn_out", o[0])
             )
         )
+    drug_ids = torch.tensor(spec["drug_ids"], dtype=torch.long) if "drug_ids" in spec else None
     with torch.no_grad():
         output = model(
             genes=genes,
             values=values,
             gen_masks=torch.zeros_like(genes, dtype=torch.bool),
             key_padding_mask=key_padding_mask,
+            drug_ids=drug_ids,
             skip_decoders=True,
         )
     tensors = {f"state.{k}": v.contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"hook.{k}": v.contiguous() for k, v in captured.items()})
+    tensors.update(initial)
     from tahoe_x1.data.collator import binning
 
     for index, row in enumerate(spec.get("binning_rows", [])):

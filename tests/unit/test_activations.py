@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anndata as ad
@@ -214,3 +215,40 @@ def test_a_second_writer_of_the_same_store_waits(tenx_h5ad: Path, tmp_path: Path
     extract_activations(loaded, tenx_h5ad, DatasetOptions(), out, settings, HEADER)
     with FileLock(f"{out}.lock", timeout=0):  # released once the run is over
         pass
+
+
+def test_stored_zeros_of_the_file_reach_the_model_as_tokens(tmp_path: Path) -> None:
+    dense = np.zeros((4, 8), dtype=np.float32)
+    dense[:, 1:4] = [[2, 5, 1], [3, 3, 9], [1, 1, 1], [4, 2, 6]]
+    matrix = sp.csr_matrix(dense)
+    matrix.data[matrix.indices == 2] = 0.0  # gene 2 stored as an explicit zero in every cell
+    assert matrix.nnz == 12
+    path = write_h5ad(tmp_path / "zeros.h5ad", matrix)
+    folder = published_model_folder(tmp_path / "m", [f"ENSG{i:011d}" for i in range(8)])
+    result = _extract(load_model(f"dir:{folder}"), path, tmp_path / "run", layers=(0,), hooks=("mlp_out",))
+    assert result.n_tokens == 12  # 3 stored entries per cell, the zero included
+    tokens = result.store.tokens(result.store.manifest["shards"][0]["name"])
+    zero = tokens["value"] == 0
+    assert zero.sum() == 4 and set(tokens["bin"][zero].tolist()) == {1}
+
+
+def test_the_drug_token_is_never_stored_as_a_gene_and_is_recorded(tenx_h5ad: Path, tmp_path: Path) -> None:
+    from tests.unit.test_model import chem_model_folder
+
+    folder = chem_model_folder(tmp_path / "m")
+    with open_matrix(tenx_h5ad) as opened:
+        keys = opened.genes["ensembl_id"].to_list()
+    # map the first 40 genes of the file onto the fixture's vocab
+    vocab = json.loads((folder / "vocab.json").read_text())
+    specials = {k: v for k, v in vocab.items() if k.startswith("<")}
+    (folder / "vocab.json").write_text(json.dumps({**{k: i for i, k in enumerate(keys[:40])}, **specials}))
+    settings = {"layers": (0,), "hooks": ("mlp_out",), "shard_cells": 2000}
+    without = _extract(load_model(f"dir:{folder}"), tenx_h5ad, tmp_path / "a", **settings)
+    with_drug = _extract(load_model(f"dir:{folder}", drug="DMSO_TF"), tenx_h5ad, tmp_path / "b", **settings)
+    assert with_drug.n_tokens == without.n_tokens > 0  # the same gene tokens: <drug> is not one of them
+    assert (
+        with_drug.store.manifest["drug_token"] == "DMSO_TF:3" and without.store.manifest["drug_token"] is None
+    )
+    shard = with_drug.store.manifest["shards"][0]["name"]
+    assert not np.isin(with_drug.store.tokens(shard)["gene_id"], list(specials.values())).any()
+    assert not np.allclose(with_drug.store.acts(0, "mlp_out", shard), without.store.acts(0, "mlp_out", shard))

@@ -230,3 +230,150 @@ def test_several_problems_are_reported_together(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as caught:
         inspect_h5ad(path, DatasetOptions(ensembl_column="nope", cell_type_key="nope"))
     assert len(caught.value.problems) == 2
+
+
+# -- the sample/donor column (the unit of pseudobulk tests) -----------------------------------------
+
+
+def _with_obs(tmp_path: Path, obs: dict[str, object]) -> Path:
+    return write_h5ad(tmp_path / "samples.h5ad", counts(), obs={"cell_type": ["T", "B"] * 20, **obs})
+
+
+def test_sample_key_fills_the_sample_column(tmp_path: Path) -> None:
+    path = _with_obs(tmp_path, {"library": [f"lib{i % 4}" for i in range(40)]})
+    tables = inspect_h5ad(path, DatasetOptions(sample_key="library"))
+    assert tables.report.sample_key == "library"
+    assert tables.report.n_samples == 4
+    assert tables.cells["sample"].to_list() == [f"lib{i % 4}" for i in range(40)]
+
+
+@pytest.mark.parametrize("name", ["donor_id", "Sample", "patient"])
+def test_an_unambiguous_sample_column_is_detected_and_recorded(tmp_path: Path, name: str) -> None:
+    path = _with_obs(tmp_path, {name: np.arange(40) % 3})  # numeric donor numbers are fine
+    tables = inspect_h5ad(path)
+    assert tables.report.sample_key == name
+    assert tables.cells["sample"].to_list() == [str(i % 3) for i in range(40)]
+    assert any(f"sample column '{name}' detected" in w for w in tables.report.warnings)
+
+
+@pytest.mark.parametrize(
+    ("obs", "expected_note"),
+    [
+        ({"batch": ["a", "b"] * 20}, None),  # a batch may pool donors: never taken for the sample
+        ({"sample": ["s1", "s2"] * 20, "donor_id": ["d1"] * 40}, "several sample/donor columns"),
+        ({"sample": [f"c{i}" for i in range(40)]}, "different value in nearly every cell"),
+    ],
+)
+def test_an_ambiguous_or_id_like_sample_column_is_not_used(
+    tmp_path: Path, obs: dict[str, object], expected_note: str | None
+) -> None:
+    tables = inspect_h5ad(_with_obs(tmp_path, obs))
+    assert tables.report.sample_key is None
+    assert tables.cells["sample"].null_count() == 40
+    notes = [w for w in tables.report.warnings if "sample" in w]
+    assert (expected_note is None and not notes) or any(expected_note in w for w in notes)
+
+
+def test_sample_key_none_turns_detection_off(tmp_path: Path) -> None:
+    tables = inspect_h5ad(_with_obs(tmp_path, {"donor": ["a", "b"] * 20}), DatasetOptions(sample_key="none"))
+    assert tables.report.sample_key is None
+    assert tables.report.n_samples == 0
+
+
+def test_missing_sample_key_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as caught:
+        inspect_h5ad(_with_obs(tmp_path, {}), DatasetOptions(sample_key="donor"))
+    assert "--sample-key 'donor' is not an obs column" in str(caught.value)
+    assert "--sample-key none" in str(caught.value)
+
+
+def test_sample_key_comes_from_the_command_line_and_survives_the_registry() -> None:
+    import argparse
+
+    from sae_genomics_core.cli import add_dataset_options, dataset_options
+
+    parser = argparse.ArgumentParser()
+    add_dataset_options(parser)
+    options = dataset_options(parser.parse_args(["--sample-key", "donor_id"]))
+    assert options.sample_key == "donor_id"
+    assert DatasetOptions.from_dict(options.to_dict()) == options
+    assert DatasetOptions.from_dict({"cell_type_key": "x"}).sample_key is None  # entries from before
+
+
+# -- a gene subset (e.g. highly variable genes) is binned differently from what tahoe-x1 saw ---------
+
+
+def _subset_warning(report: object) -> str | None:
+    found = [w for w in report.warnings if "looks like a gene subset" in w]  # type: ignore[attr-defined]
+    assert len(found) <= 1
+    assert bool(found) == report.looks_like_gene_subset  # type: ignore[attr-defined]
+    return found[0] if found else None
+
+
+def _full(n_genes: int = 6_000, n_cells: int = 20) -> sp.csr_matrix:
+    """Raw counts over as many genes as a whole transcriptome (more than FEW_GENES)."""
+    x = sp.random(n_cells, n_genes, density=0.05, format="csr", random_state=0, dtype=np.float32)
+    x.data = np.ceil(10 * x.data)
+    x = x.tolil()
+    x[:, 0] = 1.0  # every cell expresses something
+    return x.tocsr()
+
+
+def test_the_demo_is_warned_to_be_a_gene_subset(demo_h5ad: Path) -> None:
+    warning = _subset_warning(inspect_h5ad(demo_h5ad, DatasetOptions(cell_type_key="bulk_labels")).report)
+    assert warning is not None
+    assert "765 genes" in warning and "highly_variable" in warning
+    assert "no larger matrix" in warning and "layers['counts']" in warning
+
+
+def test_an_hvg_only_matrix_is_warned_even_with_many_genes(tmp_path: Path) -> None:
+    x = _full()
+    path = write_h5ad(
+        tmp_path / "hvg.h5ad",
+        x,
+        obs={"cell_type": ["T"] * 20},
+        var={
+            "gene_ids": [f"ENSG{i:011d}" for i in range(x.shape[1])],
+            "highly_variable": [True] * x.shape[1],
+        },
+    )
+    warning = _subset_warning(inspect_h5ad(path).report)
+    assert warning is not None and "every gene is flagged var['highly_variable']" in warning
+
+
+def test_a_subset_in_x_points_to_the_full_raw(tmp_path: Path) -> None:
+    full = counts(n_genes=30)
+    subset = full[:, :12]
+    import anndata as ad
+    import pandas as pd
+
+    obs = pd.DataFrame(index=[f"c{i}" for i in range(full.shape[0])])
+    adata = ad.AnnData(X=subset, obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(12)]))
+    adata.raw = ad.AnnData(X=full, obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(30)]))
+    adata.uns["hvg"] = {"flavor": "seurat"}
+    adata.write_h5ad(tmp_path / "x_subset.h5ad")
+    warning = _subset_warning(inspect_h5ad(tmp_path / "x_subset.h5ad", DatasetOptions(matrix="X")).report)
+    assert warning is not None
+    assert "--matrix raw (.raw holds 30 genes)" in warning and "uns['hvg']" in warning
+
+
+def test_a_whole_transcriptome_is_not_warned(tmp_path: Path) -> None:
+    x = _full()
+    flags = np.arange(x.shape[1]) % 3 == 0  # HVGs annotated, not selected: the matrix is whole
+    path = write_h5ad(
+        tmp_path / "whole.h5ad",
+        x,
+        obs={"cell_type": ["T"] * 20},
+        var={"gene_ids": [f"ENSG{i:011d}" for i in range(x.shape[1])], "highly_variable": flags},
+    )
+    assert _subset_warning(inspect_h5ad(path).report) is None
+
+
+def test_stored_zeros_are_counted_and_explained(tmp_path: Path) -> None:
+    matrix = counts()
+    matrix.data[:5] = 0.0  # explicit zeros, as some exports leave them
+    tables = inspect_h5ad(write_h5ad(tmp_path / "zeros.h5ad", matrix))
+    assert tables.report.n_stored_zeros == 5
+    (note,) = [w for w in tables.report.warnings if "explicit zeros" in w]
+    assert "expression bin 1" in note and "eliminate_zeros" in note
+    assert tables.cells["n_genes_expressed"].sum() == int((counts().toarray() > 0).sum()) - 5

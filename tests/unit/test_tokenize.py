@@ -30,12 +30,13 @@ def test_cell_tokens_keep_vocab_genes_in_var_order_with_cls_first() -> None:
     vocab = GeneVocab.from_genes(GENES[:50])  # genes 50..59 are not in the vocab
     ids = vocab.ids_for([*GENES, None])
     columns = np.array([55, 7, 3, 20, 9])
-    values = np.array([4.0, 0.0, 2.0, 9.0, 1.0])  # an explicit zero is dropped
+    values = np.array([4.0, 0.0, 2.0, 9.0, 1.0])  # an explicit zero is a token with bin 1 (as upstream)
     genes, bins, raw = _tokenizer(vocab).cell_tokens(0, columns, values, ids)
-    assert genes.tolist() == [vocab.cls_id, ids[3], ids[9], ids[20]]
+    assert genes.tolist() == [vocab.cls_id, ids[3], ids[7], ids[9], ids[20]]
     assert bins[0] == raw[0] == -2.0
-    assert raw[1:].tolist() == [2.0, 1.0, 9.0]
-    assert bins[1:].tolist() == bin_values(np.array([2.0, 1.0, 9.0]), 51).tolist()
+    assert raw[1:].tolist() == [2.0, 0.0, 1.0, 9.0]
+    positive = bin_values(np.array([2.0, 1.0, 9.0]), 51).tolist()
+    assert bins[1:].tolist() == [positive[0], 1.0, positive[1], positive[2]]
 
 
 def test_long_cells_are_sampled_deterministically_per_cell() -> None:
