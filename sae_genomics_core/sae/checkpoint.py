@@ -2,9 +2,10 @@
 
 A checkpoint directory holds `cfg.json` + `sae_weights.safetensors` (written by sae-lens, loadable
 with `sae_lens.SAE.load_from_disk`), `normalization.safetensors` (the mean and scale applied to
-inputs before encoding) and `provenance.json` (model id and revision, random-weights flag, layer,
+inputs before encoding), `provenance.json` (model id and revision, random-weights flag, layer,
 hook, the activation set's and dataset's checksums, seed, code version and the full training
-config). `load_checkpoint` refuses a checkpoint made for another model, layer, hook or width.
+config) and `metrics.json` (final metrics, with the dead fraction of a full pass over every token;
+the training log, whose dead fraction is the windowed estimate; training warnings). `load_checkpoint` refuses a checkpoint made for another model, layer, hook or width.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def save_checkpoint(directory: Path, outcome: TrainingOutcome, provenance: dict[
         "steps": outcome.steps,
         "tokens_seen": outcome.tokens_seen,
     })  # fmt: skip
-    write_json(tmp / METRICS, {"final": outcome.final, "log": outcome.log})
+    # final: held-out metrics and the full-pass dead fractions; log: per-step, with windowed dead fractions
+    write_json(tmp / METRICS, {"final": outcome.final, "log": outcome.log, "warnings": outcome.warnings})
     if directory.exists():
         old = directory.with_name(directory.name + ".old")
         if old.exists():

@@ -5,25 +5,34 @@
 - b_dec starts at the geometric median of the (normalised) data; the encoder starts as the decoder's
   transpose; decoder rows have unit norm after every step, and the gradient component parallel to
   them is removed before the step.
-- AuxK is engaged: latents that have not fired for `dead_window_tokens` tokens form the dead mask
-  passed to sae-lens's loss (a `None` mask would silently turn AuxK off).
+- AuxK is engaged: latents that have not fired for the dead window form the dead mask passed to
+  sae-lens's loss (a `None` mask would silently turn AuxK off). The window and the LR warm-up scale
+  with the run's length (`resolve_schedule`), so short runs engage AuxK too; a run too short for any
+  window is reported in `TrainingOutcome.warnings` and as a Python warning.
 - Adam with linear warm-up and cosine decay, gradient clipping at 1.0, a seed that makes a CPU run
-  reproducible; MSE, explained variance and L0 on held-out cells every `log_every_steps` (dead and
-  dense fractions over the training stream); resumable from periodic state.
+  reproducible; MSE, explained variance and L0 on held-out cells every `log_every_steps`. The log's
+  `dead_fraction` is the windowed estimate (latents silent for the last dead window of the training
+  stream; 0 until one window has passed); the final `dead_fraction` is measured after training by a
+  streaming pass over every token (held-out and training): a latent is dead if it never fires.
+  Resumable from periodic state.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,11 +42,16 @@ class SaeTrainingConfig:
     training_tokens: int = 2_000_000
     batch_size: int = 4096
     lr: float | None = None  # None: 2e-4 / sqrt(d_sae / 2^14) (Gao et al.)
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # None: warmup_fraction of the steps
+    warmup_fraction: float = 0.05
     lr_end_fraction: float = 0.1
     seed: int = 0
     aux_coefficient: float = 1 / 32
-    dead_window_tokens: int = 1_000_000
+    # a latent silent this many tokens is dead (AuxK trains it); None: dead_window_fraction of the
+    # training tokens, at most dead_window_max_tokens and at least one batch
+    dead_window_tokens: int | None = None
+    dead_window_fraction: float = 0.1
+    dead_window_max_tokens: int = 1_000_000
     dense_threshold: float = 0.1  # a latent firing on more tokens than this is "dense"
     holdout_fraction: float = 0.1
     log_every_steps: int = 50
@@ -46,6 +60,22 @@ class SaeTrainingConfig:
     stats_tokens: int = 100_000
     b_dec_init: str = "geometric_median"  # or "mean"
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("warmup_fraction", "dead_window_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1]; got {getattr(self, name)}")
+        for name in ("training_tokens", "batch_size", "dead_window_max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive number of tokens; got {getattr(self, name)}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(
+                f"warmup_steps must be ≥ 0 (or None to scale it to the run); got {self.warmup_steps}"
+            )
+        if self.dead_window_tokens is not None and self.dead_window_tokens < 1:
+            raise ValueError(
+                f"dead_window_tokens must be ≥ 1 (or None to scale it to the run); got {self.dead_window_tokens}"
+            )
 
     def learning_rate(self, d_sae: int) -> float:
         return self.lr if self.lr is not None else 2e-4 / math.sqrt(d_sae / 2**14)
@@ -60,6 +90,8 @@ class TokenSource(Protocol):
     d_in: int
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[torch.Tensor]: ...
+
+    def heldout_batches(self, batch_size: int) -> Iterator[torch.Tensor]: ...
 
     def eval_tokens(self, limit: int) -> torch.Tensor: ...
 
@@ -79,6 +111,9 @@ class TensorSource:
         train = self.tokens[self.n_eval :]
         generator = torch.Generator().manual_seed(seed)
         yield from train[torch.randperm(train.shape[0], generator=generator)].split(batch_size)
+
+    def heldout_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        yield from self.tokens[: self.n_eval].split(batch_size)
 
     def eval_tokens(self, limit: int) -> torch.Tensor:
         return self.tokens[: min(self.n_eval, limit)]
@@ -112,11 +147,14 @@ class StoreSource:
             self.layer, self.hook, batch_size, seed=seed, exclude_cells=self.held_out_cells
         )
 
+    def heldout_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        return self.store.iter_batches(
+            self.layer, self.hook, batch_size, seed=self.seed, cells=self.held_out_cells
+        )
+
     def eval_tokens(self, limit: int) -> torch.Tensor:
         batches, total = [], 0
-        for batch in self.store.iter_batches(
-            self.layer, self.hook, 8192, seed=self.seed, cells=self.held_out_cells
-        ):
+        for batch in self.heldout_batches(8192):
             batches.append(batch)
             total += len(batch)
             if total >= limit:
@@ -171,6 +209,63 @@ class TrainingOutcome:
     steps: int
     tokens_seen: int
     resumed_from_step: int = 0
+    warnings: list[str] = field(default_factory=list)  # e.g. AuxK could not engage
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The run's length and what scales with it: the LR warm-up and the AuxK dead window."""
+
+    total_steps: int
+    batch_size: int
+    warmup_steps: int
+    dead_window_tokens: int
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def auxk_can_engage(self) -> bool:
+        # the mask is read before each step: by the last one a latent can have missed (steps − 1) batches
+        return self.dead_window_tokens <= (self.total_steps - 1) * self.batch_size
+
+
+def resolve_schedule(config: SaeTrainingConfig) -> Schedule:
+    """Warm-up and dead window for this run: explicit values when they fit the run, else scaled to it."""
+    total_steps = max(1, config.training_tokens // config.batch_size)
+    notes: list[str] = []
+    warmup = _warmup_steps(config, total_steps, notes)
+    window = _dead_window_tokens(config, total_steps, notes)
+    schedule = Schedule(total_steps, config.batch_size, warmup, window)
+    if not schedule.auxk_can_engage:
+        notes.append(
+            f"AuxK cannot engage: the run ({total_steps} step(s) of {config.batch_size} tokens) is too short for a "
+            f"dead window ({window:,} tokens, at least one batch), so dead latents are never revived; train on more "
+            "tokens (training_tokens) or use smaller batches (batch_size)"
+        )
+    return Schedule(total_steps, config.batch_size, warmup, window, tuple(notes))
+
+
+def _warmup_steps(config: SaeTrainingConfig, total_steps: int, notes: list[str]) -> int:
+    scaled = max(1, round(config.warmup_fraction * total_steps))
+    if config.warmup_steps is None or config.warmup_steps < total_steps:
+        return scaled if config.warmup_steps is None else config.warmup_steps
+    notes.append(
+        f"warmup_steps={config.warmup_steps} is not shorter than the run ({total_steps} steps), so the learning "
+        f"rate would never reach its peak; using {scaled} ({config.warmup_fraction:g} of the steps)"
+    )
+    return scaled
+
+
+def _dead_window_tokens(config: SaeTrainingConfig, total_steps: int, notes: list[str]) -> int:
+    scaled = min(config.dead_window_max_tokens, round(config.dead_window_fraction * config.training_tokens))
+    scaled = max(config.batch_size, scaled)  # silence is counted per batch
+    usable = (total_steps - 1) * config.batch_size  # the longest silence the last step's mask can see
+    if config.dead_window_tokens is None or config.dead_window_tokens <= usable:
+        return scaled if config.dead_window_tokens is None else config.dead_window_tokens
+    notes.append(
+        f"dead_window_tokens={config.dead_window_tokens:,} does not fit in the run ({config.training_tokens:,} "
+        f"training tokens), so AuxK would never engage; using {scaled:,} ({config.dead_window_fraction:g} of them)"
+    )
+    return scaled
 
 
 def build_sae(d_in: int, config: SaeTrainingConfig) -> Any:
@@ -207,14 +302,14 @@ def _remove_parallel_gradient(sae: Any) -> None:
         sae.W_dec.grad -= (sae.W_dec.grad * direction).sum(dim=1, keepdim=True) * direction
 
 
-def lr_lambda(config: SaeTrainingConfig, total_steps: int) -> Callable[[int], float]:
+def lr_lambda(schedule: Schedule, lr_end_fraction: float) -> Callable[[int], float]:
+    warmup, total_steps = schedule.warmup_steps, schedule.total_steps
+
     def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
-        return config.lr_end_fraction + (1 - config.lr_end_fraction) * 0.5 * (
-            1 + math.cos(math.pi * progress)
-        )
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return lr_end_fraction + (1 - lr_end_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
 
@@ -244,6 +339,37 @@ def evaluate(sae: Any, tokens: torch.Tensor, batch_size: int = 8192) -> dict[str
     }
 
 
+@torch.no_grad()
+def count_fires(
+    sae: Any, batches: Iterable[torch.Tensor], normalizer: Normalizer
+) -> tuple[torch.Tensor, int]:
+    """Tokens each latent fires on over a stream of raw batches, and the tokens seen (one batch in memory)."""
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
+    n_tokens = 0
+    for raw in batches:
+        acts = sae.encode(normalizer(raw.to(sae.W_dec.device)))
+        fired += (acts > 0).sum(dim=0).cpu()
+        n_tokens += raw.shape[0]
+    return fired, n_tokens
+
+
+def full_pass_dead_fractions(
+    sae: Any, source: TokenSource, normalizer: Normalizer, batch_size: int
+) -> dict[str, float]:
+    """Latents that never fire in one streamed pass over every token: held-out cells' and training cells'.
+
+    `dead_fraction` counts latents silent on all tokens, `dead_fraction_heldout` those silent on the
+    held-out tokens (a latent that fires only on training tokens may have memorised them).
+    """
+    heldout, n_heldout = count_fires(sae, source.heldout_batches(batch_size), normalizer)
+    train, n_train = count_fires(sae, source.train_batches(batch_size, seed=0), normalizer)
+    return {
+        "dead_fraction": float(((heldout + train) == 0).float().mean()),
+        "dead_fraction_heldout": float((heldout == 0).float().mean()) if n_heldout else float("nan"),
+        "dead_pass_tokens": n_heldout + n_train,
+    }
+
+
 def train_sae(
     source: TokenSource,
     config: SaeTrainingConfig,
@@ -261,7 +387,12 @@ def train_sae(
     torch.manual_seed(config.seed)
     d_in = source.d_in
     d_sae = d_in * config.expansion_factor
-    total_steps = max(1, config.training_tokens // config.batch_size)
+    schedule = resolve_schedule(config)
+    for note in schedule.warnings:
+        logger.warning(note)
+        warnings.warn(note, RuntimeWarning, stacklevel=2)
+    total_steps, dead_window = schedule.total_steps, schedule.dead_window_tokens
+    notes = list(schedule.warnings)
     eval_raw = source.eval_tokens(config.eval_tokens)
     stats_sample = _take(
         source.train_batches(config.batch_size, seed=config.seed + 10_000), config.stats_tokens
@@ -270,11 +401,11 @@ def train_sae(
     sae = build_sae(d_in, config)
     _initialise(sae, normalizer(stats_sample[:4096]).to(config.device), config.b_dec_init)
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(d_sae), betas=(0.9, 0.999))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, config.lr_end_fraction))
     tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=config.device)
     fires_in_window = torch.zeros(d_sae, dtype=torch.long, device=config.device)
     window_tokens = 0
-    step, tokens_seen, epoch, batches_in_epoch = 0, 0, 0, 0
+    step, tokens_seen, epoch, batches_in_epoch, auxk_steps = 0, 0, 0, 0, 0
     log: list[dict[str, float]] = []
     resumed_from = 0
     if state_path is not None and state_path.exists():
@@ -286,11 +417,12 @@ def train_sae(
         scheduler.load_state_dict(saved["scheduler"])
         normalizer = Normalizer(saved["mean"], saved["scale"])
         tokens_since_fired, log = saved["tokens_since_fired"].to(config.device), saved["log"]
-        step, tokens_seen, epoch, batches_in_epoch = (
+        step, tokens_seen, epoch, batches_in_epoch, auxk_steps = (
             saved["step"],
             saved["tokens_seen"],
             saved["epoch"],
             saved["batches_in_epoch"],
+            saved["auxk_steps"],
         )
         torch.set_rng_state(saved["rng"])
         resumed_from = step
@@ -305,7 +437,7 @@ def train_sae(
             "config": config.to_dict(), "d_in": d_in, "sae": sae.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "mean": normalizer.mean, "scale": normalizer.scale,
             "tokens_since_fired": tokens_since_fired.cpu(), "log": log, "step": step, "tokens_seen": tokens_seen,
-            "epoch": epoch, "batches_in_epoch": batches_in_epoch, "rng": torch.get_rng_state(),
+            "epoch": epoch, "batches_in_epoch": batches_in_epoch, "auxk_steps": auxk_steps, "rng": torch.get_rng_state(),
         }, tmp)  # fmt: skip
         os.replace(tmp, state_path)
 
@@ -317,7 +449,8 @@ def train_sae(
             if step >= total_steps:
                 break
             x = normalizer(raw.to(config.device))
-            dead_mask = tokens_since_fired >= config.dead_window_tokens
+            dead_mask = tokens_since_fired >= dead_window
+            auxk_steps += int(bool(dead_mask.any()))
             output = sae.training_forward_pass(
                 TrainStepInput(
                     sae_in=x,
@@ -347,7 +480,7 @@ def train_sae(
             if step % config.log_every_steps == 0 or step == total_steps:
                 row = {
                     "step": step, "tokens_seen": tokens_seen, **evaluate(sae, eval_tokens),
-                    "dead_fraction": float((tokens_since_fired >= config.dead_window_tokens).float().mean()),
+                    "dead_fraction": float((tokens_since_fired >= dead_window).float().mean()),  # windowed estimate
                     "dense_fraction": float((fires_in_window.float() / max(1, window_tokens) > config.dense_threshold).float().mean()),
                     "aux_loss": last_aux, "lr": float(scheduler.get_last_lr()[0]),
                 }  # fmt: skip
@@ -359,14 +492,22 @@ def train_sae(
             if step % config.state_every_steps == 0:
                 save_state()
             if stop_after_steps is not None and step - resumed_from >= stop_after_steps:  # a simulated crash
+                partial = log[-1] if log else {}
                 return TrainingOutcome(
-                    sae, normalizer, log, log[-1] if log else {}, gamma, step, tokens_seen, resumed_from
+                    sae, normalizer, log, partial, gamma, step, tokens_seen, resumed_from, notes
                 )
         else:
             epoch += 1
             batches_in_epoch = 0
-    final = log[-1] if log else {}
-    return TrainingOutcome(sae, normalizer, log, final, gamma, step, tokens_seen, resumed_from)
+    final = {
+        **log[-1],
+        "dead_fraction_window": log[-1]["dead_fraction"],
+        **full_pass_dead_fractions(sae, source, normalizer, config.batch_size),
+        "dead_window_tokens": dead_window,
+        "warmup_steps": schedule.warmup_steps,
+        "auxk_steps": auxk_steps,
+    }
+    return TrainingOutcome(sae, normalizer, log, final, gamma, step, tokens_seen, resumed_from, notes)
 
 
 def _take(batches: Iterator[torch.Tensor], n: int) -> torch.Tensor:

@@ -17,6 +17,9 @@ def training_curves(log: list[dict[str, Any]], title: str) -> alt.Chart:
         pl.DataFrame(log)
         .select("tokens_seen", *TRAINING_METRICS)
         .unpivot(index="tokens_seen", variable_name="metric")
+        # the log's dead fraction counts latents silent over the last window only; the full-pass value
+        # after training is in sae_checkpoints
+        .with_columns(pl.col("metric").replace({"dead_fraction": "dead fraction (windowed)"}))
     )
     return (
         alt.Chart(frame.to_pandas(), title=title)

@@ -34,14 +34,18 @@ class SaeConfig(dg.Config):
     batch_size: int = Field(default=4096)
     lr: float | None = Field(default=None, description="None: 2e-4 / sqrt(d_sae / 2^14)")
     seed: int = Field(default=0)
-    dead_window_tokens: int = Field(
-        default=200_000, description="a latent silent this long is dead (AuxK trains it)"
+    dead_window_tokens: int | None = Field(
+        default=None,
+        description="a latent silent this many training tokens is dead (AuxK trains it); None: scaled to the run "
+        "(SaeTrainingConfig: dead_window_fraction of training_tokens, at most dead_window_max_tokens); a value "
+        "that does not fit in the run is replaced and reported",
     )
     explained_variance_floor: float = Field(
         default=0.7, description="asset check: held-out explained variance at least this"
     )
     dead_fraction_ceiling: float = Field(
-        default=0.1, description="asset check: dead latents at most this fraction"
+        default=0.1,
+        description="asset check: at most this fraction of latents never fire in a full pass over every token",
     )
 
 
@@ -67,7 +71,8 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
             dg.AssetCheckSpec(
                 DEAD_CHECK,
                 asset="sae_checkpoint",
-                description="dead-latent fraction ≤ the configured ceiling",
+                description="fraction of latents that never fire in a full pass over every token (held-out and "
+                "training cells) ≤ the configured ceiling",
             ),
         ],
         description=(
@@ -124,6 +129,8 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
             "seed": training.seed, "held_out_cells": int(source.held_out_cells.size), "config": training.to_dict(),
         }  # fmt: skip
         checkpoint = work / "checkpoint"
+        for note in outcome.warnings:
+            context.log.warning(note)
         save_checkpoint(checkpoint, outcome, provenance)
         (work / "train_state.pt").unlink(missing_ok=True)
         chart = training_curves(outcome.log, f"{dataset} layer {layer} {config.hook}")
@@ -144,7 +151,15 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
                 "mse": final["mse"],
                 "l0": final["l0"],
                 "dead_fraction": final["dead_fraction"],
+                "dead_fraction_heldout": final["dead_fraction_heldout"],
+                "dead_fraction_window": final["dead_fraction_window"],
                 "dense_fraction": final["dense_fraction"],
+                "dead_window_tokens": final["dead_window_tokens"],
+                "warmup_steps": final["warmup_steps"],
+                "auxk_steps": final["auxk_steps"],
+                "training_warnings": dg.MetadataValue.md(
+                    "\n".join(f"- {note}" for note in outcome.warnings) or "none"
+                ),
                 "tokens_seen": outcome.tokens_seen,
                 "steps": outcome.steps,
                 "gamma": outcome.gamma,
@@ -166,7 +181,9 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
                     passed=final["dead_fraction"] <= config.dead_fraction_ceiling,
                     metadata={
                         "dead_fraction": final["dead_fraction"],
+                        "dead_fraction_heldout": final["dead_fraction_heldout"],
                         "ceiling": config.dead_fraction_ceiling,
+                        "auxk_steps": final["auxk_steps"],
                     },
                 ),
             ],
@@ -178,10 +195,14 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
     @dg.multi_asset(
         outs={
             "sae_checkpoints": _table_out(
-                "One row per dataset × layer: the SAE's shape, training and final held-out metrics, uri. Table `sae_checkpoints`."
+                "One row per dataset × layer: the SAE's shape, training and final held-out metrics, uri. Table "
+                "`sae_checkpoints`; dead_fraction: latents that never fire in a full pass over every token, "
+                "dead_fraction_heldout: over the held-out cells' tokens."
             ),
             "sae_training_log": _table_out(
-                "Metrics every N steps of training (held-out cells). Table `sae_training_log`."
+                "Metrics every N steps of training (held-out cells). Table `sae_training_log`; its dead_fraction is "
+                "the windowed estimate (latents silent for the last dead window of the training stream, 0 until "
+                "one window has passed), not the full-pass value in `sae_checkpoints`."
             ),
         },
         deps=[sae_checkpoint],
@@ -209,7 +230,11 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
             "l0": final["l0"], "dead_fraction": final["dead_fraction"], "dense_fraction": final["dense_fraction"],
             "uri": checkpoint.as_uri(), "model_id": provenance["model_id"], "random_weights": provenance["random_weights"],
             "gamma": provenance["gamma"], "created_at": datetime.now(UTC),
-        }])  # fmt: skip
+            # older checkpoints lack these: NULL, not a failure
+            **{name: final.get(name) for name in ("dead_fraction_heldout", "dead_window_tokens", "warmup_steps", "auxk_steps")},
+            "training_warnings": metrics.get("warnings", []),
+        }], schema_overrides={"dead_fraction_heldout": pl.Float64, "dead_window_tokens": pl.Int64, "warmup_steps": pl.Int64,
+                              "auxk_steps": pl.Int64, "training_warnings": pl.List(pl.String)})  # fmt: skip
         log = pl.DataFrame(metrics["log"]).select(
             pl.lit(dataset).alias("dataset"), pl.lit(layer, dtype=pl.Int64).alias("layer"),
             pl.col("step").cast(pl.Int64), pl.col("tokens_seen").cast(pl.Int64), "mse", "explained_variance", "l0",

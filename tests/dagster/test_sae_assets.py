@@ -12,7 +12,8 @@ from sae_genomics_core.sae.checkpoint import load_checkpoint
 from sae_genomics_dagster.definitions import build_definitions
 from sae_genomics_dagster.sensors import build_sae_after_ingest_sensor
 
-SMALL = {"training_tokens": 60_000, "batch_size": 2048, "dead_window_tokens": 20_000}
+# the dead window and warm-up are left to scale with the run (60k tokens, far below the old 1M window)
+SMALL = {"training_tokens": 60_000, "batch_size": 2048}
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,64 @@ def test_sae_pipeline_writes_checkpoint_tables_and_checks(trained) -> None:
     assert not checks["calibration"].passed and "not evaluated" in checks["calibration"].description
     assert instance.get_latest_materialization_event(dg.AssetKey("enrichment")) is None
     assert checks["explained_variance_floor"].passed == (ev >= 0.7)
+
+
+def _never_fire(loaded, batches) -> float:
+    fired = None
+    for batch in batches:
+        counts = (loaded.encode(batch) > 0).sum(dim=0)
+        fired = counts if fired is None else fired + counts
+    return float((fired == 0).float().mean())
+
+
+def test_dead_fraction_is_the_full_pass_value_and_the_check_uses_it(trained) -> None:
+    import json
+
+    from sae_genomics_core.activations.store import ActivationStore
+    from sae_genomics_core.sae.train import StoreSource
+
+    home, instance, _, result = trained
+    with duckdb.connect(str(home.warehouse), read_only=True) as connection:
+        dead, heldout, window, uri = connection.execute(
+            "select dead_fraction, dead_fraction_heldout, dead_window_tokens, uri from sae_checkpoints "
+            "where dataset = 'chr21' and layer = 1"
+        ).fetchone()
+    loaded = load_checkpoint(Path(uri.removeprefix("file://")))
+    pointer = home.artefacts / "activations" / "chr21" / "CURRENT.json"
+    store = ActivationStore(Path(json.loads(pointer.read_text())["path"]))
+    held_out = StoreSource(store, 1, "resid_post", 0.1, loaded.provenance["seed"]).held_out_cells
+    # brute force, independent of training: every token of the store, then the held-out cells' tokens
+    assert dead == pytest.approx(_never_fire(loaded, store.iter_batches(1, "resid_post", 4096)))
+    assert heldout == pytest.approx(
+        _never_fire(loaded, store.iter_batches(1, "resid_post", 4096, cells=held_out))
+    )
+    assert window == 6000  # a tenth of the 60k training tokens
+    check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "dead_fraction_ceiling")
+    assert check.metadata["dead_fraction"].value == pytest.approx(dead)
+    assert check.passed == (dead <= 0.1)
+    metadata = instance.get_latest_materialization_event(
+        dg.AssetKey("sae_checkpoint")
+    ).asset_materialization.metadata
+    assert metadata["dead_fraction_heldout"].value == pytest.approx(heldout)
+    assert metadata["training_warnings"].value == "none"
+
+
+def test_a_run_too_short_for_auxk_says_so_in_metadata(trained) -> None:
+    _, instance, defs, _ = trained
+    one_step = {"ops": {"sae_checkpoint": {"config": {"training_tokens": 2048, "batch_size": 2048}}}}
+    with pytest.warns(RuntimeWarning, match="AuxK cannot engage"):
+        result = defs.resolve_job_def("sae_pipeline").execute_in_process(
+            partition_key=dg.MultiPartitionKey({"dataset": "chr21", "layer": "0"}),
+            instance=instance,
+            run_config=one_step,
+            asset_selection=[dg.AssetKey("sae_checkpoint")],
+        )
+    assert result.success
+    metadata = instance.get_latest_materialization_event(
+        dg.AssetKey("sae_checkpoint")
+    ).asset_materialization.metadata
+    assert "AuxK cannot engage" in metadata["training_warnings"].value
+    assert metadata["auxk_steps"].value == 0
 
 
 def test_a_hook_that_was_not_extracted_fails_clearly(trained) -> None:

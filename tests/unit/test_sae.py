@@ -10,7 +10,9 @@ from sae_genomics_core.sae.train import (
     SaeTrainingConfig,
     TensorSource,
     build_sae,
+    full_pass_dead_fractions,
     geometric_median,
+    resolve_schedule,
     train_sae,
 )
 
@@ -42,8 +44,9 @@ def synthetic_dictionary(n_tokens: int, d_in: int = 32, n_atoms: int = 64, per_t
 
 
 def _small(**overrides) -> SaeTrainingConfig:
-    values = {"expansion_factor": 4, "k": 4, "training_tokens": 200_000, "batch_size": 1024, "warmup_steps": 20,
-              "log_every_steps": 25, "eval_tokens": 4000, "stats_tokens": 8000, "dead_window_tokens": 50_000, "seed": 3}  # fmt: skip
+    # warm-up and dead window left to scale with the run (resolve_schedule)
+    values = {"expansion_factor": 4, "k": 4, "training_tokens": 200_000, "batch_size": 1024,
+              "log_every_steps": 25, "eval_tokens": 4000, "stats_tokens": 8000, "seed": 3}  # fmt: skip
     return SaeTrainingConfig(**{**values, **overrides})
 
 
@@ -85,6 +88,87 @@ def test_training_engages_auxk_when_latents_die() -> None:
     )
     assert any(row["dead_fraction"] > 0 for row in outcome.log)
     assert any(row["aux_loss"] > 0 for row in outcome.log)
+
+
+def low_rank(n_tokens: int, rank: int = 4, d_in: int = 16, seed: int = 0) -> torch.Tensor:
+    """Tokens in a `rank`-dimensional subspace: most of a wide dictionary has nothing to fire on."""
+    generator = torch.Generator().manual_seed(seed)
+    basis = torch.randn(rank, d_in, generator=generator)
+    return torch.randn(n_tokens, rank, generator=generator) @ basis + 2.0
+
+
+@torch.no_grad()
+def never_fire(outcome, tokens: torch.Tensor) -> float:
+    """Brute force: encode every token at once and count the latents that never fire."""
+    acts = outcome.sae.encode(outcome.normalizer(tokens))
+    return float(((acts > 0).sum(dim=0) == 0).float().mean())
+
+
+def test_dead_fraction_is_measured_over_every_token_after_training() -> None:
+    tokens = low_rank(12_000)
+    # 30k tokens: far shorter than a default window of 1M tokens
+    outcome = train_sae(TensorSource(tokens, 2000), _small(expansion_factor=8, training_tokens=30_000))
+    truly_dead = never_fire(outcome, tokens)
+    print(f"dead: full pass {outcome.final['dead_fraction']:.4f}, brute force {truly_dead:.4f}")
+    assert truly_dead > 0.1  # rank 4 leaves latents with nothing to fire on
+    assert outcome.final["dead_fraction"] == pytest.approx(truly_dead)
+    assert outcome.final["dead_fraction_heldout"] == pytest.approx(never_fire(outcome, tokens[:2000]))
+    assert outcome.final["dead_pass_tokens"] == tokens.shape[0]
+
+
+def test_full_pass_separates_held_out_from_training_tokens() -> None:
+    tokens, _ = synthetic_dictionary(8_000, seed=4)
+    outcome = train_sae(TensorSource(tokens, 1000), _small(training_tokens=20_000))
+    source = TensorSource(tokens, 1000)
+    with torch.no_grad():
+        sae = outcome.sae
+        sae.b_enc[:8] = -1e4  # planted: these can never fire
+        # latent 8 fires only on one training token: a large margin along that token alone
+        u = outcome.normalizer(tokens[5000]) - sae.b_dec
+        sae.W_enc[:, 8] = 100 * u / u.norm()
+        sae.b_enc[8] = -99 * u.norm()
+    measured = full_pass_dead_fractions(sae, source, outcome.normalizer, batch_size=512)
+    assert measured["dead_fraction"] == pytest.approx(never_fire(outcome, tokens))
+    assert measured["dead_fraction_heldout"] == pytest.approx(never_fire(outcome, tokens[:1000]))
+    assert measured["dead_fraction"] >= 8 / sae.cfg.d_sae
+    assert measured["dead_fraction_heldout"] > measured["dead_fraction"]
+
+
+def test_auxk_engages_in_a_short_run_with_default_settings() -> None:
+    tokens = low_rank(12_000, seed=1)
+    outcome = train_sae(TensorSource(tokens, 2000), _small(expansion_factor=8, training_tokens=30_000))
+    assert any(row["aux_loss"] > 0 for row in outcome.log)  # the old 1M-token window never closed here
+    assert outcome.final["dead_window_tokens"] == 3000  # a tenth of the run
+    assert outcome.final["auxk_steps"] > 0
+    assert not outcome.warnings
+
+
+def test_a_run_too_short_for_any_window_warns() -> None:
+    tokens, _ = synthetic_dictionary(4_000, seed=5)
+    with pytest.warns(RuntimeWarning, match="AuxK cannot engage"):
+        outcome = train_sae(TensorSource(tokens, 500), _small(training_tokens=1024, log_every_steps=1))
+    assert any("AuxK cannot engage" in note for note in outcome.warnings)
+    assert outcome.final["auxk_steps"] == 0
+
+
+def test_schedule_scales_with_the_run_and_keeps_feasible_explicit_values() -> None:
+    short = resolve_schedule(_small(training_tokens=60_000))  # 58 steps of 1024
+    assert (short.total_steps, short.warmup_steps, short.dead_window_tokens) == (58, 3, 6000)
+    assert short.auxk_can_engage and not short.warnings
+    long = resolve_schedule(SaeTrainingConfig(training_tokens=4096 * 100_000))
+    assert (long.warmup_steps, long.dead_window_tokens) == (5000, 1_000_000)  # the window's cap
+    honoured = resolve_schedule(_small(training_tokens=60_000, warmup_steps=10, dead_window_tokens=20_000))
+    assert (honoured.warmup_steps, honoured.dead_window_tokens, honoured.warnings) == (10, 20_000, ())
+    # explicit values a 58-step run cannot use are replaced by the scaled ones, and said so
+    replaced = resolve_schedule(
+        _small(training_tokens=60_000, warmup_steps=100, dead_window_tokens=1_000_000)
+    )
+    assert (replaced.warmup_steps, replaced.dead_window_tokens) == (3, 6000)
+    assert len(replaced.warnings) == 2 and replaced.auxk_can_engage
+    tiny = resolve_schedule(_small(training_tokens=1024))
+    assert not tiny.auxk_can_engage and "AuxK cannot engage" in tiny.warnings[-1]
+    with pytest.raises(ValueError, match="dead_window_fraction must be in"):
+        SaeTrainingConfig(dead_window_fraction=0)
 
 
 def test_dictionary_is_recovered() -> None:
