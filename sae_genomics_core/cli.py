@@ -8,11 +8,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sae_genomics_core.config import Home
-from sae_genomics_core.data.h5ad import MATRIX_CHOICES, DatasetError, DatasetOptions, inspect_h5ad
-from sae_genomics_core.warehouse.sql import FORMATS, SqlRefused, format_frame, run_query
+from sae_genomics_core.data.h5ad import (
+    MATRIX_CHOICES,
+    NO_SAMPLE_KEY,
+    SAMPLE_KEY_CANDIDATES,
+    DatasetError,
+    DatasetOptions,
+    inspect_h5ad,
+)
+from sae_genomics_core.warehouse.sql import (
+    DEFAULT_MAX_ROWS,
+    DEFAULT_TIMEOUT_S,
+    FORMATS,
+    SqlRefused,
+    error_text,
+    format_frame,
+    query_warehouse,
+    too_many_rows,
+)
 
 
 def add_dataset_options(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +39,11 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
         "--symbol-column", help="var column with gene symbols ('index' for var_names); default: detect"
     )
     parser.add_argument("--cell-type-key", help="obs column with cell types; default: detect")
+    parser.add_argument(
+        "--sample-key",
+        help="obs column with the sample or donor of each cell (the unit of pseudobulk tests); default: "
+        f"detect one of {', '.join(sorted(SAMPLE_KEY_CANDIDATES))}; '{NO_SAMPLE_KEY}' for no such column",
+    )
     parser.add_argument(
         "--matrix",
         default="auto",
@@ -35,6 +56,7 @@ def dataset_options(args: argparse.Namespace) -> DatasetOptions:
         ensembl_column=args.ensembl_column,
         symbol_column=args.symbol_column,
         cell_type_key=args.cell_type_key,
+        sample_key=args.sample_key,
         matrix=args.matrix,
     )
 
@@ -43,6 +65,20 @@ def add_core_commands(commands: argparse._SubParsersAction) -> None:
     sql = commands.add_parser("sql", help="run a read-only SQL query on the warehouse")
     sql.add_argument("query", help="e.g. \"select count(*) from cells where dataset = 'pbmc68k'\"")
     sql.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    sql.add_argument(
+        "--timeout",
+        type=_non_negative(float),
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"stop the query after this long (default: {DEFAULT_TIMEOUT_S:g}; 0 = no limit)",
+    )
+    sql.add_argument(
+        "--max-rows",
+        type=_non_negative(int),
+        default=DEFAULT_MAX_ROWS,
+        metavar="N",
+        help=f"print at most N rows and say when the result was cut (default: {DEFAULT_MAX_ROWS}; 0 = no limit)",
+    )
     sql.set_defaults(handler=_sql)
 
     validate = commands.add_parser("validate", help="check an .h5ad file and print its validation report")
@@ -52,16 +88,33 @@ def add_core_commands(commands: argparse._SubParsersAction) -> None:
     validate.set_defaults(handler=_validate)
 
 
+def _non_negative(kind: type[float] | type[int]) -> Callable[[str], float | int]:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = -1
+        if not 0 <= value < float("inf"):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number ≥ 0 (0 = no limit)")
+        return value
+
+    return parse
+
+
 def _sql(args: argparse.Namespace) -> int:
     try:
-        frame = run_query(Home.from_env().warehouse, args.query)
-    except (SqlRefused, FileNotFoundError, RuntimeError) as error:
+        result = query_warehouse(
+            Home.from_env().warehouse, args.query, timeout_s=args.timeout, max_rows=args.max_rows
+        )
+    except (SqlRefused, FileNotFoundError, RuntimeError) as error:  # incl. SqlTimedOut
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # duckdb's own errors (unknown table, syntax) are the user's to fix
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error_text(error)}", file=sys.stderr)
         return 1
-    sys.stdout.write(format_frame(frame, args.format))
+    sys.stdout.write(format_frame(result.frame, args.format))
+    if result.truncated:
+        print(f"note: {too_many_rows(result.max_rows)}", file=sys.stderr)
     return 0
 
 

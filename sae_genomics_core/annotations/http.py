@@ -2,8 +2,11 @@
 
 - retries with exponential backoff on connection errors, timeouts, 429 and 5xx (urllib3 ``Retry``),
   honouring ``Retry-After`` (and DisGeNET's ``x-rate-limit-retry-after-seconds``); a wait longer than
-  ``max_retry_after_s`` fails at once with a clear error instead of blocking a run for hours;
-- a (connect, read) timeout on every request;
+  ``max_retry_after_s`` fails at once with a clear error instead of blocking a run for hours; a
+  service that refuses connections or does not answer is retried only ``NO_ANSWER_RETRIES`` times
+  (it is down, not busy), and the error says which of the two it was;
+- a (connect, read) timeout on every request, and an optional bound on the client's total time
+  (``max_total_s``: one refresh), enforced across retries, backoff waits and streamed downloads;
 - a per-service rate limit (minimum interval between requests, shared by threads);
 - conditional GET (ETag / Last-Modified) for bulk files, cached under ``$SAE_GENOMICS_HOME/cache/http``;
 - streamed downloads to a temporary file, sha256 while writing, length checked, atomic rename;
@@ -17,9 +20,11 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +47,7 @@ except Exception:  # running from a source tree without an install
 USER_AGENT = f"sae-genomics/{_PROJECT_VERSION} (single-cell SAE interpretability; python-requests)"
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 CHUNK_BYTES = 1 << 20
+NO_ANSWER_RETRIES = 2  # retries of a refused connection or a timeout (429 and 5xx get `retries`)
 
 
 class HttpError(AnnotationError):
@@ -52,15 +58,58 @@ class RateLimited(HttpError):
     """The service asked us to wait longer than we are willing to block a run."""
 
 
+class OutOfTime(HttpError):
+    """The client's total time (one refresh's `max_total_s`) is spent; nothing more is attempted."""
+
+
+class _Deadline:
+    """A bound on a client's total time from its creation (None: no bound)."""
+
+    def __init__(self, max_total_s: float | None):
+        self.max_total_s = max_total_s or None  # 0 = no bound
+        self.started = time.monotonic()
+
+    def remaining(self) -> float | None:
+        if self.max_total_s is None:
+            return None
+        return self.max_total_s - (time.monotonic() - self.started)
+
+    def check(self, wait_s: float = 0.0, last: str = "") -> None:
+        """OutOfTime when the bound is spent, or would be after waiting `wait_s` more."""
+        remaining = self.remaining()
+        if remaining is not None and remaining < wait_s + 0.001:
+            waited = time.monotonic() - self.started
+            after = f"; last problem: {last}" if last else ""
+            raise OutOfTime(
+                f"gave up after {_seconds(waited)} s: one refresh may take at most {self.max_total_s:g} s "
+                f"(max_refresh_s in external/sources.yaml){after}. Try again later, or raise max_refresh_s "
+                "for this source"
+            )
+
+
 class _Retry(Retry):
     """urllib3 Retry that also reads DisGeNET's retry header and refuses absurd waits."""
 
     max_retry_after_s: float = 300.0
+    deadline: _Deadline | None = None
 
     def new(self, **kw: Any) -> _Retry:
         renewed = super().new(**kw)
         renewed.max_retry_after_s = self.max_retry_after_s
+        renewed.deadline = self.deadline
         return renewed
+
+    def increment(self, *args: Any, **kw: Any) -> Retry:
+        if self.deadline:
+            error, response = kw.get("error"), kw.get("response")
+            last = _failure(error)[1] if error else f"HTTP {response.status}" if response else ""
+            self.deadline.check(last=last)
+        return super().increment(*args, **kw)
+
+    def _sleep_backoff(self) -> None:
+        if self.deadline:
+            self.deadline.check(self.get_backoff_time(), "waiting to retry")
+        super()._sleep_backoff()
 
     def get_retry_after(self, response: Any) -> float | None:
         seconds = super().get_retry_after(response)
@@ -80,6 +129,8 @@ class _Retry(Retry):
                 f"the service asked to retry after {seconds:.0f} s (more than the {self.max_retry_after_s:.0f} s "
                 "this client waits); the quota is probably spent: try again later or raise max_retry_after_s"
             )
+        if seconds is not None and self.deadline:
+            self.deadline.check(seconds, f"the service asked to retry after {seconds:g} s")
         return super().sleep_for_retry(response)
 
 
@@ -155,18 +206,20 @@ class HttpClient:
         retries: int = 5,
         backoff_s: float = 0.5,
         max_retry_after_s: float = 300.0,
+        max_total_s: float | None = None,
         secrets: Sequence[str] = (),
         headers: Mapping[str, str] | None = None,
     ):
         self.service = service
         self.cache_dir = cache_dir / service if cache_dir else None
         self.timeout_s = timeout_s
+        self.deadline = _Deadline(max_total_s)  # starts now: a client serves one refresh
         self.secrets = tuple(s for s in secrets if s)
         self.limiter = RateLimiter(min_interval_s)
         retry = _Retry(
             total=retries,
-            connect=retries,
-            read=retries,
+            connect=min(retries, NO_ANSWER_RETRIES),
+            read=min(retries, NO_ANSWER_RETRIES),
             status=retries,
             backoff_factor=backoff_s,
             backoff_max=60.0,
@@ -178,6 +231,7 @@ class HttpClient:
             raise_on_status=False,
         )
         retry.max_retry_after_s = max_retry_after_s
+        retry.deadline = self.deadline
         self.session = requests.Session()
         adapter = HTTPAdapter(max_retries=retry)
         self.session.mount("http://", adapter)
@@ -192,24 +246,67 @@ class HttpClient:
             text = text.replace(secret, "***")
         return text
 
+    def check_time(self, last: str = "") -> None:
+        """OutOfTime (naming the service) once the client's total time is spent."""
+        try:
+            self.deadline.check(last=last)
+        except OutOfTime as error:
+            raise OutOfTime(f"{self.service}: {error}") from None
+
+    def _timeouts(self) -> tuple[float, float]:
+        """The (connect, read) timeout, shortened to what is left of the total bound."""
+        remaining = self.deadline.remaining()
+        if remaining is None:
+            return self.timeout_s
+        return (min(self.timeout_s[0], remaining), min(self.timeout_s[1], remaining))
+
     def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        self.check_time()
         self.limiter.wait()
-        kwargs.setdefault("timeout", self.timeout_s)
+        self.check_time()
+        timeout = kwargs.setdefault("timeout", self._timeouts())
+        started = time.monotonic()
         try:
             response = self.session.request(method, url, **kwargs)
-        except RateLimited as error:
-            raise RateLimited(f"{self.service}: {error}") from None
+        except HttpError as error:  # RateLimited, OutOfTime: raised inside urllib3's retry loop
+            raise type(error)(f"{self.service}: {error}") from None
         except requests.exceptions.RequestException as error:
-            if not _is_timeout(error):
-                raise HttpError(
-                    f"{self.service}: request to {self.redact(url)} failed after retries: "
-                    f"{self.redact(type(error).__name__ + ': ' + str(error))}"
-                ) from None  # `from None`: the original exception text may hold a URL with a key in it
-            raise HttpError(
-                f"{self.service}: no answer from {self.redact(url)} within {self.timeout_s[1]:.0f} s after "
-                "retries; the service may be down: try again later"
-            ) from None
+            # `from None`: the original exception text may hold a URL with a key in it
+            raise self._failed(error, url, timeout, time.monotonic() - started) from None
         return response
+
+    def _failed(
+        self, error: requests.exceptions.RequestException, url: str, timeout: Any, took_s: float
+    ) -> HttpError:
+        """Refused, unresolved, timed out or other: each says so, with what to do."""
+        kind = _failure(error)[0]
+        where, took = self.redact(url), f"{_seconds(took_s)} s"
+        connect_s, read_s = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        if kind == "refused":
+            return HttpError(
+                f"{self.service}: connection to {where} refused (gave up after {took}): nothing listens "
+                "there, so the service is down or the address is wrong; check the address in "
+                "external/sources.yaml, or try again later"
+            )
+        if kind == "unresolved":
+            return HttpError(
+                f"{self.service}: the host of {where} does not resolve; check the address in "
+                "external/sources.yaml and the network"
+            )
+        if kind == "connect timeout":
+            return HttpError(
+                f"{self.service}: no connection to {where} within {_seconds(connect_s)} s after retries "
+                f"({took} in all); the service or the network is down: try again later"
+            )
+        if kind == "read timeout":
+            return HttpError(
+                f"{self.service}: no answer from {where} within {_seconds(read_s)} s after retries "
+                f"({took} in all); the service may be down or overloaded: try again later"
+            )
+        return HttpError(
+            f"{self.service}: request to {where} failed after retries: "
+            f"{self.redact(type(error).__name__ + ': ' + str(error))}"
+        )
 
     def _check(self, response: requests.Response, url: str) -> None:
         if response.status_code in (401, 403):
@@ -250,7 +347,7 @@ class HttpClient:
         if meta and meta.get("last_modified"):
             headers["If-Modified-Since"] = meta["last_modified"]
         response = self._request("GET", url, headers=headers, stream=True)
-        with response:
+        with response, _cut_at_deadline(response, self.deadline):
             if response.status_code == 304 and meta:
                 return Download(
                     target,
@@ -305,21 +402,64 @@ class HttpClient:
         return Download(target, sha256, size, record["etag"], record["last_modified"], False, fetched_at)
 
 
-def _is_timeout(error: requests.exceptions.RequestException) -> bool:
-    if isinstance(error, requests.exceptions.Timeout):
-        return True
-    # retries exhausted on timeouts surface as ConnectionError(MaxRetryError(reason=ReadTimeoutError))
-    reason = getattr(error.args[0], "reason", None) if error.args else None
-    return isinstance(reason, TimeoutError | urllib3.exceptions.TimeoutError)
+def _failure(error: BaseException) -> tuple[str, str]:
+    """(kind, words) of a request's failure: refused, unresolved, connect or read timeout, other."""
+    inner = error.args[0] if isinstance(error, requests.exceptions.RequestException) and error.args else error
+    # retries exhausted: MaxRetryError(reason=…); else the urllib3 error, or the error itself
+    reason = getattr(inner, "reason", None) or (inner if isinstance(inner, BaseException) else error)
+    if isinstance(reason, urllib3.exceptions.NameResolutionError):
+        return "unresolved", "host name does not resolve"
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError subclass
+        if isinstance(reason.__cause__, ConnectionRefusedError) or "refused" in str(reason).lower():
+            return "refused", "connection refused"
+        return "other", "could not connect"
+    if isinstance(reason, urllib3.exceptions.ConnectTimeoutError | requests.exceptions.ConnectTimeout):
+        return "connect timeout", "no connection (timed out)"
+    if isinstance(reason, TimeoutError | urllib3.exceptions.TimeoutError | requests.exceptions.Timeout):
+        return "read timeout", "no answer (timed out)"
+    return "other", type(reason).__name__
+
+
+def _seconds(value: float) -> str:
+    return f"{round(value, 1):g}"
 
 
 def _chunks(response: requests.Response, client: HttpClient, url: str) -> Iterator[bytes]:
+    last = f"downloading {client.redact(url)}"
     try:
-        yield from response.iter_content(CHUNK_BYTES)
+        for chunk in response.iter_content(CHUNK_BYTES):
+            client.check_time(last)
+            yield chunk
     except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as error:
+        client.check_time(last)  # the connection was cut at the deadline: say so
         raise HttpError(
             f"{client.service}: download of {client.redact(url)} broke off ({type(error).__name__}); try again"
         ) from None
+    client.check_time(last)
+
+
+@contextmanager
+def _cut_at_deadline(response: requests.Response, deadline: _Deadline) -> Iterator[None]:
+    """Shut the download's socket when the total time is spent: a read timeout alone does not
+    bound a body that trickles in, since each byte restarts it."""
+    remaining = deadline.remaining()
+    if remaining is None:
+        yield
+        return
+    timer = threading.Timer(max(remaining, 0.0), _shut, (response,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _shut(response: requests.Response) -> None:
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is not None:
+        with suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _json_of(response: requests.Response, client: HttpClient) -> Any:

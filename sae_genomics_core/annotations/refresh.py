@@ -23,6 +23,10 @@ from sae_genomics_core.annotations.base import (
 from sae_genomics_core.annotations.errors import AnnotationError, SourceSkipped
 from sae_genomics_core.annotations.identifiers import GeneResolver
 
+# the most one refresh may spend on the network (retries, waits, downloads), unless its entry in
+# sources.yaml sets `max_refresh_s` (0 = no bound): a dead service fails the run instead of holding it
+DEFAULT_MAX_REFRESH_S = 3600.0
+
 # database name (sources.yaml key) → "module:Class" under sae_genomics_core.annotations
 CLIENTS: dict[str, str] = {
     "opentargets": "opentargets:OpenTargetsClient",
@@ -46,6 +50,17 @@ def client_class(database: str) -> type[AnnotationClient]:
     return getattr(module, class_name)
 
 
+def max_refresh_s(config: SourceConfig) -> float:
+    """The source's bound on one refresh: `max_refresh_s` in sources.yaml, else the default."""
+    value = config.extra.get("max_refresh_s", DEFAULT_MAX_REFRESH_S)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+        raise AnnotationError(
+            f"{config.name}: max_refresh_s in external/sources.yaml is {value!r}; set it to the seconds one "
+            "refresh may take (a number ≥ 0; 0 = no bound)"
+        )
+    return float(value)
+
+
 def refresh(
     database: str,
     config: SourceConfig,
@@ -66,7 +81,8 @@ def refresh(
             f"{cls.title}: no bundled snapshot (its licence forbids redistribution: {config.licence}); "
             "refresh it in mode 'live' with a key or in mode 'file' with your own download"
         )
-    client = cls.make(config, cache_dir, require_key=mode == "live", **(http_options or {}))
+    options = {"max_total_s": max_refresh_s(config), **(http_options or {})}
+    client = cls.make(config, cache_dir, require_key=mode == "live", **options)
     if mode == "live":
         raw = client.fetch_live(genes if genes is not None else GeneSet.empty())
     else:

@@ -26,6 +26,11 @@ TABLES: dict[str, dict[str, tuple[str, str]]] = {
         "n_empty_cells": ("BIGINT", "cells with no expressed gene"),
         "validation_warnings": ("VARCHAR[]", "what validation reported but did not refuse"),
         "ingested_at": ("TIMESTAMP WITH TIME ZONE", "when the tables were written"),
+        "sample_key": (
+            "VARCHAR",
+            "obs column used for the sample/donor, the unit of pseudobulk tests (NULL: none; cells are the unit)",
+        ),
+        "n_samples": ("BIGINT", "distinct samples (0 without a sample column)"),
     },
     "cells": {
         "dataset": ("VARCHAR", "dataset key"),
@@ -34,6 +39,7 @@ TABLES: dict[str, dict[str, tuple[str, str]]] = {
         "cell_type": ("VARCHAR", "cell type from the configured obs column (nullable)"),
         "n_genes_expressed": ("INTEGER", "genes with a value > 0"),
         "total_counts": ("DOUBLE", "sum of counts (for log1p data: sum of expm1 values)"),
+        "sample": ("VARCHAR", "sample or donor from datasets.sample_key (NULL without a sample column)"),
     },
     "genes": {
         "dataset": ("VARCHAR", "dataset key"),

@@ -2,14 +2,20 @@
 
 Routes map (method, path) to a list of canned answers served in order (the last one repeats), each a
 real-format payload with status, headers, an optional delay (for timeouts) and optional truncation
-(the Content-Length promises more than is sent). ETag / Last-Modified are honoured with 304 when the
-answer sets them. Every request is recorded (method, path, query, headers, body) for assertions.
+(the Content-Length promises more than is sent) or trickling (the body comes in small pieces with
+pauses). ETag / Last-Modified are honoured with 304 when the answer sets them. Every request is
+recorded (method, path, query, headers, body) for assertions.
+
+`closed_port()` and `SilentServer` stand for dead services: nothing listening (connection refused),
+and a server that accepts connections and never answers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +32,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     truncate_to: int | None = None  # send only this many body bytes, while Content-Length says all
+    trickle_s: float = 0.0  # pause between 1 KiB pieces of the body (each piece restarts a read timeout)
 
     @classmethod
     def json(cls, payload: Any, status: int = 200, **kwargs: Any) -> Answer:
@@ -143,8 +150,11 @@ class FakeService:
                         payload = (
                             answer.body if answer.truncate_to is None else answer.body[: answer.truncate_to]
                         )
-                        self.wfile.write(payload)
-                        self.wfile.flush()
+                        pieces = [payload] if not answer.trickle_s else _pieces(payload, 1024)
+                        for piece in pieces:
+                            self.wfile.write(piece)
+                            self.wfile.flush()
+                            time.sleep(answer.trickle_s)
                     if answer.truncate_to is not None:
                         self.close_connection = True
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
@@ -155,3 +165,48 @@ class FakeService:
             do_HEAD = _serve
 
         return Handler
+
+
+def _pieces(payload: bytes, size: int) -> list[bytes]:
+    return [payload[start : start + size] for start in range(0, len(payload), size)]
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (connections are refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class SilentServer:
+    """Accepts TCP connections on 127.0.0.1 and never answers: a hung service."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(64)
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:  # closed by __exit__
+                return
+            self.accepted.append(connection)  # held open, never read or written
+
+    def __enter__(self) -> SilentServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self.socket.close()
+        for connection in self.accepted:
+            connection.close()

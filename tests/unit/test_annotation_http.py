@@ -1,4 +1,5 @@
-"""The HTTP layer against a local fake service: retries, Retry-After, timeouts, truncation, caching, secrets."""
+"""The HTTP layer against a local fake service: retries, Retry-After, timeouts, truncation, caching, secrets,
+refused vs silent services, and the bound on one refresh's total time."""
 
 from __future__ import annotations
 
@@ -8,8 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from sae_genomics_core.annotations.http import USER_AGENT, HttpClient, HttpError, RateLimited
-from tests.fakes.http_service import Answer, FakeService
+from sae_genomics_core.annotations.base import SourceConfig
+from sae_genomics_core.annotations.errors import AnnotationError
+from sae_genomics_core.annotations.http import (
+    NO_ANSWER_RETRIES,
+    USER_AGENT,
+    HttpClient,
+    HttpError,
+    OutOfTime,
+    RateLimited,
+)
+from sae_genomics_core.annotations.identifiers import GeneResolver
+from sae_genomics_core.annotations.refresh import DEFAULT_MAX_REFRESH_S, max_refresh_s, refresh
+from tests.fakes.http_service import Answer, FakeService, SilentServer, closed_port
 
 
 def client(tmp_path: Path, **options: object) -> HttpClient:
@@ -159,3 +171,67 @@ def test_secrets_never_reach_errors_or_logs(tmp_path: Path, caplog: pytest.LogCa
         service.route("/auth", Answer.json({"status": "UNAUTHORIZED"}, status=401))
         with pytest.raises(HttpError, match=r"access refused .*API key"):
             http.get(service.url + "/auth", headers={"Authorization": key})
+
+
+def test_refused_connection_says_refused_quickly(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/bulk.txt"
+    http = HttpClient("testsvc", tmp_path / "cache")  # the production retries and backoff
+    started = time.monotonic()
+    with pytest.raises(HttpError, match=r"testsvc: connection to .* refused") as raised:
+        http.get(url)
+    assert time.monotonic() - started < 5  # 2 retries, 1 s of backoff (was 5 retries, 15 s)
+    assert "no answer" not in str(raised.value) and "external/sources.yaml" in str(raised.value)
+
+
+def test_silent_service_says_no_answer(tmp_path: Path) -> None:
+    with SilentServer() as silent:
+        started = time.monotonic()
+        with pytest.raises(HttpError, match=r"no answer from .* within 0\.5 s") as raised:
+            client(tmp_path, timeout_s=(2.0, 0.5)).get(silent.url + "/x")
+        assert "refused" not in str(raised.value)
+        assert len(silent.accepted) == 1 + NO_ANSWER_RETRIES
+        assert time.monotonic() - started < 0.5 * (1 + NO_ANSWER_RETRIES) + 3
+
+
+def test_total_bound_stops_retries_of_a_silent_service(tmp_path: Path) -> None:
+    with SilentServer() as silent:
+        http = HttpClient("testsvc", tmp_path / "cache", max_total_s=2)  # read timeout 60 s, 5 retries
+        started = time.monotonic()
+        with pytest.raises(OutOfTime, match=r"testsvc: gave up after 2 s.*max_refresh_s.*timed out"):
+            http.download(silent.url + "/bulk.txt", "bulk.txt")
+        assert time.monotonic() - started < 2 + 2
+        with pytest.raises(OutOfTime):  # the bound is spent: nothing more is attempted
+            http.get(silent.url + "/x")
+
+
+def test_total_bound_stops_a_trickling_download(tmp_path: Path) -> None:
+    with FakeService() as service:
+        # 200 KiB at 1 KiB per 50 ms: ~10 s, though no single read waits long enough to time out
+        service.route("/bulk", Answer.text("x" * 200_000, trickle_s=0.05))
+        http = client(tmp_path, timeout_s=(2.0, 2.0), max_total_s=1.5)
+        started = time.monotonic()
+        with pytest.raises(OutOfTime, match=r"at most 1\.5 s"):
+            http.download(service.url + "/bulk", "bulk.txt")
+        assert time.monotonic() - started < 1.5 + 2
+        assert not list((tmp_path / "cache" / "testsvc").glob("bulk.txt*"))
+
+
+def test_total_bound_refuses_a_retry_after_beyond_it(tmp_path: Path) -> None:
+    with FakeService() as service:
+        service.route("/x", Answer.json({}, status=503, headers={"Retry-After": "30"}))
+        started = time.monotonic()
+        with pytest.raises(OutOfTime, match="retry after 30 s"):
+            client(tmp_path, max_total_s=5).get(service.url + "/x")
+        assert time.monotonic() - started < 3
+
+
+def test_refresh_is_bounded_by_max_refresh_s(tmp_path: Path, gene_resolver: GeneResolver) -> None:
+    with SilentServer() as silent:
+        config = SourceConfig("gencc", bulk_url=silent.url + "/gencc.csv", extra={"max_refresh_s": 2})
+        started = time.monotonic()
+        with pytest.raises(AnnotationError, match=r"gencc: gave up after 2 s"):
+            refresh("gencc", config, gene_resolver, mode="live", cache_dir=tmp_path)
+        assert time.monotonic() - started < 2 + 2
+    assert max_refresh_s(SourceConfig("gencc")) == DEFAULT_MAX_REFRESH_S
+    with pytest.raises(AnnotationError, match=r"max_refresh_s in external/sources\.yaml is 'soon'"):
+        max_refresh_s(SourceConfig("gencc", extra={"max_refresh_s": "soon"}))
