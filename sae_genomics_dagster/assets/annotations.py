@@ -27,7 +27,7 @@ from sae_genomics_core.annotations.base import (
 from sae_genomics_core.annotations.errors import AnnotationError, SourceSkipped
 from sae_genomics_core.annotations.http import HttpClient
 from sae_genomics_core.annotations.identifiers import hgnc_release, read_hgnc
-from sae_genomics_core.annotations.refresh import CLIENTS, client_class, refresh
+from sae_genomics_core.annotations.refresh import CLIENTS, DEFAULT_MAX_REFRESH_S, client_class, refresh
 from sae_genomics_core.annotations.store import (
     dataset_gene_set,
     load_resolver,
@@ -80,7 +80,9 @@ def gene_identifiers(
     source = load_gene_identifier_source()
     try:
         if mode == "live":
-            http = HttpClient("hgnc", home.home.cache / "http", min_interval_s=0.1)
+            http = HttpClient(
+                "hgnc", home.home.cache / "http", min_interval_s=0.1, max_total_s=DEFAULT_MAX_REFRESH_S
+            )
             download = http.download(source["bulk_url"], "hgnc_complete_set.txt")
             path, origin = download.path, source["bulk_url"]
         elif mode == "file":
