@@ -9,8 +9,6 @@ columns.
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -20,10 +18,10 @@ import duckdb
 import polars as pl
 from dagster._core.storage.db_io_manager import DbIOManager, DbTypeHandler, TableSlice
 from dagster_duckdb.io_manager import DuckDbClient, DuckDBIOManager
-from filelock import FileLock
 from pydantic import Field
 
 from sae_genomics_core.warehouse.schema import TABLES
+from sae_genomics_core.warehouse.writer import LOCK_TIMEOUT_S, warehouse_writer
 
 
 def _table_exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
@@ -37,11 +35,6 @@ def _quoted(table_slice: TableSlice) -> str:
     return f'"{table_slice.schema}"."{table_slice.table}"'
 
 
-def warehouse_lock(database: str, timeout_s: float = 1800.0) -> FileLock:
-    """The lock every writer of the warehouse takes (the IO manager and direct SQL writers alike)."""
-    return FileLock(f"{database}.lock", timeout=timeout_s)
-
-
 class TransactionalDuckDbClient(DuckDbClient):
     @staticmethod
     def delete_table_slice(context: dg.OutputContext, table_slice: TableSlice, connection: Any) -> None:
@@ -52,34 +45,10 @@ class TransactionalDuckDbClient(DuckDbClient):
     @staticmethod
     @contextmanager
     def connect(context: Any, _: TableSlice) -> Iterator[duckdb.DuckDBPyConnection]:
-        database = context.resource_config["database"]
         config = {"custom_user_agent": "sae-genomics", **context.resource_config["connection_config"]}
         timeout = context.resource_config["lock_timeout_s"]
-        with warehouse_lock(database, timeout):
-            connection = _connect_when_free(database, config, timeout)
-            try:
-                connection.execute("begin transaction")
-                yield connection
-                connection.execute("commit")
-            except BaseException:
-                with contextlib.suppress(duckdb.Error):  # the failed commit may have ended it already
-                    connection.execute("rollback")
-                raise
-            finally:
-                connection.close()
-
-
-def _connect_when_free(database: str, config: dict[str, Any], timeout_s: float) -> duckdb.DuckDBPyConnection:
-    """Open read-write, waiting while a reader outside the file lock (a SQL session) holds DuckDB's lock."""
-    deadline, delay = time.monotonic() + timeout_s, 0.2
-    while True:
-        try:
-            return duckdb.connect(database, read_only=False, config=config)
-        except duckdb.IOException as error:
-            if "lock" not in str(error).lower() or time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        with warehouse_writer(context.resource_config["database"], config, timeout) as connection:
+            yield connection
 
 
 class PolarsByNameTypeHandler(DbTypeHandler[pl.DataFrame]):
@@ -163,7 +132,9 @@ class _InstanceAwareDbIOManager(DbIOManager):
 class WarehouseIOManager(DuckDBIOManager):
     """Writes polars frames to the DuckDB warehouse, one transaction per partition slice."""
 
-    lock_timeout_s: float = Field(default=1800.0, description="how long a write waits for the warehouse lock")
+    lock_timeout_s: float = Field(
+        default=LOCK_TIMEOUT_S, description="how long a write waits for the warehouse lock"
+    )
 
     @staticmethod
     def type_handlers() -> Sequence[DbTypeHandler]:

@@ -25,8 +25,7 @@ def record_vocab_coverage(
     keys = pl.DataFrame({"vocab_key": sorted(vocab_keys)}, schema={"vocab_key": pl.String})
     key = "coalesce(ensembl_id, symbol)" if symbols_too else "ensembl_id"
     connection.register("vocab_keys", keys)
-    try:
-        connection.execute("begin transaction")
+    try:  # the caller's transaction (warehouse_writer) makes the two updates one
         connection.execute(
             f"update genes set in_vocab = {key} is not null and {key} in (select vocab_key from vocab_keys) "
             "where dataset = ?",
@@ -39,10 +38,6 @@ def record_vocab_coverage(
         connection.execute(
             "update datasets set n_genes_in_vocab = ? where dataset = ?", [n_in_vocab, dataset]
         )
-        connection.execute("commit")
-    except Exception:
-        connection.execute("rollback")
-        raise
     finally:
         connection.unregister("vocab_keys")
     return n_in_vocab

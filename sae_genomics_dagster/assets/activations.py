@@ -17,8 +17,8 @@ from sae_genomics_core.data.gene_ids import default_resolver, map_gene_ids
 from sae_genomics_core.data.h5ad import DatasetError, file_checksum, open_matrix
 from sae_genomics_core.data.registry import DatasetNotRegistered
 from sae_genomics_core.model.specs import RANDOM_INIT, TINY_RANDOM, ModelUnavailable
+from sae_genomics_core.warehouse.writer import warehouse_writer
 from sae_genomics_dagster.assets.common import BY_DATASET, OWNERS
-from sae_genomics_dagster.io_manager import warehouse_lock
 from sae_genomics_dagster.partitions import dataset_partitions
 from sae_genomics_dagster.resources import HomeResource, ModelResource
 
@@ -187,12 +187,11 @@ def _record_vocab_coverage(
     context: dg.AssetExecutionContext, home: HomeResource, dataset: str, vocab_path: Path, symbols_too: bool
 ) -> None:
     """datasets.n_genes_in_vocab and genes.in_vocab, unknown at ingest, from the vocab just used."""
-    import duckdb
 
     from sae_genomics_core.warehouse.vocab_coverage import record_vocab_coverage
 
     vocab = json.loads(vocab_path.read_text())
     database = str(home.home.warehouse)
-    with warehouse_lock(database), duckdb.connect(database) as connection:
+    with warehouse_writer(database) as connection:
         n_in_vocab = record_vocab_coverage(connection, dataset, vocab.keys(), symbols_too)
     context.log.info(f"{dataset}: {n_in_vocab} genes in the model vocab recorded in datasets and genes")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import duckdb
 import polars as pl
 from pydantic import Field
 
@@ -35,8 +34,8 @@ from sae_genomics_core.annotations.store import (
     refresh_gene_annotations_view,
 )
 from sae_genomics_core.warehouse.sql import format_frame
+from sae_genomics_core.warehouse.writer import warehouse_writer
 from sae_genomics_dagster.assets.common import OWNERS
-from sae_genomics_dagster.io_manager import warehouse_lock
 from sae_genomics_dagster.resources import HomeResource
 
 GROUP = "annotations"
@@ -196,7 +195,7 @@ def build_annotation_asset(database: str, config: SourceConfig) -> dg.AssetsDefi
         )
         # the table is written as the output is yielded; now the union view can include it
         database_path = str(warehouse)
-        with warehouse_lock(database_path), duckdb.connect(database_path) as connection:
+        with warehouse_writer(database_path) as connection:
             refresh_gene_annotations_view(connection)
 
     return annotation_asset

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import duckdb
 import numpy as np
 import polars as pl
 from pydantic import Field
 
 from sae_genomics_core.warehouse.views import create_feature_summary
+from sae_genomics_core.warehouse.writer import warehouse_writer
 from sae_genomics_dagster.assets.activations import CURRENT
 from sae_genomics_dagster.assets.common import (
     BY_DATASET_LAYER,
@@ -22,7 +22,6 @@ from sae_genomics_dagster.assets.common import (
     sae_device,
     table_out,
 )
-from sae_genomics_dagster.io_manager import warehouse_lock
 from sae_genomics_dagster.resources import HomeResource
 
 GROUP = "features"
@@ -114,7 +113,12 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         settings = AssociationSettings(
             config.top_genes, config.top_cells, config.min_gene_tokens, config.batch_tokens, sae_device()
         )
-        unit_columns = ["cell_index", "cell_id", "cell_type", *(["sample"] if "sample" in cells.columns else [])]
+        unit_columns = [
+            "cell_index",
+            "cell_id",
+            "cell_type",
+            *(["sample"] if "sample" in cells.columns else []),
+        ]
         tables = associate(store, layer, hook, loaded, cells.select(unit_columns), settings)
         vocab = json.loads((store.root / "vocab.json").read_text())
         gene_rows = attach_gene_ids(tables.genes, vocab, genes)
@@ -178,7 +182,7 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         )
         # the outputs above are written as they are yielded; the view over them can now be (re)created
         database = str(home.home.warehouse)
-        with warehouse_lock(database), duckdb.connect(database) as connection:
+        with warehouse_writer(database) as connection:
             create_feature_summary(connection)
 
     return [feature_tables]

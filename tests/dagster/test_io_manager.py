@@ -71,7 +71,7 @@ def test_writes_wait_while_a_reader_holds_the_file(tmp_path: Path) -> None:
 def test_writes_wait_for_the_warehouse_lock(tmp_path: Path) -> None:
     from filelock import Timeout
 
-    from sae_genomics_dagster.io_manager import warehouse_lock
+    from sae_genomics_core.warehouse.writer import warehouse_lock
 
     database = tmp_path / "w.duckdb"
 

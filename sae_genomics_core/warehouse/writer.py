@@ -1,0 +1,61 @@
+"""The one way to write the warehouse: a cross-process file lock, a wait while a reader holds DuckDB's
+own lock, and one transaction, so parallel writers queue instead of failing and a write that fails
+half-way leaves the previous rows.
+
+DuckDB allows a single read-write process per file, and a reader outside the pipeline (`sae-genomics
+sql`, a notebook) holds the file too: opening it read-write then raises "Could not set lock on file".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from filelock import FileLock
+
+LOCK_TIMEOUT_S = 1800.0  # how long a write waits for the warehouse (a long SQL read holds it)
+
+
+def warehouse_lock(database: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> FileLock:
+    """The lock every writer of the warehouse takes (held across the whole transaction)."""
+    return FileLock(f"{database}.lock", timeout=timeout_s)
+
+
+def connect_when_free(
+    database: str | Path, config: dict[str, Any] | None = None, timeout_s: float = LOCK_TIMEOUT_S
+) -> duckdb.DuckDBPyConnection:
+    """Open read-write, waiting (with backoff) while another process holds DuckDB's lock on the file."""
+    deadline, delay = time.monotonic() + timeout_s, 0.2
+    while True:
+        try:
+            return duckdb.connect(str(database), read_only=False, config=config or {})
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower() or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+@contextmanager
+def warehouse_writer(
+    database: str | Path, config: dict[str, Any] | None = None, timeout_s: float = LOCK_TIMEOUT_S
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection inside one transaction, committed when the block ends and rolled back
+    (keeping the previous rows) when it raises."""
+    with warehouse_lock(database, timeout_s):
+        connection = connect_when_free(database, config, timeout_s)
+        try:
+            connection.execute("begin transaction")
+            yield connection
+            connection.execute("commit")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):  # a failed commit may have ended it already
+                connection.execute("rollback")
+            raise
+        finally:
+            connection.close()
