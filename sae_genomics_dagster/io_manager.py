@@ -35,6 +35,19 @@ def _quoted(table_slice: TableSlice) -> str:
     return f'"{table_slice.schema}"."{table_slice.table}"'
 
 
+def table_metadata(table: str, frame: pl.DataFrame, partitioned: bool) -> dict[str, Any]:
+    """Row count and column schema (with the public contract's descriptions) of a written table."""
+    described = TABLES.get(table, {})
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn(name=name, type=str(dtype), description=described.get(name, ("", ""))[1] or None)
+            for name, dtype in frame.schema.items()
+        ]
+    )
+    row_key = "dagster/partition_row_count" if partitioned else "dagster/row_count"
+    return {row_key: frame.height, "dagster/column_schema": schema}
+
+
 class TransactionalDuckDbClient(DuckDbClient):
     @staticmethod
     def delete_table_slice(context: dg.OutputContext, table_slice: TableSlice, connection: Any) -> None:
@@ -92,17 +105,7 @@ class PolarsByNameTypeHandler(DbTypeHandler[pl.DataFrame]):
             (total,) = connection.execute(f"select count(*) from {target}").fetchone()
         finally:
             connection.unregister("incoming_frame")
-        described = TABLES.get(table_slice.table, {})
-        schema = dg.TableSchema(
-            columns=[
-                dg.TableColumn(
-                    name=name, type=str(dtype), description=described.get(name, ("", ""))[1] or None
-                )
-                for name, dtype in obj.schema.items()
-            ]
-        )
-        row_key = "dagster/partition_row_count" if table_slice.partition_dimensions else "dagster/row_count"
-        metadata: dict[str, Any] = {row_key: obj.height, "dagster/column_schema": schema}
+        metadata = table_metadata(table_slice.table, obj, partitioned=bool(table_slice.partition_dimensions))
         if table_slice.partition_dimensions:
             metadata["table_rows_all_partitions"] = int(total)
         return metadata

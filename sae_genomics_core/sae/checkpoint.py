@@ -31,6 +31,23 @@ class CheckpointMismatch(ValueError):
     pass
 
 
+def checkpoint_id(checkpoint: Path) -> str:
+    """The id every row derived from a checkpoint records: its folder's name, the hook and a content key
+    of the activations and the training config (`<hook>-<key>`)."""
+    return Path(checkpoint).parent.name
+
+
+def refuse_rows_of_another_checkpoint(rows: Any, expected_id: str, table: str) -> None:
+    """Refuse `rows` (a polars frame with `checkpoint_id`) unless every row comes from `expected_id`: a
+    partition mixing two SAEs, or one older than the current SAE, must not feed what comes next."""
+    found = sorted(set(rows["checkpoint_id"].to_list())) if "checkpoint_id" in rows.columns else [None]
+    if found != [expected_id]:
+        raise CheckpointMismatch(
+            f"{table} rows come from checkpoint(s) {', '.join(map(str, found))}, the current SAE is "
+            f"{expected_id}: materialise feature_tables for this dataset × layer again first"
+        )
+
+
 def save_checkpoint(directory: Path, outcome: TrainingOutcome, provenance: dict[str, Any]) -> None:
     """Write into a temporary sibling, then swap it in: a failure never leaves a half-written checkpoint."""
     tmp = directory.with_name(directory.name + ".tmp")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
 from filelock import FileLock
 
 LOCK_TIMEOUT_S = 1800.0  # how long a write waits for the warehouse (a long SQL read holds it)
@@ -59,3 +60,49 @@ def warehouse_writer(
             raise
         finally:
             connection.close()
+
+
+def replace_partition(
+    database: str | Path,
+    frames: Mapping[str, pl.DataFrame],
+    partition: Mapping[str, Any],
+    after: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+) -> None:
+    """Replace the `partition` rows (column → value) of several tables in one transaction, so readers
+    never see some tables new and others old; `after` runs inside it (e.g. refreshing a view).
+
+    Tables and columns missing so far are created first, in a transaction of their own: DuckDB will not
+    commit an ALTER in the transaction that deleted the rows."""
+    with warehouse_writer(database) as connection:
+        for table, frame in frames.items():
+            _ensure_columns(connection, table, frame)
+    where = " and ".join(f'"{column}" = ?' for column in partition)
+    with warehouse_writer(database) as connection:
+        for table, frame in frames.items():
+            connection.execute(f'delete from "{table}" where {where}', list(partition.values()))
+            connection.register("incoming_frame", frame.to_arrow())
+            try:
+                connection.execute(f'insert into "{table}" by name select * from incoming_frame')
+            finally:
+                connection.unregister("incoming_frame")
+        if after is not None:
+            after(connection)
+
+
+def _ensure_columns(connection: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> None:
+    connection.register("incoming_frame", frame.to_arrow())
+    try:
+        present = {
+            row[0]
+            for row in connection.execute(
+                "select column_name from information_schema.columns where table_name = ?", [table]
+            ).fetchall()
+        }
+        if not present:
+            connection.execute(f'create table "{table}" as select * from incoming_frame limit 0')
+            return
+        for name, sql_type, *_ in connection.execute("describe select * from incoming_frame").fetchall():
+            if name not in present:
+                connection.execute(f'alter table "{table}" add column "{name}" {sql_type}')
+    finally:
+        connection.unregister("incoming_frame")

@@ -13,15 +13,16 @@ import polars as pl
 from pydantic import Field
 
 from sae_genomics_core.warehouse.views import create_feature_summary
-from sae_genomics_core.warehouse.writer import warehouse_writer
+from sae_genomics_core.warehouse.writer import replace_partition
 from sae_genomics_dagster.assets.activations import CURRENT
 from sae_genomics_dagster.assets.common import (
     BY_DATASET_LAYER,
+    OWNERS,
     chart_metadata,
     charts_dir,
     sae_device,
-    table_out,
 )
+from sae_genomics_dagster.io_manager import table_metadata
 from sae_genomics_dagster.resources import HomeResource
 
 GROUP = "features"
@@ -35,9 +36,10 @@ class FeatureConfig(dg.Config):
 
 
 def open_partition(home: HomeResource, dataset: str, layer: int) -> tuple[Any, str, Any]:
-    """(activation store, hook, loaded SAE) of one dataset × layer; a mismatched checkpoint is refused."""
+    """(activation store, hook, loaded SAE) of one dataset × layer; a mismatched checkpoint is refused.
+    The loaded SAE's provenance carries `checkpoint_id`, the id its derived rows record."""
     from sae_genomics_core.activations.store import ActivationStore
-    from sae_genomics_core.sae.checkpoint import CheckpointMismatch, load_checkpoint
+    from sae_genomics_core.sae.checkpoint import CheckpointMismatch, checkpoint_id, load_checkpoint
 
     sae_pointer = home.home.artefacts / "sae" / dataset / f"L{layer}" / CURRENT
     acts_pointer = home.home.artefacts / "activations" / dataset / CURRENT
@@ -64,36 +66,67 @@ def open_partition(home: HomeResource, dataset: str, layer: int) -> tuple[Any, s
         )
     except CheckpointMismatch as error:
         raise dg.Failure(description=str(error)) from error
+    loaded.provenance["checkpoint_id"] = checkpoint_id(checkpoint)
     return store, hook, loaded
 
 
-def _out(description: str) -> dg.AssetOut:
-    return table_out(description, GROUP, BY_DATASET_LAYER)
+def current_checkpoint_id(home: HomeResource, dataset: str, layer: int) -> str | None:
+    """The id of the dataset × layer's current SAE checkpoint (None before the first one)."""
+    from sae_genomics_core.sae.checkpoint import checkpoint_id
+
+    pointer = home.home.artefacts / "sae" / dataset / f"L{layer}" / CURRENT
+    return checkpoint_id(Path(json.loads(pointer.read_text())["path"])) if pointer.exists() else None
+
+
+def refuse_stale(rows: pl.DataFrame, home: HomeResource, dataset: str, layer: int, table: str) -> None:
+    """Fail the asset when `rows` were not all derived from the current SAE checkpoint."""
+    from sae_genomics_core.sae.checkpoint import CheckpointMismatch, refuse_rows_of_another_checkpoint
+
+    try:
+        refuse_rows_of_another_checkpoint(rows, current_checkpoint_id(home, dataset, layer) or "", table)
+    except CheckpointMismatch as error:
+        raise dg.Failure(description=f"{dataset} layer {layer}: {error}") from error
+
+
+def _spec(name: str, description: str) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        name,
+        description=description,
+        group_name=GROUP,
+        kinds={"duckdb", "polars"},
+        owners=OWNERS,
+        metadata=BY_DATASET_LAYER,
+        deps=["sae_checkpoint", "activations", "cells", "genes"],
+    )
 
 
 def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
     @dg.multi_asset(
-        outs={
-            "feature_stats": _out(
-                "Per feature: fire count, frequency, mean and max activation, cells active. Table `feature_stats`."
+        specs=[
+            _spec(
+                "feature_stats",
+                "Per feature: fire count, frequency, mean and max activation, cells active. Table `feature_stats`.",
             ),
-            "feature_genes": _out(
+            _spec(
+                "feature_genes",
                 "Per feature: top genes by specificity (lift shrunk by empirical Bayes) with score = Σ activation × "
-                "expression bin. Table `feature_genes`."
+                "expression bin. Table `feature_genes`.",
             ),
-            "feature_cells": _out("Per feature: top cells by max activation. Table `feature_cells`."),
-            "feature_cell_types": _out(
+            _spec("feature_cells", "Per feature: top cells by max activation. Table `feature_cells`."),
+            _spec(
+                "feature_cell_types",
                 "Per feature × cell type: a cell's mean activation over its tokens, type vs rest by Welch's t "
                 "(cells) or a paired t over samples (pseudobulk), log2 FC with its lower bound, BH q. "
-                "Table `feature_cell_types`."
+                "Table `feature_cell_types`.",
             ),
-            "feature_histograms": _out(
+            _spec(
+                "feature_histograms",
                 "Per feature: its active cells binned by (max) activation, 20 equal bins from 0 to its maximum; "
-                "the feature pages' activation histograms. Table `feature_histograms`."
+                "the feature pages' activation histograms. Table `feature_histograms`.",
             ),
-        },
+        ],
+        can_subset=False,  # the five tables are written together, in one transaction
         ins={"cells": dg.AssetIn(), "genes": dg.AssetIn()},
-        deps=["sae_checkpoint", "activations"],
         partitions_def=partitions,
         pool="gpu",
     )
@@ -123,17 +156,17 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         vocab = json.loads((store.root / "vocab.json").read_text())
         gene_rows = attach_gene_ids(tables.genes, vocab, genes)
 
+        derived_from = {
+            "checkpoint_id": loaded.provenance["checkpoint_id"],
+            "activations_checksum": store.manifest["checksum"],
+        }
+
         def keyed(frame: pl.DataFrame) -> pl.DataFrame:
             return frame.select(
                 pl.lit(dataset).alias("dataset"), pl.lit(layer, dtype=pl.Int64).alias("layer"), pl.all()
-            )
+            ).with_columns(pl.lit(value).alias(name) for name, value in derived_from.items())
 
-        from sae_genomics_core.viz.charts import (
-            cell_type_heatmap,
-            feature_density,
-            l0_histogram,
-            top_genes_chart,
-        )
+        from sae_genomics_core.viz.charts import feature_density, l0_histogram
 
         directory = charts_dir(home.home, dataset, layer)
         label = f"{dataset} layer {layer}"
@@ -144,45 +177,80 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         mean_l0 = float(
             (tables.l0_counts * np.arange(tables.l0_counts.size)).sum() / max(1, tables.l0_counts.sum())
         )
-        yield dg.Output(
-            keyed(tables.stats), "feature_stats",
-            metadata={
-                "features": tables.stats.height, "tokens": tables.n_tokens,
-                "alive_features": int((tables.stats["fire_count"] > 0).sum()), "mean_l0": mean_l0,
-                "feature_density": chart("feature_density", feature_density(tables.stats, f"feature density, {label}")),
-                "l0_histogram": chart("l0_histogram", l0_histogram(tables.l0_counts, f"L0 per token, {label}")),
+        frames = {
+            "feature_stats": keyed(tables.stats),
+            "feature_genes": keyed(gene_rows.select(GENE_COLUMNS)),
+            "feature_cells": keyed(tables.cells),
+            "feature_cell_types": keyed(tables.cell_types),
+            "feature_histograms": keyed(tables.histograms),
+        }
+        # one transaction for the five tables and the view over them: a crash never leaves a partition
+        # whose tables come from two SAEs
+        replace_partition(
+            home.home.warehouse, frames, {"dataset": dataset, "layer": layer}, after=create_feature_summary
+        )
+        metadata = {
+            "feature_stats": {
+                "features": tables.stats.height,
+                "tokens": tables.n_tokens,
+                "alive_features": int((tables.stats["fire_count"] > 0).sum()),
+                "mean_l0": mean_l0,
+                "feature_density": chart(
+                    "feature_density", feature_density(tables.stats, f"feature density, {label}")
+                ),
+                "l0_histogram": chart(
+                    "l0_histogram", l0_histogram(tables.l0_counts, f"L0 per token, {label}")
+                ),
                 "charts_dir": dg.MetadataValue.path(str(directory)),
             },
-        )  # fmt: skip
-        gene_metadata: dict[str, Any] = {"rows": gene_rows.height}
-        if gene_rows.height:  # the busiest feature's top genes, as an example of what feature_genes holds
-            busiest = int(tables.stats.sort("fire_count", descending=True)["feature"][0])
-            gene_metadata["top_genes_of_the_busiest_feature"] = chart(
-                "top_genes_busiest_feature",
-                top_genes_chart(
-                    gene_rows.filter(pl.col("feature") == busiest), f"feature {busiest}: top genes, {label}"
-                ),
-            )
-        yield dg.Output(keyed(gene_rows.select("feature", "ensembl_id", "symbol", "score", "n_tokens", "mean_activation", "specificity", "rank", "gene_id", "raw_specificity", "specificity_z")),
-                        "feature_genes", metadata=gene_metadata)  # fmt: skip
-        yield dg.Output(keyed(tables.cells), "feature_cells", metadata={"rows": tables.cells.height})
-        significant = int((tables.cell_types["q_value"] < 0.05).sum()) if tables.cell_types.height else 0
-        cell_type_metadata: dict[str, Any] = {
-            "rows": tables.cell_types.height,
-            "significant_q05": significant,
+            "feature_genes": _gene_metadata(tables.stats, gene_rows, chart, label),
+            "feature_cell_types": _cell_type_metadata(tables.cell_types, chart, label),
         }
-        if tables.cell_types.height:
-            cell_type_metadata["cell_type_heatmap"] = chart(
-                "cell_type_heatmap",
-                cell_type_heatmap(tables.cell_types, f"cell type × feature log2 FC, {label}"),
+        for name, frame in frames.items():
+            yield dg.MaterializeResult(
+                asset_key=name,
+                metadata={
+                    **table_metadata(name, frame, partitioned=True),
+                    **metadata.get(name, {}),
+                    **derived_from,
+                },
             )
-        yield dg.Output(keyed(tables.cell_types), "feature_cell_types", metadata=cell_type_metadata)
-        yield dg.Output(
-            keyed(tables.histograms), "feature_histograms", metadata={"rows": tables.histograms.height}
-        )
-        # the outputs above are written as they are yielded; the view over them can now be (re)created
-        database = str(home.home.warehouse)
-        with warehouse_writer(database) as connection:
-            create_feature_summary(connection)
 
     return [feature_tables]
+
+
+GENE_COLUMNS = [
+    *("feature", "ensembl_id", "symbol", "score", "n_tokens", "mean_activation", "specificity", "rank"),
+    *("gene_id", "raw_specificity", "specificity_z"),
+]
+
+
+def _gene_metadata(stats: pl.DataFrame, gene_rows: pl.DataFrame, chart: Any, label: str) -> dict[str, Any]:
+    from sae_genomics_core.viz.charts import top_genes_chart
+
+    if not gene_rows.height:
+        return {}
+    busiest = int(
+        stats.sort("fire_count", descending=True)["feature"][0]
+    )  # an example of what the table holds
+    example = gene_rows.filter(pl.col("feature") == busiest)
+    return {
+        "top_genes_of_the_busiest_feature": chart(
+            "top_genes_busiest_feature", top_genes_chart(example, f"feature {busiest}: top genes, {label}")
+        )
+    }
+
+
+def _cell_type_metadata(cell_types: pl.DataFrame, chart: Any, label: str) -> dict[str, Any]:
+    from sae_genomics_core.viz.charts import cell_type_heatmap
+
+    if not cell_types.height:
+        return {"significant_q05": 0}
+    passing = (pl.col("q_value") <= 0.05) & (pl.col("log2_fold_change_lower") > 0)
+    return {
+        "significant_q05": int(cell_types.filter(pl.col("q_value") <= 0.05).height),
+        "significant_q05_with_effect": int(cell_types.filter(passing).height),
+        "cell_type_heatmap": chart(
+            "cell_type_heatmap", cell_type_heatmap(cell_types, f"cell type × feature log2 FC, {label}")
+        ),
+    }

@@ -75,3 +75,36 @@ def test_assets_write_only_through_the_one_writer() -> None:
         if re.findall(r"duckdb\.connect\(", path.read_text())
     }
     assert direct == {}
+
+
+def test_tables_replaced_together_or_not_at_all(tmp_path: Path) -> None:
+    import polars as pl
+
+    from sae_genomics_core.warehouse.writer import replace_partition
+
+    database = tmp_path / "w.duckdb"
+    partition = {"dataset": "a", "layer": 1}
+
+    def frames(checkpoint: str, value: object) -> dict[str, pl.DataFrame]:
+        row = {"dataset": "a", "layer": 1, "checkpoint_id": checkpoint}
+        return {"first": pl.DataFrame([{**row, "x": 1}]), "second": pl.DataFrame([{**row, "x": value}])}
+
+    replace_partition(database, frames("old", 2), partition)
+    replace_partition(
+        database, {"first": pl.DataFrame([{"dataset": "b", "layer": 1, "x": 9}])}, {"dataset": "b"}
+    )
+    # the second table's insert fails (a value that cannot be cast): the first table must stay old too
+    with pytest.raises(duckdb.Error):
+        replace_partition(database, frames("new", "not a number"), partition)
+    with duckdb.connect(str(database), read_only=True) as connection:
+        checkpoints = connection.execute(
+            "select checkpoint_id from first where dataset = 'a' union all select checkpoint_id from second"
+        ).fetchall()
+        other = connection.execute("select x from first where dataset = 'b'").fetchall()
+    assert checkpoints == [("old",), ("old",)] and other == [(9,)]
+    replace_partition(
+        database, frames("new", 3), partition, after=lambda c: c.execute("create view v as select 1")
+    )
+    with duckdb.connect(str(database), read_only=True) as connection:
+        assert connection.execute("select distinct checkpoint_id from second").fetchall() == [("new",)]
+        assert connection.execute("select * from v").fetchall() == [(1,)]
