@@ -8,7 +8,8 @@ One job per database, all units × all terms at once:
   those of them in the universe (`gene_set_scope="background"`, the usual gene-list ∩ universe), or its
   top genes among the universe itself (`"universe"`, always full sets but reaching deeper into the
   feature's ranking where its best genes are unannotated);
-- terms: annotation terms within the universe with `min_term_size` ≤ size ≤ `max_term_size`; ontology
+- terms: annotation terms within the universe of at least `min_term_size` genes and at most
+  `max_term_fraction` of the universe (or `max_term_size` genes where that is given); ontology
   databases (HPO) are first propagated up is_a (true-path rule) and kept to one branch (`term_roots`:
   HPO's Phenotypic abnormality, so the root, Clinical modifier, Onset, ... are never tested);
 - overlaps: one sparse product (units × genes) · (genes × terms); pairs with overlap ≥ `min_overlap`
@@ -16,19 +17,26 @@ One job per database, all units × all terms at once:
   as p = 1 in Benjamini–Hochberg over every unit × term pair of the database;
 - STRING: no terms; a network statistic (edges inside the gene set vs a degree-aware null) per unit,
   BH over the units.
+
+`calibrate` checks the p-values themselves on shuffled gene sets (see its docstring).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from sae_genomics_core.enrichment.hypergeom import bh_q_values, hypergeom_log_sf, odds_ratio
+from sae_genomics_core.enrichment.hypergeom import (
+    bh_q_values,
+    hypergeom_log_sf,
+    odds_ratio,
+    rejection_probabilities,
+)
 from sae_genomics_core.enrichment.ontology import OntologyTables
 
 NETWORK_DATABASES = ("string",)
@@ -62,7 +70,10 @@ class EnrichmentSettings:
     gene_set_order: Literal["score", "rank"] = "score"
     gene_set_scope: Literal["background", "universe"] = "background"
     min_term_size: int = 5
-    max_term_size: int = 500
+    # terms larger than this fraction of the database's universe are not tested (0.1: the former 500 genes
+    # of a typical 5,000-gene annotated universe); an absolute max_term_size, where given, replaces it
+    max_term_fraction: float = 0.1
+    max_term_size: int | None = None
     min_overlap: int = 2
     fdr: float = 0.05
     annotated_only: bool = True
@@ -81,14 +92,26 @@ class EnrichmentSettings:
             problems.append("gene_set_order must be 'score' or 'rank'")
         if self.gene_set_scope not in ("background", "universe"):
             problems.append("gene_set_scope must be 'background' or 'universe'")
-        if not 1 <= self.min_term_size <= self.max_term_size:
+        if self.min_term_size < 1 or (
+            self.max_term_size is not None and self.max_term_size < self.min_term_size
+        ):
             problems.append("term sizes need 1 <= min_term_size <= max_term_size")
+        if not 0 < self.max_term_fraction <= 1:
+            problems.append(
+                "max_term_fraction must be in (0, 1]: terms at most this fraction of the universe"
+            )
         if self.min_overlap < 1:
             problems.append("min_overlap must be at least 1")
         if not 0 < self.fdr < 1:
             problems.append("fdr must be between 0 and 1")
         if problems:
             raise ValueError("invalid enrichment settings: " + "; ".join(problems))
+
+    def term_size_limit(self, universe_size: int) -> int:
+        """The largest term tested in a universe of this many genes."""
+        if self.max_term_size is not None:
+            return self.max_term_size
+        return int(self.max_term_fraction * universe_size)
 
 
 @dataclass(frozen=True)
@@ -116,6 +139,18 @@ class DatabaseSummary:
     n_units_significant: int
     background_size: int
     notes: dict[str, object] = field(default_factory=dict)
+    design: NullDesign | None = None  # what the calibration check needs to compute null rejection rates
+
+
+@dataclass(frozen=True)
+class NullDesign:
+    """The hypergeometric family of one database: every unit × term pair, as the calibration sees it."""
+
+    units: np.ndarray  # unit id per set
+    set_sizes: np.ndarray  # per set, its genes in the universe
+    term_sizes: np.ndarray  # per tested term, its genes in the universe
+    population: int
+    min_overlap: int
 
 
 @dataclass
@@ -125,7 +160,7 @@ class EnrichmentResult:
 
     def summary_frame(self) -> pl.DataFrame:
         return pl.DataFrame(
-            [{k: v for k, v in vars(s).items() if k != "notes"} for s in self.summaries],
+            [{k: v for k, v in vars(s).items() if k not in ("notes", "design")} for s in self.summaries],
             schema={
                 "database": pl.String, "statistic": pl.String, "n_units": pl.Int64, "n_terms": pl.Int64,
                 "n_tests": pl.Int64, "n_tested_pairs": pl.Int64, "n_significant": pl.Int64,
@@ -249,7 +284,9 @@ def _hypergeometric(
     candidates = background if settings.gene_set_scope == "background" else None
     sets = gene_sets(unit_genes, universe, settings, candidates)
     sizes = terms_long.group_by("term_id").len()
-    kept = sizes.filter(pl.col("len").is_between(settings.min_term_size, settings.max_term_size))
+    kept = sizes.filter(
+        pl.col("len").is_between(settings.min_term_size, settings.term_size_limit(len(universe)))
+    )
     term_info = (
         terms_long.filter(pl.col("term_id").is_in(kept["term_id"].implode()))
         .group_by("term_id").agg(pl.col("term_name").first(), pl.col("term_kind").first(), pl.len().alias("size"))
@@ -266,6 +303,7 @@ def _hypergeometric(
         shape=(sets.genes.size, term_info.height),
     )
     n_units, n_terms, population = sets.features.size, term_info.height, len(universe)
+    notes["max_term_size"] = settings.term_size_limit(population)
     overlaps = (sets.members @ annotation).tocoo()
     tested = overlaps.data >= settings.min_overlap
     unit_row, term_col, overlap = (
@@ -297,6 +335,7 @@ def _hypergeometric(
         database=database, statistic="hypergeometric", n_units=n_units, n_terms=n_terms, n_tests=n_tests,
         n_tested_pairs=n_tested_pairs, n_significant=n_significant,
         n_units_significant=n_units_significant, background_size=population, notes=notes,
+        design=NullDesign(sets.features, sets.sizes, term_info["size"].to_numpy(), population, settings.min_overlap),
     )  # fmt: skip
     return table.select(list(ENRICHMENT_SCHEMA)).cast(ENRICHMENT_SCHEMA), summary  # type: ignore[arg-type]
 
@@ -370,8 +409,13 @@ def _network(
     frame: pl.DataFrame,
     settings: EnrichmentSettings,
 ) -> tuple[pl.DataFrame, DatabaseSummary]:
-    from sae_genomics_core.enrichment.network import Network, network_enrichment
+    from sae_genomics_core.annotations.string_db import score_basis
+    from sae_genomics_core.enrichment.network import MAX_PERMUTATIONS, Network, network_enrichment
 
+    # what the STRING scores were made from (channels, or combined_score), recorded with every row
+    basis = score_basis(
+        frame["source_version"].drop_nulls().unique() if "source_version" in frame.columns else []
+    )
     sets = gene_sets(unit_genes, background, settings)
     index = _column_index(sets.genes)
     edges = (
@@ -386,7 +430,7 @@ def _network(
     p_values = result["p_value"].to_numpy()
     table = pl.DataFrame({
         "feature": sets.features[rows], "database": [database] * rows.size, "term_id": [NETWORK_TERM_ID] * rows.size,
-        "term_name": [f"edges within the gene set (STRING combined score ≥ {settings.min_network_score:g})"] * rows.size,
+        "term_name": [f"edges within the gene set (STRING score ≥ {settings.min_network_score:g}; {basis})"] * rows.size,
         "term_kind": ["network"] * rows.size, "statistic": ["string_network"] * rows.size,
         "overlap": result["observed_edges"].to_numpy(), "feature_set_size": result["set_size"].to_numpy(),
         "term_size": np.full(rows.size, network.n_edges, dtype=np.int64),
@@ -404,9 +448,43 @@ def _network(
         database=database, statistic="string_network", n_units=sets.features.size, n_terms=1, n_tests=result.height,
         n_tested_pairs=result.height, n_significant=int(table["significant"].sum()),
         n_units_significant=table.filter("significant")["feature"].n_unique(), background_size=len(background),
-        notes={"edges": network.n_edges},
+        notes={
+            "edges": network.n_edges, "score": basis,
+            # "monte_carlo": p-values below the tail's refine threshold, redone by sequential Monte Carlo
+            "p_value_methods": dict(result["p_value_method"].value_counts().iter_rows()),
+            "monte_carlo_at_cap": int((result["null_draws"] >= MAX_PERMUTATIONS).sum()),
+        },
     )  # fmt: skip
     return table.select(list(ENRICHMENT_SCHEMA)).cast(ENRICHMENT_SCHEMA), summary  # type: ignore[arg-type]
+
+
+def evidence_sources(derived_from: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """database → the independent source it counts as: databases linked by `derived_from` (in either
+    direction, transitively) form one group, named by its alphabetically first member. A feature
+    significant in HPO and in a Monarch snapshot derived from HPO then has one source of evidence, not two."""
+    parent = {name: name for name in derived_from}
+    for links in derived_from.values():
+        parent.update({link: link for link in links if link not in parent})
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            name = parent[name]
+        return name
+
+    for name, links in derived_from.items():
+        for link in links:
+            first, second = sorted((root(name), root(link)))
+            parent[second] = first
+    return {name: root(name) for name in parent}
+
+
+def with_evidence_source(table: pl.DataFrame, sources: Mapping[str, str]) -> pl.DataFrame:
+    """The enrichment rows with `evidence_source` (see `evidence_sources`; a database not listed is its own)."""
+    return table.with_columns(
+        evidence_source=pl.col("database").replace_strict(
+            dict(sources), default=pl.col("database"), return_dtype=pl.String
+        )
+    )
 
 
 def random_gene_sets(sizes: np.ndarray, universe: Sequence[str], seed: int) -> pl.DataFrame:
@@ -446,37 +524,194 @@ def shuffled_gene_sets(unit_genes: pl.DataFrame, seed: int) -> pl.DataFrame:
     return dealt.unique(["feature", "ensembl_id"], keep="first", maintain_order=True)
 
 
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """The p-value-level calibration check (`calibrate`).
+
+    thresholds: p-value levels at which the null rejection count is compared with its expectation;
+    level: the check's family-wise false-alarm rate, Bonferroni-split over thresholds × databases;
+    repeats: independent shuffles of all the features' gene sets;
+    max_detectable_ratio: a (database, threshold) whose bound could not catch p-values this many times
+    too small has too few null tests and is reported "not testable", never "pass"."""
+
+    thresholds: tuple[float, ...] = (0.01, 0.001)
+    level: float = 0.01
+    repeats: int = 3
+    max_detectable_ratio: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise ValueError("calibration needs at least one repeat")
+        if not self.thresholds or not all(0 < t < 1 for t in self.thresholds):
+            raise ValueError("calibration thresholds must be p-value levels between 0 and 1")
+        if not 0 < self.level < 1:
+            raise ValueError("the calibration level must be between 0 and 1")
+
+
+CALIBRATION_SCHEMA: dict[str, pl.DataType] = {
+    "database": pl.String(),
+    "statistic": pl.String(),
+    "threshold": pl.Float64(),
+    "n_sets": pl.Int64(),
+    "n_tests": pl.Int64(),
+    "observed": pl.Int64(),  # null tests with p ≤ threshold
+    "expected": pl.Float64(),  # their expectation under the null (attainable levels summed)
+    "observed_fraction": pl.Float64(),
+    "expected_fraction": pl.Float64(),
+    "ratio": pl.Float64(),
+    "design_effect": pl.Float64(),
+    "detectable_ratio": pl.Float64(),  # the smallest observed / expected the bound would reject
+    "p_too_many": pl.Float64(),
+    "p_too_few": pl.Float64(),
+    "level": pl.Float64(),  # per database × threshold (Bonferroni share of the check's level)
+    "status": pl.String(),
+}
+
+
 def calibrate(
     unit_genes: pl.DataFrame,
     background: Sequence[str],
     annotations: Mapping[str, pl.DataFrame],
     settings: EnrichmentSettings = EnrichmentSettings(),
     ontologies: Mapping[str, OntologyTables] | None = None,
-    repeats: int = 1,
+    check: CalibrationSettings = CalibrationSettings(),
 ) -> pl.DataFrame:
-    """The features' genes shuffled across features (`shuffled_gene_sets`) through the very same selection
-    and tests: per database, the fraction of random sets with at least one significant term. With the
-    right universe BH keeps it near or below the FDR level; a universe wider than where feature genes come
-    from (the published 20,000-gene mistake) or an anti-conservative test pushes it up."""
-    if repeats < 1:
-        raise ValueError("calibration needs at least one repeat")
-    frames = []
-    for repeat in range(repeats):
-        random_sets = shuffled_gene_sets(unit_genes, settings.seed + 1 + repeat)
-        result = enrich(random_sets, background, annotations, settings, ontologies)
-        frames.append(
-            result.summary_frame().select(
-                "database", pl.col("n_units").alias("n_sets"), pl.col("n_units_significant").alias("n_sets_significant"),
-                pl.col("n_significant").alias("n_significant_pairs"), "n_tests",
-            )
-        )  # fmt: skip
-    return (
-        pl.concat(frames)
-        .group_by("database", maintain_order=True)
-        .agg(pl.col("n_sets", "n_sets_significant", "n_significant_pairs", "n_tests").sum())
-        .with_columns(
-            fraction_significant=pl.col("n_sets_significant")
-            / pl.max_horizontal(pl.col("n_sets"), pl.lit(1)),
-            fdr=pl.lit(settings.fdr),
+    """Are the p-values valid where feature gene sets come from? One row per database × threshold.
+
+    The features' genes are shuffled across features (`shuffled_gene_sets`: no set means anything) and go
+    through the very same selection and tests. Under this null a hypergeometric pair reaches p ≤ t with
+    its attainable probability (`rejection_probabilities`, exact for the pair's set size, term size,
+    universe and min_overlap, ≤ t because the test is discrete); summed over every unit × term pair that
+    is the expected count. The observed count must not exceed it beyond an exact one-sided binomial bound
+    (binomtest at `check.level` / (thresholds × databases)); pairs sharing a set are dependent (terms
+    overlap, HPO terms nest), so the counts are first divided by a design effect estimated from the
+    per-set counts (Kish: ≥ 1, 1 for independent tests). A universe wider than where feature genes come
+    from, or p-values too small, push the count up; far fewer rejections than attainable (p-values too
+    large) are reported as "conservative". STRING (one network p-value per set, continuous-approximated)
+    is held to the nominal t. Nothing to test, or too few tests to catch p-values
+    `check.max_detectable_ratio` times too small: "not testable", never a pass."""
+    settings = replace(settings, only_most_specific=False)  # every tested pair counts
+    runs = [
+        enrich(
+            shuffled_gene_sets(unit_genes, settings.seed + 1 + r),
+            background,
+            annotations,
+            settings,
+            ontologies,
         )
+        for r in range(check.repeats)
+    ]
+    databases = list(annotations)
+    level = check.level / max(1, len(check.thresholds) * len(databases))
+    rows = [
+        _calibration_row(database, threshold, _null_counts(runs, database, threshold), level, check)
+        for database in databases
+        for threshold in check.thresholds
+    ]
+    return pl.DataFrame(rows, schema=CALIBRATION_SCHEMA)
+
+
+def calibration_verdicts(calibration: pl.DataFrame) -> dict[str, str]:
+    """database → "fail" (a threshold beyond its bound), "pass" (some threshold testable, none failed; a
+    conservative one passes) or "not testable" (no threshold could have failed)."""
+    verdicts = {}
+    for database, frame in calibration.group_by("database", maintain_order=True):
+        statuses = set(frame["status"].to_list())
+        verdicts[str(database[0])] = (
+            "fail" if "fail" in statuses else "not testable" if statuses == {"not testable"} else "pass"
+        )
+    return verdicts
+
+
+@dataclass
+class _NullCounts:
+    statistic: str
+    observed: np.ndarray  # per shuffled set: its tests with p ≤ threshold
+    expected: np.ndarray  # per shuffled set: the null expectation of that count
+    tests: np.ndarray  # per shuffled set: its tests (unit × term pairs)
+
+
+def _null_counts(runs: list[EnrichmentResult], database: str, threshold: float) -> _NullCounts:
+    observed, expected, tests, statistic = [], [], [], "hypergeometric"
+    for run in runs:
+        summary = next(s for s in run.summaries if s.database == database)
+        statistic = summary.statistic
+        table = run.table.filter(pl.col("database") == database)
+        if summary.design is None:  # a network statistic: one test per set, valid p-values hold P ≤ t
+            units = table.filter(pl.col("p_value").is_not_null())
+            observed.append((units["p_value"].to_numpy() <= threshold).astype(np.int64))
+            expected.append(np.full(units.height, threshold))
+            tests.append(np.ones(units.height, dtype=np.int64))
+            continue
+        design = summary.design
+        sizes, per_size = np.unique(design.set_sizes, return_inverse=True)
+        terms, per_term = np.unique(design.term_sizes, return_counts=True)
+        grid = rejection_probabilities(sizes, terms, design.population, design.min_overlap, threshold)
+        hits = table.filter(pl.col("p_value") <= threshold).group_by("feature").len()
+        count = dict(zip(hits["feature"].to_list(), hits["len"].to_list(), strict=True))
+        observed.append(np.array([count.get(int(u), 0) for u in design.units], dtype=np.int64))
+        expected.append((grid @ per_term)[per_size.reshape(-1)] if sizes.size else np.zeros(0))
+        tests.append(np.full(design.units.size, design.term_sizes.size, dtype=np.int64))
+    return _NullCounts(statistic, *(np.concatenate(parts) for parts in (observed, expected, tests)))
+
+
+def _calibration_row(
+    database: str, threshold: float, counts: _NullCounts, level: float, check: CalibrationSettings
+) -> dict[str, object]:
+    from scipy.stats import binom, binomtest
+
+    n_tests, observed, expected = (
+        int(counts.tests.sum()),
+        int(counts.observed.sum()),
+        float(counts.expected.sum()),
     )
+    row: dict[str, object] = {
+        "database": database,
+        "statistic": counts.statistic,
+        "threshold": threshold,
+        "n_sets": counts.tests.size,
+        "n_tests": n_tests,
+        "observed": observed,
+        "expected": expected,
+        "level": level,
+        "status": "not testable",
+    }
+    if n_tests == 0 or expected <= 0:
+        return row
+    ratio = observed / expected
+    # dispersion of the per-set counts around the fitted rate, relative to the null's Poisson variance (so a
+    # chance excess cannot shrink it), with the small-sample factor S / (S − 1) over S sets
+    residual = float(np.sum((counts.observed - ratio * counts.expected) ** 2))
+    n_sets = counts.tests.size
+    design_effect = max(1.0, residual / expected * n_sets / max(n_sets - 1, 1))
+    n_eff = max(1, round(n_tests / design_effect))
+    k_eff = min(n_eff, round(observed / design_effect))
+    p0 = expected / n_tests  # the mean attainable level: a binomial is the widest law with this mean
+    p_too_many = binomtest(k_eff, n_eff, p0, alternative="greater").pvalue
+    exact = counts.statistic == "hypergeometric"  # a known attainable level: too few is meaningful too
+    p_too_few = binomtest(k_eff, n_eff, p0, alternative="less").pvalue if exact else None
+    critical = float(binom.isf(level, n_eff, p0)) + 1  # the smallest effective count the bound rejects
+    detectable = critical * design_effect / expected
+    row.update(
+        observed_fraction=observed / n_tests,
+        expected_fraction=p0,
+        ratio=ratio,
+        design_effect=design_effect,
+        detectable_ratio=detectable,
+        p_too_many=p_too_many,
+        p_too_few=p_too_few,
+    )
+    row["status"] = _status(p_too_many, p_too_few, detectable, level, check)
+    return row
+
+
+def _status(
+    p_too_many: float, p_too_few: float | None, detectable: float, level: float, check: CalibrationSettings
+) -> str:
+    if p_too_many < level:
+        return "fail"
+    if detectable > check.max_detectable_ratio:
+        return "not testable"
+    if p_too_few is not None and p_too_few < level:
+        return "conservative"
+    return "pass"

@@ -138,3 +138,39 @@ def bh_q_values(p_values: np.ndarray, n_tests: int) -> np.ndarray:
         raise ValueError(f"n_tests ({n_tests}) is smaller than the number of p-values ({p_values.size})")
     within = multipletests(p_values, method="fdr_bh")[1]
     return np.minimum(1.0, within * (n_tests / p_values.size))
+
+
+def rejection_probabilities(
+    set_sizes: np.ndarray, term_sizes: np.ndarray, population: int, min_overlap: int, alpha: float
+) -> np.ndarray:
+    """P(p ≤ alpha) under the null for every (set size, term size) pair: a (sets × terms) grid.
+
+    The test is discrete, so this attainable level is below alpha, far below for small sets or terms: the
+    smallest overlap c ≥ min_overlap with P(X ≥ c) ≤ alpha is the critical value and P(X ≥ c) the level.
+    Computed from the pmf directly (log-gamma, summed from the top of the support), independently of
+    `hypergeom_log_sf`, so a calibration check built on it can catch that function going wrong."""
+    K = np.asarray(term_sizes, dtype=np.float64)[:, None]
+    sizes = np.asarray(set_sizes, dtype=np.int64)
+    levels = np.zeros((sizes.size, K.shape[0]))
+    for row, n in enumerate(sizes):
+        levels[row] = _attainable_level(int(n), K, float(population), min_overlap, alpha)
+    return levels
+
+
+def _attainable_level(n: int, K: np.ndarray, N: float, min_overlap: int, alpha: float) -> np.ndarray:
+    k = np.arange(n + 1, dtype=np.float64)[None, :]
+    valid = (k <= K) & (n - k <= N - K)
+    log_pmf = _log_choose(K, k) + _log_choose(N - K, n - k) - _log_choose(np.float64(N), np.float64(n))
+    pmf = np.where(valid, np.exp(np.where(valid, log_pmf, 0.0)), 0.0)
+    tail = np.cumsum(pmf[:, ::-1], axis=1)[:, ::-1]  # P(X ≥ k)
+    rejecting = (tail <= alpha * (1 + 1e-9)) & (k >= min_overlap) & valid
+    # the tail falls with k: the level is the tail at the first rejecting overlap, 0 if none
+    first = np.where(rejecting.any(1), rejecting.argmax(1), -1)
+    level = np.take_along_axis(tail, np.maximum(first, 0)[:, None], axis=1)[:, 0]
+    return np.where(first >= 0, level, 0.0)
+
+
+def _log_choose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """log C(a, b), with b clipped into [0, a] (callers mask the pairs outside the support)."""
+    b = np.clip(b, 0, a)
+    return gammaln(a + 1) - gammaln(b + 1) - gammaln(a - b + 1)

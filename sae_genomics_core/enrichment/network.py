@@ -3,50 +3,81 @@
 Statistic: the number of STRING edges with both ends in a unit's gene set S (never "any edge counts"),
 for all units at once as row sums of (M A) ∘ M / 2.
 
-Null (default, `method="moments"`): degree-matched label permutation. Background genes fall into degree
-classes (degrees within a factor `degree_ratio` = 1.25, at least `min_bin_genes` = 5 genes per class,
-genes without edges apart); a null set draws, from every class, as many distinct genes as S has there.
-This conditions on S's degree profile and, through the class × class edge counts, on degree
-correlations (rich club). The null mean and variance of the edge count are exact and closed-form
-(falling-factorial inclusion probabilities × edge / two-path / edge-pair counts per class, see
-`_BinNull`), and p is the upper tail of the negative binomial with that mean and variance, or of the
-Poisson when the null is not overdispersed (often, for hub-rich sets: a moment-matched binomial there
-gave 1.1% of ∝ degree² sets p < 0.001): continuous, so it reaches the p < 1e-6 that BH over 10⁴
-units needs, which a Monte Carlo null cannot. `method="permutation"` runs the same null by Monte Carlo
-(p = (1 + #null ≥ observed) / (1 + R), R = `n_permutations`, seeded); `method="chung_lu"` is the
-configuration-model null (Σ over pairs of min(1, d_i d_j / 2E), Poisson tail), kept for comparison.
+Null: degree-matched label permutation. Background genes fall into degree classes (degrees within a
+factor `degree_ratio` = 1.25, at least `min_bin_genes` = 5 genes per class, genes without edges apart);
+a null set draws, from every class, as many distinct genes as S has there. This conditions on S's degree
+profile and, through the class × class edge counts, on degree correlations (rich club).
+
+p-value (default, `method="adaptive"`): the null mean and variance of the edge count are exact and
+closed-form (falling-factorial inclusion probabilities × edge / two-path / edge-pair counts per class,
+see `_BinNull`); the upper tail of the negative binomial with that mean and variance (Poisson when not
+overdispersed) is the p-value of every set where it is at least `refine_below` (0.05). That tail matches
+a Monte Carlo of the null down to p ≈ 0.01 but is too small further out (12 observed edges: 3.3e-7 vs
+6.7e-6 by 600k draws), so every set with a tail below `refine_below` gets a sequential Monte Carlo
+p-value of the same null instead (Besag & Clifford 1991): null sets are drawn until `min_exceedances`
+(h = 20) of them have at least the observed edges, p = h / draws, or until `max_permutations`
+(R = 100,000) draws, p = (1 + exceedances) / (1 + R). That p-value is exact (P(p ≤ α) ≤ α for every α),
+and a reported p falls below `refine_below` only through it, so P(p ≤ α) ≤ α for every α < refine_below,
+down to the floor 1 / (R + 1) ≈ 1e-5; a set whose draws hit the cap may have a smaller true p still.
+Draws are seeded per (seed, unit), so a set's p-value does not depend on the other sets; the draws are
+compiled with numba (a set's classes get a local adjacency bitmap), ~1–3 million null sets a second. `p_value_method` says which p each set got ("moments" or
+"monte_carlo"), `null_draws` how many null sets were drawn for it.
+
+Other methods: `"moments"` (the tail alone, fast, too small below 0.01; for comparison),
+`"permutation"` (the same null by a fixed number of draws `n_permutations` for every set, numpy) and
+`"chung_lu"` (configuration-model null: Σ over pairs of min(1, d_i d_j / 2E), Poisson tail).
 
 Why: top genes lean towards hubs, so the null must hold for sets chosen by degree. Chung–Lu + Poisson
 does not (edge counts are overdispersed and hubs form a rich club), nor do coarse degree classes (sets
 pick the highest-degree genes of a class: 16 equal-size classes gave 94% of ∝ degree sets p < 0.05 on
-the biobtree subset). Calibration (random sets drawn uniformly, ∝ degree, ∝ degree² on the demo's
-STRING snapshot, the STRING v12 subset in ../shared/data and a synthetic rich-club graph) and power on
-planted modules are measured by benchmarks/bench_network_calibration.py; figures in
-benchmarks/RESULTS.md (moments: fraction p < 0.05 ≤ 0.051 and p < 0.001 ≤ 0.001 in every setting;
-Chung–Lu reaches 0.38).
+the biobtree subset). Calibration (random sets drawn uniformly, ∝ degree, ∝ degree² on STRING extracts
+and a synthetic rich-club graph; the far tail against large Monte Carlo runs) and power on planted
+modules are measured by benchmarks/bench_network_calibration.py; figures in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import numba
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 from scipy import stats
 
-METHODS = ("moments", "permutation", "chung_lu")
+METHODS = ("adaptive", "moments", "permutation", "chung_lu")
+MAX_PERMUTATIONS = 100_000  # the sequential Monte Carlo's cap: its p-values reach down to 1 / (cap + 1)
 _DEFAULTS: dict[str, Any] = {
-    "method": "moments",
+    "method": "adaptive",
     "degree_ratio": 1.25,  # degrees within this factor share a class (the moments cost classes³ per unit)
     "min_bin_genes": 5,  # a smaller class would leave too few genes to permute
     "n_permutations": 1000,  # method="permutation" only
+    # method="adaptive": tails below this get a sequential Monte Carlo p (the tail is valid above ~0.01)
+    "refine_below": 0.05,
+    "max_permutations": MAX_PERMUTATIONS,
+    "min_exceedances": 20,  # its stop: p = h / draws once h null sets reach the observed count (±22%)
 }
 _PRODUCT_BUDGET = 20_000_000  # non-zeros of one (members @ adjacency) block
 _PAIR_BUDGET = 4_000_000  # (unit, class pair) or (permutation, gene pair) entries in one block
+_LOCAL_BITS = 1 << 30  # a set's classes get their own adjacency bitmap up to this many bits (128 MiB)
+RESULT_SCHEMA = pl.Schema(
+    {
+        "unit": pl.Int64,
+        "set_size": pl.Int64,
+        "observed_edges": pl.Int64,
+        "expected_edges": pl.Float64,
+        "ratio": pl.Float64,
+        "p_value": pl.Float64,
+        "p_value_method": pl.String,
+        "null_draws": pl.Int64,
+    }
+)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: a sparse matrix has no truth value to compare by
@@ -97,23 +128,20 @@ def network_enrichment(
 
     members: units × n_genes indicator matrix. Returns one row per unit with ≥ 2 genes: unit (row
     index), set_size, observed_edges, expected_edges (null mean), ratio (observed / expected; null when
-    nothing is expected), p_value (one-sided, more edges than expected).
-    Options: method ("moments" | "permutation" | "chung_lu"), degree_ratio, min_bin_genes (the
-    degree classes), n_permutations (method "permutation"); `seed` only matters for "permutation".
+    nothing is expected), p_value (one-sided, more edges than expected), p_value_method ("moments",
+    "monte_carlo", "permutation" or "chung_lu") and null_draws (null sets drawn for that p; 0 for a tail).
+    Options: method ("adaptive" | "moments" | "permutation" | "chung_lu"), degree_ratio, min_bin_genes
+    (the degree classes), n_permutations ("permutation"), refine_below, max_permutations,
+    min_exceedances ("adaptive"); `seed` seeds the Monte Carlo draws.
     """
-    unknown = set(options) - set(_DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown options {sorted(unknown)}; known: {sorted(_DEFAULTS)}")
-    settings = {**_DEFAULTS, **options}
-    if settings["method"] not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, not {settings['method']!r}")
-    if settings["degree_ratio"] < 1 or settings["min_bin_genes"] < 1:
-        raise ValueError("degree_ratio must be at least 1 and min_bin_genes at least 1")
+    settings = _settings(options)
     indicator = _indicator(members, network.n_genes)
     size = np.diff(indicator.indptr)
     units = np.flatnonzero(size >= 2)
     indicator = indicator[units]
     observed = _observed_edges(network.adjacency, indicator)
+    method = np.full(units.size, settings["method"], dtype=object)
+    draws = np.zeros(units.size, dtype=np.int64)
 
     if settings["method"] == "chung_lu":
         expected = _chung_lu_expected(network, indicator)
@@ -123,10 +151,24 @@ def network_enrichment(
         null = _BinNull(network.adjacency, bins)
         counts = _bin_counts(indicator, bins, null.n_bins)
         expected, variance = null.moments(counts)
-        if settings["method"] == "moments":
-            p_value = _moment_matched_sf(observed, expected, variance)
-        else:
+        if settings["method"] == "permutation":
             p_value = _permutation_p(network, indicator, bins, observed, settings["n_permutations"], seed)
+            draws[:] = settings["n_permutations"]
+        else:
+            p_value = _moment_matched_sf(observed, expected, variance)
+            method[:] = "moments"
+        if settings["method"] == "adaptive":
+            refine = np.flatnonzero(p_value < settings["refine_below"])
+            p_value[refine], draws[refine] = _sequential_p(
+                network,
+                indicator[refine],
+                bins,
+                observed[refine],
+                seeds=[(seed, int(u)) for u in units[refine]],
+                cap=settings["max_permutations"],
+                stop=settings["min_exceedances"],
+            )
+            method[refine] = "monte_carlo"
 
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(expected > 0, observed / expected, np.nan)
@@ -138,16 +180,27 @@ def network_enrichment(
             "expected_edges": expected.astype(np.float64),
             "ratio": ratio,
             "p_value": np.clip(p_value, 0.0, 1.0).astype(np.float64),
+            "p_value_method": method.astype(str).tolist(),
+            "null_draws": draws,
         },
-        schema={
-            "unit": pl.Int64,
-            "set_size": pl.Int64,
-            "observed_edges": pl.Int64,
-            "expected_edges": pl.Float64,
-            "ratio": pl.Float64,
-            "p_value": pl.Float64,
-        },
+        schema=RESULT_SCHEMA,
     ).with_columns(pl.col("ratio").fill_nan(None))
+
+
+def _settings(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - set(_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}; known: {sorted(_DEFAULTS)}")
+    settings = {**_DEFAULTS, **options}
+    if settings["method"] not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {settings['method']!r}")
+    if settings["degree_ratio"] < 1 or settings["min_bin_genes"] < 1:
+        raise ValueError("degree_ratio must be at least 1 and min_bin_genes at least 1")
+    if settings["max_permutations"] < 1 or settings["min_exceedances"] < 1:
+        raise ValueError("max_permutations and min_exceedances must be at least 1")
+    if not 0 <= settings["refine_below"] <= 1:
+        raise ValueError("refine_below must lie in [0, 1] (0: the moment tail alone)")
+    return settings
 
 
 def degree_bins(degree: np.ndarray, ratio: float = 1.25, min_bin_genes: int = 5) -> np.ndarray:
@@ -411,3 +464,156 @@ def _permutation_p(
             null = (to_unit.T @ edges.T).T  # rounds × units
             exceed[block] += (null >= observed[block]).sum(axis=0)
     return (1 + exceed) / (1 + n_permutations)
+
+
+def _sequential_p(
+    network: Network,
+    indicator: sp.csr_matrix,
+    bins: np.ndarray,
+    observed: np.ndarray,
+    *,
+    seeds: list[tuple[int, int]],
+    cap: int,
+    stop: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Besag–Clifford sequential Monte Carlo p-values of the degree-class null, and the draws each took.
+
+    Null sets are drawn (each gene of the set replaced by a distinct gene of its class) until `stop` of
+    them have at least the observed edges, p = stop / draws, or until `cap` draws, p = (1 + hits) / (1 +
+    cap). Both are exact p-values: P(p ≤ α) ≤ α under the null for every α. Each unit draws from its own
+    generator, seeded by (seed, unit), so its p does not depend on the other units.
+    """
+    if indicator.shape[0] == 0:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    order = np.argsort(bins, kind="stable")
+    starts = np.searchsorted(bins[order], np.arange(int(bins.max()) + 2)).astype(np.int64)
+    slot_unit = np.repeat(np.arange(indicator.shape[0]), np.diff(indicator.indptr))
+    slot_class = bins[indicator.indices]
+    slot_class = slot_class[np.lexsort((slot_class, slot_unit))]  # a set's genes grouped by class
+    slot_class = slot_class.astype(np.int64)
+    starts, order = starts.astype(np.int64), order.astype(np.int64)
+    indptr, indices = network.adjacency.indptr.astype(np.int64), network.adjacency.indices.astype(np.int64)
+    hits, draws = np.zeros(len(seeds), dtype=np.int64), np.zeros(len(seeds), dtype=np.int64)
+    scratch = threading.local()  # per thread: gene → local id (-1 elsewhere), reset after each unit
+
+    def run(u: int) -> None:
+        if not hasattr(scratch, "local"):
+            scratch.local = np.full(network.n_genes, -1, dtype=np.int64)
+        rng = np.random.default_rng(list(seeds[u]))
+        classes = slot_class[indicator.indptr[u] : indicator.indptr[u + 1]]
+        hits[u], draws[u] = _sequential_unit(
+            classes,
+            starts,
+            order,
+            indptr,
+            indices,
+            scratch.local,
+            int(observed[u]),
+            rng,
+            stop,
+            cap,
+            _LOCAL_BITS,
+        )
+
+    # units are independent and the compiled draws release the GIL: one thread per available core
+    with ThreadPoolExecutor(max_workers=min(_cores(), len(seeds))) as pool:
+        list(pool.map(run, range(len(seeds))))
+    p_value = np.where(hits >= stop, stop / np.maximum(draws, 1), (1 + hits) / (1 + draws))
+    return p_value, draws
+
+
+def _cores() -> int:
+    """Cores this process may use (its affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _sequential_unit(classes, starts, order, indptr, indices, local, target, rng, stop, cap, local_bits):
+    """One unit: its classes' genes get local ids 0..size-1 and, where it fits, a local adjacency bitmap
+    (cache-resident, unlike the whole graph's); then draw until `stop` hits or `cap` draws."""
+    k = classes.size
+    offset, width, run = np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64)
+    size = 0
+    for i in range(k):
+        width[i] = starts[classes[i] + 1] - starts[classes[i]]
+        if i > 0 and classes[i - 1] == classes[i]:
+            offset[i], run[i] = offset[i - 1], run[i - 1]
+        else:
+            offset[i], run[i] = size, i
+            size += width[i]
+    genes = np.empty(size, np.int64)
+    for i in range(k):
+        if run[i] == i:
+            genes[offset[i] : offset[i] + width[i]] = order[starts[classes[i]] : starts[classes[i] + 1]]
+    local[genes] = np.arange(size)
+    use_bits = size * size <= local_bits
+    bits = np.zeros((size * size + 7) // 8 if use_bits else 1, np.uint8)
+    degree = np.zeros(size, np.int64)  # neighbours among the local genes: bounds what a draw can reach
+    for x in range(size):
+        for e in range(indptr[genes[x]], indptr[genes[x] + 1]):
+            y = local[indices[e]]
+            if y >= 0:
+                degree[x] += 1
+                if use_bits:
+                    bits[(x * size + y) >> 3] |= np.uint8(1 << ((x * size + y) & 7))
+    drawn, reach, mark = np.zeros(k, np.int64), np.zeros(k + 1, np.int64), np.zeros(size, np.int64)
+    hit, r = 0, 0
+    while r < cap and hit < stop:
+        r += 1
+        _draw(drawn, offset, width, run, rng)
+        if use_bits:
+            count = _count_bits(drawn, bits, size, degree, reach, target)
+        else:
+            count = _count_lists(drawn, genes, local, indptr, indices, mark, r)
+        hit += count >= target
+    local[genes] = -1
+    return hit, r
+
+
+@numba.njit(cache=True)
+def _draw(drawn, offset, width, run, rng):
+    """Each slot a uniform gene of its class, distinct within the class (repeats are redrawn)."""
+    for i in range(drawn.size):
+        while True:
+            x = offset[i] + np.int64(rng.random() * width[i])
+            fresh = True
+            for j in range(run[i], i):
+                if drawn[j] == x:
+                    fresh = False
+                    break
+            if fresh:
+                break
+        drawn[i] = x
+
+
+@numba.njit(cache=True)
+def _count_bits(drawn, bits, size, degree, reach, target):
+    """Edges among the drawn genes, stopping once the answer to "≥ target?" is known: rows go from the
+    highest class down, and the genes left can add at most min(pairs, ½ Σ min(degree, k − 1)) more."""
+    k = drawn.size
+    for i in range(k):
+        reach[i + 1] = reach[i] + min(degree[drawn[i]], k - 1)
+    count = 0
+    for i in range(k - 1, 0, -1):
+        base = drawn[i] * size
+        for j in range(i):
+            key = base + drawn[j]
+            count += (bits[key >> 3] >> (key & 7)) & 1
+        if count >= target or count + min(i * (i - 1) // 2, reach[i] // 2) < target:
+            break
+    return count
+
+
+@numba.njit(cache=True)
+def _count_lists(drawn, genes, local, indptr, indices, mark, stamp):
+    """Edges among the drawn genes by their neighbour lists (classes too large for a bitmap)."""
+    for i in range(drawn.size):
+        mark[drawn[i]] = stamp
+    count = 0
+    for i in range(drawn.size):
+        g = genes[drawn[i]]
+        for e in range(indptr[g], indptr[g + 1]):
+            y = local[indices[e]]
+            if y >= 0 and mark[y] == stamp:
+                count += 1
+    return count // 2

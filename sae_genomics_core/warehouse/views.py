@@ -37,19 +37,24 @@ left join best_type t using (dataset, layer, feature){enrichment_joins}
 
 # Per database the feature's best significant term (most specific ones only where the database has an
 # ontology), ranked by log10 p so that p-values below the smallest double still order correctly.
+# n_databases_significant counts independent sources: databases derived from one another (Monarch's
+# gene–disease edges from HPO annotations: `derived_from` in external/sources.yaml) share one
+# evidence_source and count once. Rows written before that column existed count as their own source.
 _ENRICHMENT_CTES = """, best_terms as (
     select dataset, layer, feature, database,
            arg_min(term_id, log10_p_value) as term_id,
            arg_min(coalesce(term_name, term_id), log10_p_value) as term_name,  -- some sources name no term
-           min(q_value) as q_value
+           min(q_value) as q_value,
+           any_value({evidence_source}) as evidence_source
     from enrichment
     where significant and coalesce(most_specific, true)
     group by dataset, layer, feature, database
 ), terms as (
     select dataset, layer, feature,
-           list({'database': database, 'term_id': term_id, 'term_name': term_name, 'q_value': q_value}
+           list({{'database': database, 'term_id': term_id, 'term_name': term_name, 'q_value': q_value}}
                 order by q_value, database) as top_terms,
-           count(*) as n_databases_significant
+           count(distinct evidence_source) as n_databases_significant,
+           list(database order by database) as significant_databases
     from best_terms group by dataset, layer, feature
 ), term_counts as (
     select dataset, layer, feature, count(*) filter (where significant) as n_significant_terms
@@ -57,15 +62,17 @@ _ENRICHMENT_CTES = """, best_terms as (
 )"""
 _ENRICHMENT_COLUMNS = """,
        e.top_terms, e.top_terms[1].term_name as top_term, coalesce(e.n_databases_significant, 0) as n_databases_significant,
-       coalesce(c.n_significant_terms, 0) as n_significant_terms"""
+       e.significant_databases, coalesce(c.n_significant_terms, 0) as n_significant_terms"""
 _ENRICHMENT_JOINS = """
 left join terms e using (dataset, layer, feature)
 left join term_counts c using (dataset, layer, feature)"""
 
 
-def feature_summary_sql(with_enrichment: bool) -> str:
+def feature_summary_sql(with_enrichment: bool, with_evidence_source: bool = True) -> str:
+    evidence = "coalesce(evidence_source, database)" if with_evidence_source else "database"
     parts = (
-        {"enrichment_ctes": _ENRICHMENT_CTES, "enrichment_columns": _ENRICHMENT_COLUMNS, "enrichment_joins": _ENRICHMENT_JOINS}
+        {"enrichment_ctes": _ENRICHMENT_CTES.format(evidence_source=evidence), "enrichment_columns": _ENRICHMENT_COLUMNS,
+         "enrichment_joins": _ENRICHMENT_JOINS}
         if with_enrichment
         else {"enrichment_ctes": "", "enrichment_columns": "", "enrichment_joins": ""}
     )  # fmt: skip
@@ -74,4 +81,9 @@ def feature_summary_sql(with_enrichment: bool) -> str:
 
 def create_feature_summary(connection: duckdb.DuckDBPyConnection) -> None:
     """(Re)create `feature_summary`; with the top term per database once `enrichment` exists."""
-    connection.execute(feature_summary_sql("enrichment" in table_names(connection)))
+    with_enrichment = "enrichment" in table_names(connection)
+    columns = connection.execute(
+        "select column_name from information_schema.columns "
+        "where table_schema = 'main' and table_name = 'enrichment'"
+    ).fetchall()
+    connection.execute(feature_summary_sql(with_enrichment, ("evidence_source",) in columns))

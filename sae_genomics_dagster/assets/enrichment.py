@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import duckdb
 import polars as pl
 from pydantic import Field
 
 from sae_genomics_core.annotations.base import load_sources, snapshots_dir
 from sae_genomics_core.warehouse.sql import format_frame
 from sae_genomics_core.warehouse.views import create_feature_summary
+from sae_genomics_core.warehouse.writer import warehouse_writer
 from sae_genomics_dagster.assets.activations import CURRENT
 from sae_genomics_dagster.assets.annotations import GROUP as ANNOTATION_GROUP
 from sae_genomics_dagster.assets.annotations import AnnotationRefreshConfig
@@ -27,8 +27,7 @@ from sae_genomics_dagster.assets.common import (
     charts_dir,
     sae_device,
 )
-from sae_genomics_dagster.assets.features import open_partition
-from sae_genomics_dagster.io_manager import warehouse_lock
+from sae_genomics_dagster.assets.features import open_partition, refuse_stale
 from sae_genomics_dagster.resources import HomeResource
 
 GROUP = "enrichment"
@@ -49,8 +48,14 @@ class EnrichmentConfig(dg.Config):
         "(specificity first); feature_genes already keeps only genes ranked by specificity",
     )
     min_term_size: int = Field(default=5, description="terms with fewer genes in the universe are not tested")
-    max_term_size: int = Field(
-        default=500, description="terms with more genes in the universe are not tested"
+    max_term_fraction: float | None = Field(
+        default=None,
+        description="terms holding more than this fraction of the database's universe are not tested "
+        "(unset: the core default, EnrichmentSettings.max_term_fraction)",
+    )
+    max_term_size: int | None = Field(
+        default=None,
+        description="an absolute largest term size (genes in the universe); set, it replaces max_term_fraction",
     )
     min_overlap: int = Field(
         default=2, description="pairs with a smaller overlap count as p = 1 (still in BH)"
@@ -66,7 +71,7 @@ class EnrichmentConfig(dg.Config):
         default="HP:0000118",
         description="HPO: test only terms below this one (Phenotypic abnormality); empty: every term",
     )
-    min_network_score: float = Field(default=0.7, description="STRING edges: combined score at least this")
+    min_network_score: float = Field(default=0.7, description="STRING edges: score (recombined from the channels in sources.yaml) at least this")
     seed: int = Field(default=0, description="random gene sets, random directions")
 
     def settings(self) -> Any:
@@ -80,31 +85,61 @@ class EnrichmentConfig(dg.Config):
                 min_term_size=self.min_term_size, max_term_size=self.max_term_size, min_overlap=self.min_overlap,
                 fdr=self.fdr, annotated_only=self.annotated_only, only_most_specific=self.only_most_specific,
                 min_network_score=self.min_network_score, seed=self.seed,
+                **_given(max_term_fraction=self.max_term_fraction),
             )  # fmt: skip
         except ValueError as error:
             raise dg.Failure(description=f"{error}; fix the run config") from error
 
 
+def _given(**values: Any) -> dict[str, Any]:
+    """The options a run config set; the others keep their one default, in core."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
 class CalibratedEnrichmentConfig(EnrichmentConfig):
-    calibration_max_fraction: float = Field(
-        default=0.05,
-        description="asset check: shuffled feature gene sets with ≥ 1 significant term, at most this fraction",
+    calibration_repeats: int | None = Field(
+        default=None,
+        ge=1,
+        description="asset check: shuffles of all the feature gene sets (unset: core default)",
     )
-    calibration_repeats: int = Field(
-        default=3, ge=1, description="asset check: random draws of all the feature gene sets"
+    calibration_level: float | None = Field(
+        default=None,
+        description="asset check: its false-alarm rate over all thresholds and databases (unset: core default)",
     )
+
+    def calibration(self) -> Any:
+        from sae_genomics_core.enrichment.enrich import CalibrationSettings
+
+        try:
+            return CalibrationSettings(
+                **_given(repeats=self.calibration_repeats, level=self.calibration_level)
+            )
+        except ValueError as error:
+            raise dg.Failure(description=f"{error}; fix the run config") from error
 
 
 class BaselineConfig(EnrichmentConfig):
     baseline_units: int | None = Field(
         default=None, description="PCA (± axes) and random directions each; default min(d_sae, 2 × d_in)"
     )
-    pca_tokens: int = Field(
-        default=200_000, description="tokens (spread over the shards) the PCA is fitted on"
+    pca_tokens: int | None = Field(
+        default=None,
+        description="tokens (spread over the shards) the PCA and the per-unit firing thresholds are fitted on "
+        "(unset: the core default, BaselineSettings.fit_tokens)",
+    )
+    pca_variance: float | None = Field(
+        default=None,
+        description="PCA baseline: the top axes explaining this fraction of the variance (unset: core default)",
     )
     top_genes: int = Field(default=50, description="as the features asset: genes kept per unit")
     min_gene_tokens: int = Field(default=3, description="as the features asset")
     batch_tokens: int = Field(default=8192, description="tokens encoded at once")
+
+    def baseline(self) -> Any:
+        from sae_genomics_core.enrichment.baselines import BaselineSettings
+
+        chosen = _given(units=self.baseline_units, fit_tokens=self.pca_tokens, pca_variance=self.pca_variance)
+        return BaselineSettings(seed=self.seed, **chosen)
 
 
 NO_ANNOTATIONS = (
@@ -133,9 +168,13 @@ def _unit_genes(feature_genes: pl.DataFrame) -> pl.DataFrame:
     return feature_genes.select("feature", "ensembl_id", "symbol", "score", "rank")
 
 
-def _keyed(frame: pl.DataFrame, dataset: str, layer: int) -> pl.DataFrame:
+def _keyed(frame: pl.DataFrame, dataset: str, layer: int, derived_from: pl.DataFrame) -> pl.DataFrame:
+    """Rows keyed by partition, recording the SAE checkpoint (and activation set) of `derived_from`."""
+    provenance = derived_from.select("checkpoint_id", "activations_checksum").head(1)
     return frame.select(
         pl.lit(dataset).alias("dataset"), pl.lit(layer, dtype=pl.Int64).alias("layer"), pl.all()
+    ).with_columns(
+        pl.lit(provenance[name][0] if provenance.height else None).alias(name) for name in provenance.columns
     )
 
 
@@ -145,6 +184,39 @@ def _partitioned_check_spec(name: str, **kwargs: Any) -> dg.AssetCheckSpec:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)
         return dg.AssetCheckSpec(name, **kwargs)
+
+
+def _calibration_result(calibration: pl.DataFrame) -> dg.AssetCheckResult:
+    """Fails on a database beyond its bound; with no testable database it says so (WARN), never passes."""
+    from sae_genomics_core.enrichment.enrich import calibration_verdicts
+
+    verdicts = calibration_verdicts(calibration)
+    failed = sorted(d for d, v in verdicts.items() if v == "fail")
+    untestable = sorted(d for d, v in verdicts.items() if v == "not testable")
+    testable = calibration.filter(pl.col("status") != "not testable")
+    passed = not failed and len(untestable) < len(verdicts)
+    if failed:
+        description = f"too many small p-values under the null in: {', '.join(failed)}"
+    elif not passed:
+        description = "not testable: no database had enough null tests to detect miscalibrated p-values"
+    else:
+        description = "null p-values within their binomial bounds"
+        description += f"; not testable: {', '.join(untestable)}" if untestable else ""
+    columns = ["database", "threshold", "n_sets", "n_tests", "observed", "expected", "ratio", "design_effect"]
+    shown = calibration.select(*columns, "detectable_ratio", "p_too_many", "status")
+    return dg.AssetCheckResult(
+        check_name=CALIBRATION_CHECK,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR if failed else dg.AssetCheckSeverity.WARN,
+        description=description,
+        metadata={
+            "verdicts": dg.MetadataValue.json(verdicts),
+            "worst_ratio": float(testable["ratio"].max()) if testable.height else None,  # type: ignore[arg-type]
+            "level": float(calibration["level"].max()) if calibration.height else None,  # type: ignore[arg-type]
+            "random_sets": int(calibration["n_sets"].max()) if calibration.height else 0,
+            "per_database": dg.MetadataValue.md(format_frame(shown, "table")),
+        },
+    )
 
 
 def build_enrichment_assets(
@@ -211,7 +283,7 @@ def build_enrichment_assets(
         group_name=GROUP,
         kinds={"duckdb", "polars", "scipy"},
         owners=OWNERS,
-        ins={"feature_genes": dg.AssetIn(), "genes": dg.AssetIn()},
+        ins={"feature_genes": dg.AssetIn(input_manager_key="warehouse"), "genes": dg.AssetIn()},
         deps=[*annotation_keys, "hpo_ontology"],
         check_specs=[
             _partitioned_check_spec(
@@ -219,14 +291,16 @@ def build_enrichment_assets(
                 asset="enrichment",
                 partitions_def=partitions,  # one verdict per dataset × layer, not the latest layer's for all
                 description="the features' genes shuffled across features (each feature keeps its number of genes, "
-                "each gene its frequency) through the same selection and tests: the fraction of shuffled sets with "
-                "≥ 1 significant term stays ≤ 5 % per database",
+                "each gene its frequency) through the same selection and tests: per database, the number of null "
+                "tests with p ≤ 0.01 and ≤ 0.001 within an exact binomial bound of the test's attainable level; "
+                "a database with too few null tests is 'not testable', never a pass",
             )
         ],
         description="One-sided hypergeometric tests (= Fisher exact, greater) of every feature's top genes against "
         "every term of each annotation database, BH per database; background = model vocab ∩ expressed genes; "
         "HPO propagated up the ontology; STRING by a network statistic (edges within the set vs a degree-aware "
-        "null). Table `enrichment`.",
+        "null). `evidence_source`: the independent source a row counts for (databases derived from another, "
+        "`derived_from` in external/sources.yaml, share one). Table `enrichment`.",
     )
     def enrichment(
         context: dg.AssetExecutionContext,
@@ -235,7 +309,12 @@ def build_enrichment_assets(
         feature_genes: pl.DataFrame,
         genes: pl.DataFrame,
     ):
-        from sae_genomics_core.enrichment.enrich import calibrate, enrich
+        from sae_genomics_core.enrichment.enrich import (
+            calibrate,
+            enrich,
+            evidence_sources,
+            with_evidence_source,
+        )
         from sae_genomics_core.enrichment.inputs import background_genes
 
         keys = context.partition_key.keys_by_dimension
@@ -245,6 +324,7 @@ def build_enrichment_assets(
             raise dg.Failure(
                 description=f"no feature_genes for {dataset} layer {layer}: materialise the features first"
             )
+        refuse_stale(feature_genes, home, dataset, layer, "feature_genes")
         annotations, ontologies, versions = _context_inputs(home)
         if not annotations:  # a dataset processed before any annotation refresh: not a failure
             context.log.warning(f"enrichment skipped: {NO_ANNOTATIONS}")
@@ -262,18 +342,20 @@ def build_enrichment_assets(
             result = enrich(unit_genes, background, annotations, settings, ontologies)
         except ValueError as error:  # an empty universe or a genes table of an older schema
             raise dg.Failure(description=f"enrichment of {dataset} layer {layer} not run: {error}") from error
+        derived_from = {name: source.extra.get("derived_from", []) for name, source in load_sources().items()}
         table = _keyed(
-            result.table.join(
+            with_evidence_source(result.table, evidence_sources(derived_from)).join(
                 pl.DataFrame({"database": list(versions), "source_version": list(versions.values())}),
                 on="database",
                 how="left",
             ),
             dataset,
             layer,
+            feature_genes,
         ).sort("database", "feature", "log10_p_value")
         summary = result.summary_frame()
         calibration = calibrate(
-            unit_genes, background, annotations, settings, ontologies, repeats=config.calibration_repeats
+            unit_genes, background, annotations, settings, ontologies, config.calibration()
         )
 
         context.log.info(f"{dataset} L{layer}: {table.height:,} tested pairs; " + ", ".join(
@@ -302,19 +384,9 @@ def build_enrichment_assets(
                 else "not propagated (no hpo_ontology)",
             },
         )
-        worst = float(calibration["fraction_significant"].max()) if calibration.height else 0.0
-        yield dg.AssetCheckResult(
-            check_name=CALIBRATION_CHECK,
-            passed=worst <= config.calibration_max_fraction,
-            metadata={
-                "worst_fraction": worst,
-                "ceiling": config.calibration_max_fraction,
-                "random_sets": int(calibration["n_sets"].max()) if calibration.height else 0,
-                "per_database": dg.MetadataValue.md(format_frame(calibration, "table")),
-            },
-        )
+        yield _calibration_result(calibration)
         database = str(home.home.warehouse)
-        with warehouse_lock(database), duckdb.connect(database) as connection:
+        with warehouse_writer(database) as connection:
             create_feature_summary(connection)
 
     @dg.asset(
@@ -326,74 +398,60 @@ def build_enrichment_assets(
         group_name=GROUP,
         kinds={"duckdb", "torch"},
         owners=OWNERS,
-        ins={"feature_genes": dg.AssetIn(), "genes": dg.AssetIn()},
+        ins={
+            "feature_genes": dg.AssetIn(input_manager_key="warehouse"),
+            "feature_stats": dg.AssetIn(input_manager_key="warehouse"),
+            "genes": dg.AssetIn(),
+        },
         deps=["enrichment", "sae_checkpoint", "activations"],
         pool="gpu",
-        description="SAE features vs PCA directions vs random directions of the same activations, each tied to "
-        "genes by the same association and tested by the same enrichment: per database, the fraction of units "
-        "with at least one significant term. Table `enrichment_baselines`.",
+        description="SAE features vs PCA directions (top axes by explained variance) vs random directions of the "
+        "same activations, each baseline unit firing on as many tokens as the SAE feature of the same rank, all "
+        "tied to genes by the same association and tested by the same enrichment: per database, the fraction of "
+        "units with at least one significant term, the distinct terms found and their redundancy (units sharing "
+        "a top term), and per method the firing-rate percentiles. Table `enrichment_baselines`.",
     )
     def enrichment_baselines(
         context: dg.AssetExecutionContext,
         config: BaselineConfig,
         home: HomeResource,
         feature_genes: pl.DataFrame,
+        feature_stats: pl.DataFrame,
         genes: pl.DataFrame,
     ):
-        from sae_genomics_core.enrichment.baselines import (
-            compare,
-            input_moments,
-            matched_k,
-            pca_model,
-            random_model,
-        )
-        from sae_genomics_core.enrichment.enrich import enrich
+        from sae_genomics_core.enrichment.baselines import EnrichmentInputs, run_baselines
         from sae_genomics_core.enrichment.inputs import background_genes
-        from sae_genomics_core.features.associate import AssociationSettings, associate, attach_gene_ids
+        from sae_genomics_core.features.associate import AssociationSettings
 
         keys = context.partition_key.keys_by_dimension
         dataset, layer = keys["dataset"], int(keys["layer"])
-        settings = config.settings()
         annotations, ontologies, _ = _context_inputs(home)
         if not annotations:
             context.log.warning(f"enrichment_baselines skipped: {NO_ANNOTATIONS}")
             return
         store, hook, loaded = open_partition(home, dataset, layer)
+        for name, rows in {"feature_genes": feature_genes, "feature_stats": feature_stats}.items():
+            refuse_stale(rows, home, dataset, layer, name)
         vocab = json.loads((store.root / "vocab.json").read_text())
-        background = background_genes(genes, vocab)
-        d_sae, d_in, k = int(loaded.sae.cfg.d_sae), int(loaded.sae.W_enc.shape[0]), int(loaded.sae.cfg.k)
-        n_units = config.baseline_units or min(d_sae, 2 * d_in)
-        k_units = matched_k(k, d_sae, n_units)
-        mean, covariance, n_fit = input_moments(store, layer, hook, loaded.normalizer, config.pca_tokens)
-        models = [
-            pca_model(mean, covariance, loaded.normalizer, n_units, k_units),
-            random_model(mean, loaded.normalizer, n_units, k_units, config.seed),
-        ]
-        summaries = {
-            "sae": enrich(
-                _unit_genes(feature_genes), background, annotations, settings, ontologies
-            ).summary_frame()
-        }
+        inputs = EnrichmentInputs(
+            genes, vocab, background_genes(genes, vocab), annotations, ontologies, config.settings()
+        )
         association = AssociationSettings(
             config.top_genes, 0, config.min_gene_tokens, config.batch_tokens, sae_device()
         )
-        no_cells = pl.DataFrame(schema={"cell_index": pl.Int64, "cell_id": pl.String, "cell_type": pl.String})
-        for model in models:
-            tables = associate(store, layer, hook, model, no_cells, association, with_cells=False)
-            unit_genes = attach_gene_ids(tables.genes, vocab, genes)
-            summaries[model.method] = enrich(
-                unit_genes, background, annotations, settings, ontologies
-            ).summary_frame()
-            context.log.info(f"{model.method}: {model.sae.cfg.d_sae} units, k {model.sae.cfg.k}")
-        frame = compare(summaries, {"sae": d_sae, "pca": n_units, "random": n_units})
+        sae_units = (_unit_genes(feature_genes), feature_stats.sort("feature")["frequency"].to_numpy())
+        run = run_baselines(store, layer, hook, loaded, sae_units, inputs, association, config.baseline())
+        frame = run.table
         wide = frame.pivot(on="method", index="database", values="fraction_significant")
+        firing = frame.unique("method").sort("method").select("method", "rate_p10", "rate_p50", "rate_p90")
         yield dg.Output(
-            _keyed(frame, dataset, layer),
+            _keyed(frame, dataset, layer, feature_genes),
             metadata={
-                "rows": frame.height, "units_per_baseline": n_units, "baseline_k": k_units, "pca_fit_tokens": n_fit,
+                "rows": frame.height, "units": dg.MetadataValue.json(run.n_units), "fit_tokens": run.fit_tokens,
                 # the SAE side reads feature_genes as the features asset wrote it: keep these equal to its config
                 "association": dg.MetadataValue.json({"top_genes": config.top_genes, "min_gene_tokens": config.min_gene_tokens}),
                 "fraction_significant": dg.MetadataValue.md(format_frame(wide, "table")),
+                "firing_rates": dg.MetadataValue.md(format_frame(firing, "table")),
             },
         )  # fmt: skip
 

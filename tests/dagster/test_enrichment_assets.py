@@ -23,6 +23,9 @@ GENES = [f"ENSG{i:011d}" for i in range(N_GENES)]
 PLANTED_TERM = "T:0000"
 
 
+CHECKPOINT = "resid_post-0123456789abcdef"
+
+
 def _write(connection: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
     connection.register("frame", frame.to_arrow())
     connection.execute(f"create or replace table {name} as select * from frame")
@@ -63,6 +66,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Home, dg.DagsterInstance, dg.Definit
             symbol=pl.col("ensembl_id").str.replace("ENSG0+", "G"), score=pl.int_range(pl.len(), 0, -1).over("feature").cast(pl.Float64),
             n_tokens=pl.lit(5), mean_activation=pl.lit(1.0), specificity=pl.lit(2.0),
             rank=pl.int_range(1, pl.len() + 1).over("feature"), gene_id=pl.lit(0),
+            checkpoint_id=pl.lit(CHECKPOINT), activations_checksum=pl.lit("acts"),
         )
     )  # fmt: skip
     stats = pl.DataFrame({
@@ -71,7 +75,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Home, dg.DagsterInstance, dg.Definit
     })  # fmt: skip
     cell_types = pl.DataFrame(
         {"dataset": DATASET, "layer": LAYER, "feature": [0], "cell_type": ["T"], "mean_activation": [1.0],
-         "frac_active": [0.5], "log2_fold_change": [1.0], "p_value": [0.01], "q_value": [0.02], "n_cells": [5]}
+         "frac_active": [0.5], "log2_fold_change": [1.0], "log2_fold_change_lower": [0.5], "p_value": [0.01], "q_value": [0.02], "n_cells": [5]}
     )  # fmt: skip
     with duckdb.connect(str(home.warehouse)) as connection:
         _write(connection, "genes", genes)
@@ -84,9 +88,17 @@ def world(tmp_path: Path) -> Iterator[tuple[Home, dg.DagsterInstance, dg.Definit
     store.mkdir(parents=True)
     (store / "vocab.json").write_text(json.dumps({g: i for i, g in enumerate(GENES)}))
     (home.artefacts / "activations" / DATASET / "CURRENT.json").write_text(json.dumps({"path": str(store)}))
+    _point_sae_to(home, CHECKPOINT)
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("dataset", [DATASET])
         yield home, instance, build_definitions(home)
+
+
+def _point_sae_to(home: Home, checkpoint: str) -> None:
+    """The dataset × layer's current SAE checkpoint (only its id matters to enrichment)."""
+    folder = home.artefacts / "sae" / DATASET / f"L{LAYER}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "CURRENT.json").write_text(json.dumps({"path": str(folder / checkpoint / "checkpoint")}))
 
 
 def run(
@@ -124,7 +136,10 @@ def test_planted_feature_is_enriched_and_calibration_passes(world) -> None:
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert checks["calibration"].passed
     assert checks["calibration"].partition == KEY  # a verdict per dataset × layer
-    assert checks["calibration"].metadata["worst_fraction"].value <= 0.05
+    assert checks["calibration"].metadata["verdicts"].value == {"toy": "pass"}
+    assert (
+        0.3 < checks["calibration"].metadata["worst_ratio"].value < 3
+    )  # observed / expected null rejections
     metadata = instance.get_latest_materialization_event(
         dg.AssetKey("enrichment")
     ).asset_materialization.metadata
@@ -136,13 +151,39 @@ def test_planted_feature_is_enriched_and_calibration_passes(world) -> None:
     assert top == ("planted term", 1, "T")
 
 
+def _calibration(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    return next(c for c in result.get_asset_check_evaluations() if c.check_name == "calibration")
+
+
 def test_calibration_draws_every_features_gene_set_per_repeat(world) -> None:
     _, instance, defs = world
-    result = run(defs, instance, {"calibration_repeats": 2})
-    check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "calibration")
-    # every feature's gene set, drawn twice; the unit test shows a wrong universe failing this bar
+    check = _calibration(run(defs, instance, {"calibration_repeats": 2}))
+    # every feature's gene set, drawn twice; the unit tests show p-values 10× too small and a padded universe
+    # failing this bound
     assert check.metadata["random_sets"].value == 2 * N_FEATURES
-    assert check.metadata["ceiling"].value == 0.05
+    assert "p_too_many" in check.metadata["per_database"].value
+
+
+def test_calibration_fails_on_a_padded_universe_and_is_not_a_pass_where_nothing_is_testable(world) -> None:
+    home, instance, defs = world
+    # every gene counted in the universe, annotated or not, expressed or not (vocab ∩ expressed is 550)
+    with duckdb.connect(str(home.warehouse)) as connection:
+        connection.execute("update genes set n_cells_expressed = 10")
+        pad = pl.DataFrame({"ensembl_id": [f"ENSG9{i:010d}" for i in range(600)]})
+        connection.register("pad", pad.to_arrow())
+        connection.execute(
+            "insert into genes by name select 'toy' as dataset, 1000 + row_number() over () as gene_index, "
+            "ensembl_id as feature_name, ensembl_id, ensembl_id as symbol, 10 as n_cells_expressed from pad"
+        )
+    vocab = home.artefacts / "activations" / DATASET / "store" / "vocab.json"
+    vocab.write_text(json.dumps({g: i for i, g in enumerate(GENES + pad["ensembl_id"].to_list())}))
+    padded = _calibration(run(defs, instance, {"annotated_only": False, "max_term_size": 40}))
+    assert not padded.passed and padded.severity == dg.AssetCheckSeverity.ERROR
+    assert padded.metadata["verdicts"].value == {"toy": "fail"}
+    # no term within the size bounds: nothing was tested, and the check does not pass
+    empty = _calibration(run(defs, instance, {"min_term_size": 5, "max_term_size": 5}))
+    assert not empty.passed and empty.severity == dg.AssetCheckSeverity.WARN
+    assert empty.metadata["verdicts"].value == {"toy": "not testable"} and "not testable" in empty.description
 
 
 def test_bad_settings_fail_clearly_and_keep_the_previous_table(world) -> None:
@@ -170,3 +211,16 @@ def test_without_annotation_tables_enrichment_is_skipped_not_failed(world) -> No
         and check.severity == dg.AssetCheckSeverity.WARN
         and "not evaluated" in check.description
     )
+
+
+def test_feature_rows_of_another_sae_are_refused_and_the_previous_table_kept(world) -> None:
+    home, instance, defs = world
+    assert run(defs, instance).success
+    before = query(home, "select count(*), min(checkpoint_id) from enrichment")
+    assert before[0][1] == CHECKPOINT  # every derived row records its checkpoint
+    _point_sae_to(home, "resid_post-fedcba9876543210")  # a retrained SAE; feature tables not yet redone
+    result = run(defs, instance)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "materialise feature_tables" in failure.step_failure_data.user_failure_data.description
+    assert query(home, "select count(*), min(checkpoint_id) from enrichment") == before

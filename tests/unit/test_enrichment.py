@@ -11,14 +11,23 @@ from scipy.stats import fisher_exact, hypergeom
 from statsmodels.stats.multitest import multipletests
 
 from sae_genomics_core.enrichment.enrich import (
+    CalibrationSettings,
     EnrichmentSettings,
     calibrate,
+    calibration_verdicts,
     enrich,
+    evidence_sources,
     gene_sets,
     random_gene_sets,
     shuffled_gene_sets,
+    with_evidence_source,
 )
-from sae_genomics_core.enrichment.hypergeom import bh_q_values, hypergeom_log_sf, odds_ratio
+from sae_genomics_core.enrichment.hypergeom import (
+    bh_q_values,
+    hypergeom_log_sf,
+    odds_ratio,
+    rejection_probabilities,
+)
 
 
 def _random_tables(rng: np.random.Generator, size: int) -> tuple[np.ndarray, ...]:
@@ -171,7 +180,7 @@ def test_gene_set_is_the_top_genes_then_those_the_database_annotates() -> None:
     })  # fmt: skip
     unit_genes = pl.DataFrame({"feature": [0] * 100, "ensembl_id": genes, "score": np.arange(100, 0, -1.0)})
     unit_genes = unit_genes.with_columns(rank=pl.int_range(1, 101).cast(pl.Int64))
-    settings = EnrichmentSettings(gene_set_size=20, min_overlap=1)
+    settings = EnrichmentSettings(gene_set_size=20, min_overlap=1, max_term_fraction=0.5)  # 50-gene universe
     result = enrich(unit_genes, genes, {"toy": annotations}, settings)
     assert set(result.table["feature_set_size"].to_list()) == {10}  # top 20 ∩ annotated
     deeper = enrich(unit_genes, genes, {"toy": annotations}, replace(settings, gene_set_scope="universe"))
@@ -210,25 +219,121 @@ def test_random_sets_have_the_requested_sizes() -> None:
     assert frame.unique(["feature", "ensembl_id"]).height == frame.height
 
 
-def test_calibration_passes_with_the_right_universe_and_fails_with_a_padded_one() -> None:
-    # Annotations concentrate on the "expressed" genes (as curated databases favour well-studied genes),
-    # and feature genes can only come from expressed genes.
-    rng = np.random.default_rng(11)
+def _calibration_world(seed: int = 11) -> tuple[list[str], pl.DataFrame, pl.DataFrame]:
+    """1,500 expressed genes, 150 terms on them, 300 features whose 30 candidate genes are expressed ones."""
+    rng = np.random.default_rng(seed)
     expressed = [f"ENSG{i:011d}" for i in range(1_500)]
-    genome = expressed + [f"ENSG{i:011d}" for i in range(1_500, 20_000)]
     rows = [
         (expressed[g], f"T:{t}", f"t{t}", "phenotype")
         for t in range(150)
         for g in rng.choice(len(expressed), int(rng.integers(10, 60)), replace=False)
     ]
     annotations = pl.DataFrame(rows, schema=["ensembl_id", "term_id", "term_name", "term_kind"], orient="row")
-    unit_genes = random_gene_sets(np.full(300, 30), expressed, seed=5)  # features' candidate genes
+    return expressed, annotations, random_gene_sets(np.full(300, 30), expressed, seed=seed + 1)
+
+
+def _statuses(calibration: pl.DataFrame) -> list[str]:
+    return calibration.sort("threshold", descending=True)["status"].to_list()
+
+
+def test_calibration_passes_a_correct_null_and_fails_p_values_ten_times_too_small(monkeypatch) -> None:
+    import sae_genomics_core.enrichment.enrich as enrich_module
+
+    expressed, annotations, unit_genes = _calibration_world()
     settings = EnrichmentSettings(annotated_only=False)
-    right = calibrate(unit_genes, expressed, {"toy": annotations}, settings, repeats=2)
-    assert right["n_sets"][0] == 600 and right["fraction_significant"][0] <= 0.05
-    # the published pitfall: the whole genome as the universe; the check itself must catch it
-    padded = calibrate(unit_genes, genome, {"toy": annotations}, settings)
-    assert padded["fraction_significant"][0] > 0.05
+    right = calibrate(unit_genes, expressed, {"toy": annotations}, settings)
+    assert _statuses(right) == ["pass", "pass"] and calibration_verdicts(right) == {"toy": "pass"}
+    assert right["n_sets"][0] == 3 * 300 and right["n_tests"][0] == 3 * 300 * 150  # every unit × term pair
+    assert right["ratio"].is_between(0.8, 1.25).all()  # observed / attainable expectation
+    assert (right["expected_fraction"] < right["threshold"]).all()  # discrete test: below nominal
+    assert (right["detectable_ratio"] < 2).all()  # the bound has power against a 2× inflation
+
+    log_sf = enrich_module.hypergeom_log_sf
+    monkeypatch.setattr(enrich_module, "hypergeom_log_sf", lambda *a: log_sf(*a) - np.log(10))
+    shrunk = calibrate(unit_genes, expressed, {"toy": annotations}, settings)
+    assert _statuses(shrunk) == ["fail", "fail"] and calibration_verdicts(shrunk) == {"toy": "fail"}
+    # the former check (shuffled sets with any BH-significant term ≤ 5 %) passed these p-values
+    shuffled = shuffled_gene_sets(unit_genes, seed=1)
+    summary = enrich(shuffled, expressed, {"toy": annotations}, settings).summaries[0]
+    assert summary.n_units_significant / summary.n_units <= 0.05
+
+
+def test_calibration_fails_a_universe_padded_twofold() -> None:
+    expressed, annotations, unit_genes = _calibration_world(seed=3)
+    padding = [f"ENSG{i:011d}" for i in range(1_500, 3_000)]  # in no feature's genes and no term
+    settings = EnrichmentSettings(annotated_only=False)
+    assert calibration_verdicts(calibrate(unit_genes, expressed, {"toy": annotations}, settings)) == {
+        "toy": "pass"
+    }
+    padded = calibrate(unit_genes, expressed + padding, {"toy": annotations}, settings)
+    assert _statuses(padded) == ["fail", "fail"] and (padded["ratio"] > 3).all()
+    # the former check (shuffled sets with any BH-significant term ≤ 5 %) passed this universe
+    summary = enrich(
+        shuffled_gene_sets(unit_genes, seed=1), expressed + padding, {"toy": annotations}, settings
+    )
+    assert summary.summaries[0].n_units_significant / summary.summaries[0].n_units <= 0.05
+    # the default universe (genes the database annotates) drops such padding, and the check agrees
+    default = calibrate(unit_genes, expressed + padding, {"toy": annotations}, EnrichmentSettings())
+    assert calibration_verdicts(default) == {"toy": "pass"}
+
+
+def test_calibration_is_not_testable_where_nothing_or_too_little_was_tested() -> None:
+    expressed, annotations, unit_genes = _calibration_world(seed=4)
+    settings = EnrichmentSettings(annotated_only=False)
+    # every term above the size bound: no test at all
+    empty = calibrate(
+        unit_genes, expressed, {"toy": annotations}, replace(settings, max_term_size=5, min_term_size=5)
+    )
+    assert _statuses(empty) == ["not testable", "not testable"]
+    assert calibration_verdicts(empty) == {"toy": "not testable"}
+    # three features and three small terms: too few null tests to catch p-values 10× too small
+    few_terms = annotations.filter(pl.col("term_id").is_in(["T:0", "T:1", "T:2"]))
+    few = calibrate(unit_genes.filter(pl.col("feature") < 3), expressed, {"toy": few_terms}, settings)
+    assert calibration_verdicts(few) == {"toy": "not testable"} and (few["detectable_ratio"] > 10).all()
+
+
+def test_rejection_probabilities_are_the_attainable_levels_of_the_exact_test() -> None:
+    rng = np.random.default_rng(5)
+    population, min_overlap, alpha = 800, 2, 0.01
+    set_sizes, term_sizes = np.array([1, 3, 20, 45]), np.array([2, 7, 40, 300, 800])
+    levels = rejection_probabilities(set_sizes, term_sizes, population, min_overlap, alpha)
+    for i, n in enumerate(set_sizes):
+        for j, K in enumerate(term_sizes):
+            tail = hypergeom.sf(np.arange(n + 1) - 1, population, K, n)  # P(X ≥ k)
+            rejecting = [t for k, t in enumerate(tail) if k >= min_overlap and t <= alpha]
+            assert levels[i, j] == pytest.approx(rejecting[0] if rejecting else 0.0, rel=1e-9, abs=1e-300)
+    assert (levels <= alpha).all() and levels[0].max() == 0.0  # one gene never reaches overlap 2
+    # and it is what a simulated null rejects at
+    draws = hypergeom.rvs(population, 40, 20, size=400_000, random_state=rng)
+    critical = min(
+        k for k in range(21) if k >= min_overlap and hypergeom.sf(k - 1, population, 40, 20) <= alpha
+    )
+    assert (draws >= critical).mean() == pytest.approx(levels[2, 2], rel=0.05)
+
+
+def test_max_term_size_is_relative_to_the_universe_unless_given_in_genes() -> None:
+    genes = [f"ENSG{i:011d}" for i in range(2_000)]
+    sizes = {"T:a": 10, "T:b": 30, "T:c": 60, "T:d": 120}  # terms nested in the first 120 genes
+    rows = [(genes[g], term, term, "phenotype") for term, size in sizes.items() for g in range(size)]
+    annotations = pl.DataFrame(rows, schema=["ensembl_id", "term_id", "term_name", "term_kind"], orient="row")
+    unit_genes = random_gene_sets(np.full(5, 20), genes[:1_000], seed=0).with_columns(
+        symbol=pl.col("ensembl_id")
+    )
+
+    def tested(background: list[str], **options: object) -> tuple[int, list[str]]:
+        result = enrich(
+            unit_genes, background, {"toy": annotations}, EnrichmentSettings(min_overlap=1, **options)
+        )
+        return result.summaries[0].notes["max_term_size"], sorted(set(result.table["term_id"]))  # type: ignore[return-value]
+
+    # the default: 10 % of the universe, whatever its size
+    assert tested(genes[:500], annotated_only=False) == (50, ["T:a", "T:b"])
+    assert tested(genes[:1_000], annotated_only=False) == (100, ["T:a", "T:b", "T:c"])
+    assert tested(genes)[0] == 12  # annotated_only: the universe is the 120 annotated genes
+    # an absolute bound, as configs gave it before, replaces the fraction
+    assert tested(genes[:1_000], annotated_only=False, max_term_size=500)[1] == ["T:a", "T:b", "T:c", "T:d"]
+    with pytest.raises(ValueError, match="max_term_fraction"):
+        EnrichmentSettings(max_term_fraction=0)
 
 
 def test_shuffled_sets_keep_set_sizes_and_gene_frequencies() -> None:
@@ -246,7 +351,7 @@ def test_shuffled_sets_keep_set_sizes_and_gene_frequencies() -> None:
         unit_genes.select(shuffled.columns).sort("feature", "ensembl_id")
     )
     with pytest.raises(ValueError, match="repeat"):
-        calibrate(unit_genes, [f"g{i}" for i in range(60)], {}, repeats=0)
+        CalibrationSettings(repeats=0)
 
 
 def test_an_ontology_database_with_no_usable_rows_gives_no_rows() -> None:
@@ -281,3 +386,48 @@ def test_string_goes_through_the_network_statistic_with_finite_or_null_ratios() 
     assert table["overlap"].to_list() == [28, 0]  # edges inside each set, each counted once
     assert table["significant"].to_list() == [True, False]
     assert table["odds_ratio"][0] > 1 and table["odds_ratio"][1] is None  # 0 seen of 0 expected: no ratio
+
+
+def test_derived_sources_count_once_in_the_feature_summary() -> None:
+    import duckdb
+
+    from sae_genomics_core.annotations.base import load_sources
+    from sae_genomics_core.warehouse.views import create_feature_summary
+
+    derived_from = {name: source.extra.get("derived_from", []) for name, source in load_sources().items()}
+    groups = evidence_sources(derived_from)
+    assert (
+        groups["monarch"] == groups["hpo"] and groups["string"] == "string"
+    )  # as external/sources.yaml says
+    assert evidence_sources({"a": ["b"], "c": ["b"], "d": []}) == {"a": "a", "b": "a", "c": "a", "d": "d"}
+    # feature 0: HPO and the Monarch snapshot derived from it; feature 1: HPO and STRING
+    pairs = [(0, "hpo", "HP:1"), (0, "monarch", "OMIM:1"), (1, "hpo", "HP:2"), (1, "string", "STRING:x")]
+    enrichment = pl.DataFrame(pairs, schema=["feature", "database", "term_id"], orient="row").with_columns(
+        dataset=pl.lit("d"),
+        layer=pl.lit(0),
+        term_name=pl.col("term_id"),
+        log10_p_value=pl.lit(-5.0),
+        q_value=pl.lit(0.01),
+        significant=pl.lit(True),
+        most_specific=pl.lit(None, pl.Boolean),
+    )
+    with duckdb.connect() as connection:
+        connection.execute(
+            "create table feature_stats as select 'd' as dataset, 0 as layer, feature, 0.1 as frequency, "
+            "1 as fire_count, 1 as n_cells_active, 1.0 as mean_activation, 1.0 as max_activation from range(2) t(feature)"
+        )
+        connection.execute(
+            "create table feature_genes as select 'd' as dataset, 0 as layer, 0 as feature, "
+            "'G' as symbol, 'E' as ensembl_id, 1 as rank"
+        )
+        connection.execute(
+            "create table feature_cell_types as select 'd' as dataset, 0 as layer, 0 as feature, 'T' as cell_type, "
+            "0.5 as q_value, 0.0 as log2_fold_change, 0.0 as log2_fold_change_lower"
+        )
+        connection.register("frame", with_evidence_source(enrichment, groups).to_arrow())
+        connection.execute("create table enrichment as select * from frame")
+        create_feature_summary(connection)
+        rows = connection.execute(
+            "select feature, n_databases_significant, significant_databases from feature_summary order by feature"
+        ).fetchall()
+    assert rows == [(0, 1, ["hpo", "monarch"]), (1, 2, ["hpo", "string"])]

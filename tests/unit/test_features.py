@@ -175,7 +175,7 @@ def test_scores_do_not_depend_on_whether_counts_or_log1p_were_registered(setup, 
     import anndata as ad
     import scipy.sparse as sp
 
-    store, sae, cells, tables = setup
+    _, sae, cells, tables = setup
     counts = ad.read_h5ad(tenx_h5ad)
     matrix = sp.csr_matrix(counts.X, dtype=np.float64)
     scaled = sp.diags(1e4 / np.maximum(np.asarray(matrix.sum(axis=1)).ravel(), 1)) @ matrix
