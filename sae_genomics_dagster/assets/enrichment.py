@@ -71,7 +71,10 @@ class EnrichmentConfig(dg.Config):
         default="HP:0000118",
         description="HPO: test only terms below this one (Phenotypic abnormality); empty: every term",
     )
-    min_network_score: float = Field(default=0.7, description="STRING edges: score (recombined from the channels in sources.yaml) at least this")
+    min_network_score: float = Field(
+        default=0.7,
+        description="STRING edges: score (recombined from the channels in sources.yaml) at least this",
+    )
     seed: int = Field(default=0, description="random gene sets, random directions")
 
     def settings(self) -> Any:
