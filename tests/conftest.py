@@ -72,7 +72,7 @@ def counts(n_cells: int = 40, n_genes: int = 30, seed: int = 0) -> sp.csr_matrix
     return sp.csr_matrix(dense)
 
 
-def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(home: Path, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SAE_GENOMICS_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)  # the CLI must set it from the home itself
     return subprocess.run(
@@ -80,14 +80,14 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout_s,
     )
 
 
 @pytest.fixture(scope="session")
 def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("cli") / "home"
-    result = cli(home, "demo", "--sae-tokens", "60000")
+    result = cli(home, "demo", "--sae-tokens", "60000", timeout_s=900)  # the whole graph, on 2 busy cores
     assert result.returncode == 0, result.stderr
     assert "registered pbmc68k" in result.stdout
     return home
