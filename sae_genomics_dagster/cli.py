@@ -12,8 +12,13 @@ from pathlib import Path
 
 from sae_genomics_core.cli import add_core_commands, add_dataset_options, dataset_options, run
 from sae_genomics_core.config import HOME_ENV, Home
-from sae_genomics_core.data.h5ad import DatasetError
-from sae_genomics_core.data.registry import DatasetNotRegistered, Registry
+from sae_genomics_core.data.h5ad import DatasetError, DatasetTables, ValidationReport
+from sae_genomics_core.data.registry import (
+    QUICK_SCAN_CELLS,
+    DatasetNotRegistered,
+    Registry,
+    delete_dataset_rows,
+)
 
 DEMO_NAME = "pbmc68k"
 DEMO_CELL_TYPE_KEY = "bulk_labels"
@@ -30,13 +35,18 @@ def _execute(
     job: object, partition_key: str | None, instance: object, run_config: dict | None = None
 ) -> bool:
     from sae_genomics_dagster.instance import run_failure_messages
+    from sae_genomics_dagster.run_health import interruption, prepare_in_process_run
 
     result = job.execute_in_process(  # type: ignore[attr-defined]
         partition_key=partition_key,
         instance=instance,
         raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})},
+        tags=prepare_in_process_run(instance),  # type: ignore[arg-type]
     )
+    if doing := interruption(result):  # Ctrl-C / SIGTERM stops the command, not just this run
+        print(f"interrupted run {result.run_id} while {doing}; it is marked failed", file=sys.stderr)
+        raise SystemExit(130)
     if not result.success:
         for message in run_failure_messages(result):
             print(f"error: {message}", file=sys.stderr)
@@ -129,21 +139,106 @@ def _materialize(home: Home, name: str, sae_tokens: int | None = None, train_sae
 
 
 def _register(home: Home, path: str, name: str | None, args: argparse.Namespace, source: str) -> int:
+    """All-or-nothing: validate every cell and check the genes against the model vocab before writing the
+    entry; a partition that cannot be added, or a run that finds no gene in the vocab after all (the vocab
+    was unreadable here), undoes the registration."""
+    from sae_genomics_dagster.definitions import build_definitions
     from sae_genomics_dagster.instance import add_dataset_partition, get_instance
 
+    registry = Registry(home)
+    quick = getattr(args, "quick", False)  # `demo` has no --quick: its file is small
+    spec = build_definitions(home).resources["model"].spec
+    registered_before = set(registry.names())
     try:
-        entry, tables = Registry(home).register(path, name, dataset_options(args), source=source)
+        entry, tables = registry.register(
+            path,
+            name,
+            dataset_options(args),
+            source=source,
+            quick_scan_cells=QUICK_SCAN_CELLS if quick else None,
+            model_spec=spec,
+        )
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    add_dataset_partition(get_instance(home), entry.name)
-    report = tables.report
+    is_new = entry.name not in registered_before and entry.name not in _partitions(home)
+    try:
+        add_dataset_partition(get_instance(home), entry.name)
+    except BaseException:
+        if is_new:
+            registry.unregister(entry.name)
+        raise
+    _print_registration(entry.name, entry.path, tables.report)
+    if args.no_run:
+        return 0
+    status = _materialize(home, entry.name, args.sae_tokens, not args.no_sae)
+    if status and is_new and tables.report.n_genes_in_vocab is None:  # the vocab was unreadable here
+        return _undo_if_no_vocab(home, entry.name, tables, spec) or status
+    if status and quick:
+        print(
+            f"the registration of {entry.name} stays (--quick); `sae-genomics unregister {entry.name}` "
+            "removes it",
+            file=sys.stderr,
+        )
+    return status
+
+
+def _partitions(home: Home) -> set[str]:
+    from sae_genomics_dagster.instance import get_instance
+    from sae_genomics_dagster.partitions import dataset_partitions
+
+    return set(get_instance(home).get_dynamic_partitions(dataset_partitions.name or "dataset"))
+
+
+def _print_registration(name: str, path: Path, report: ValidationReport) -> None:
     print(
-        f"registered {entry.name}: {entry.path} ({report.n_cells} cells × {report.n_genes} genes, {report.matrix_source}, {report.value_kind})"
+        f"registered {name}: {path} ({report.n_cells} cells × {report.n_genes} genes, "
+        f"{report.matrix_source}, {report.value_kind})"
     )
+    if report.cells_scanned < report.n_cells:
+        print(
+            f"  note: --quick validated the first {report.cells_scanned} of {report.n_cells} cells; the ingest "
+            "run checks the rest and writes no rows if it finds a problem there, but this registration stays "
+            f"until `sae-genomics unregister {name}`"
+        )
+    if report.vocab_check:
+        print(f"  vocab: {report.vocab_check}")
     for warning in report.warnings:
         print(f"  note: {warning}")
-    return 0 if args.no_run else _materialize(home, entry.name, args.sae_tokens, not args.no_sae)
+
+
+def _undo_if_no_vocab(home: Home, name: str, tables: DatasetTables, spec: str) -> int | None:
+    """After a failed run of a registration whose vocab check was deferred: if the model's vocab (now
+    readable, e.g. downloaded by the run) holds none of the genes, remove the entry, the partition and
+    the ingest rows (one transaction), and say so. None when there is nothing to undo."""
+    from sae_genomics_core.data.vocab_check import vocab_coverage
+
+    coverage = vocab_coverage(tables.genes, spec, home.warehouse)
+    if not coverage.refused:
+        return None
+    deleted = _unregister_everywhere(home, name)
+    problem, fix = coverage.problem()
+    rows = ", ".join(f"{n} {table}" for table, n in deleted.items()) or "none"
+    print(
+        f"error: {tables.report.path}: {problem}.\n  fix: {fix}\n"
+        f"registration of {name} undone: registry entry and dataset partition removed, warehouse rows "
+        f"deleted ({rows}); activations, SAEs and other tables were not written",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _unregister_everywhere(home: Home, name: str) -> dict[str, int]:
+    """Remove a dataset's registry entry, dynamic partition and ingest rows; rows deleted per table."""
+    from sae_genomics_dagster.instance import get_instance
+    from sae_genomics_dagster.partitions import dataset_partitions
+
+    deleted = delete_dataset_rows(home.warehouse, name)
+    instance = get_instance(home)
+    if instance.has_dynamic_partition(dataset_partitions.name or "dataset", name):
+        instance.delete_dynamic_partition(dataset_partitions.name or "dataset", name)
+    Registry(home).unregister(name)
+    return deleted
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
@@ -276,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--name", help="dataset key (default: the file stem, sanitised)")
     add_dataset_options(register)
     register.add_argument("--no-run", action="store_true", help="only register; materialise later in the UI")
+    register.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"validate only the first {QUICK_SCAN_CELLS:,} cells (for huge files): a problem in the rest "
+        "fails the ingest run (no rows written) but leaves the registration, to be removed with unregister",
+    )
     _add_run_options(register)
     register.set_defaults(handler=_cmd_register)
 

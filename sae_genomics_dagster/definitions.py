@@ -24,7 +24,10 @@ from sae_genomics_dagster.io_manager import WarehouseIOManager
 from sae_genomics_dagster.jobs import build_sae_job, dataset_pipeline_job
 from sae_genomics_dagster.partitions import dataset_layer_partitions
 from sae_genomics_dagster.resources import HomeResource, ModelResource
+from sae_genomics_dagster.run_health import die_with_parent
 from sae_genomics_dagster.sensors import build_incoming_sensor, build_sae_after_ingest_sensor
+
+die_with_parent()  # a step process (or run worker) imports this first: it must not outlive its parent
 
 
 def build_definitions(home: Home | None = None) -> dg.Definitions:

@@ -13,6 +13,7 @@ from sae_genomics_core.data.h5ad import DatasetError
 from sae_genomics_core.data.registry import Registry
 from sae_genomics_dagster.jobs import dataset_pipeline_job
 from sae_genomics_dagster.partitions import dataset_partitions
+from sae_genomics_dagster.resources import ModelResource
 
 # A file modified more recently than this may still be being copied; it is picked up next tick.
 SETTLE_SECONDS = 5.0
@@ -25,9 +26,11 @@ def build_incoming_sensor(home: Home, settle_seconds: float = SETTLE_SECONDS) ->
         minimum_interval_seconds=15,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Registers each new or changed .h5ad in {home.incoming} as a dataset partition "
-        "and requests its ingest run. Files that fail validation are logged and skipped until they change.",
+        "and requests its ingest run. Registration is all-or-nothing: every cell is validated and the genes "
+        "are checked against the model's vocab first; files that fail are logged and skipped until they "
+        "change, and leave no entry or partition.",
     )
-    def incoming_h5ad(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    def incoming_h5ad(context: dg.SensorEvaluationContext, model: ModelResource) -> dg.SensorResult:
         seen: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
         registry = Registry(home)
         known = set(context.instance.get_dynamic_partitions(dataset_partitions.name or "dataset"))
@@ -49,6 +52,7 @@ def build_incoming_sensor(home: Home, settle_seconds: float = SETTLE_SECONDS) ->
                     name=known_entry.name if known_entry else None,
                     options=known_entry.options if known_entry else None,
                     source="sensor",
+                    model_spec=model.spec,
                 )
             except Exception as error:  # one bad file must not stop the others (nor retry every tick)
                 problems = error.problems if isinstance(error, DatasetError) else []

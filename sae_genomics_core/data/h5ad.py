@@ -128,13 +128,18 @@ class ValidationReport:
     n_stored_zeros: int = 0  # explicitly stored zeros in the scanned rows (tahoe-x1 makes them tokens)
     sample_key: str | None = None
     n_samples: int = 0
+    # set at registration: genes in the model vocab (None: not checked) and the check in words
+    n_genes_in_vocab: int | None = None
+    vocab_check: str | None = None
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def to_markdown(self) -> str:
-        rows = [(k, v) for k, v in self.to_dict().items() if k != "warnings"]
+        # the vocab fields are set at registration only (validation alone knows no model)
+        unset = {k for k in ("n_genes_in_vocab", "vocab_check") if getattr(self, k) is None}
+        rows = [(k, v) for k, v in self.to_dict().items() if k != "warnings" and k not in unset]
         text = "| check | result |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
         if self.warnings:
             text += "\n\n**Warnings**\n\n" + "\n".join(f"- {w}" for w in self.warnings)
@@ -550,6 +555,7 @@ def _gene_table(
         gene_id_source = f"ensembl:{ensembl_column}"
         key = pd.Series(ensembl, dtype="string")
 
+    _unnamed_genes(feature_names, ensembl, symbols, problems)
     duplicated = key[key.duplicated(keep=False) & key.notna()]
     if not duplicated.empty:
         examples = ", ".join(sorted(set(duplicated.astype(str)))[:5])
@@ -568,6 +574,37 @@ def _gene_table(
         "in_vocab": pl.Series([None] * len(var), dtype=pl.Boolean),
     }, schema_overrides={"feature_name": pl.String, "ensembl_id": pl.String, "symbol": pl.String})  # fmt: skip
     return genes, gene_id_source, None if symbol_column is None else symbol_column
+
+
+def _unnamed_genes(
+    feature_names: np.ndarray,
+    ensembl: list[str | None],
+    symbols: list[str | None],
+    problems: list[Problem],
+) -> None:
+    """A gene with no name at all (empty var name, no Ensembl id, no symbol) can never become a token."""
+    unnamed = [
+        i
+        for i, (name, gene_id, symbol) in enumerate(zip(feature_names, ensembl, symbols, strict=True))
+        if not str(name).strip() and not gene_id and not (symbol or "").strip()
+    ]
+    if not unnamed:
+        return
+    share = (
+        f"all {len(unnamed)}"
+        if len(unnamed) == len(feature_names)
+        else f"{len(unnamed)} of {len(feature_names)}"
+    )
+    examples = ", ".join(map(str, unnamed[:5]))
+    problems.append(
+        Problem(
+            f"{share} genes have an empty name (empty var name and no Ensembl id or symbol; e.g. "
+            f"gene_index {examples}), so they can never be matched to the model vocab",
+            "name every gene (adata.var_names = <Ensembl ids or symbols>, or pass --ensembl-column / "
+            "--symbol-column with the var column that holds them), or drop the unnamed genes "
+            "(adata = adata[:, adata.var_names != '']) and register the file again",
+        )
+    )
 
 
 # -- cells ------------------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """The dataset registry: one JSON file per dataset under the home's `registry/`.
 
 A registry entry records where the .h5ad lives and how to read it, so that every asset run for a
-dataset partition reads the same file the same way. Registration validates first and writes
-nothing when the file has a problem.
+dataset partition reads the same file the same way. Registration is all-or-nothing: the whole
+matrix is validated (and, given a model spec, the genes are checked against the model's vocab) before
+anything is written, so a refused file leaves no entry behind. `quick_scan_cells` trades that for speed
+on huge files: only the first cells are scanned, and the ingest run scans the rest (writing no rows if
+it finds a problem there, but leaving the entry, which the caller must then say).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from typing import Any
 
 from sae_genomics_core.config import Home
 from sae_genomics_core.data.h5ad import DatasetError, DatasetOptions, DatasetTables, Problem, inspect_h5ad
+from sae_genomics_core.data.vocab_check import vocab_coverage
 
 # Dagster multi-partition keys may not contain | , [ ] ; we keep keys SQL- and URL-friendly too.
 _UNSAFE = re.compile(r"[^a-z0-9_.-]+")
 MAX_NAME_LENGTH = 64
-# Registration scans this many cells; the `cells`/`genes` assets scan all of them.
+# `register --quick` scans this many cells; by default registration scans all of them, as ingest does.
 QUICK_SCAN_CELLS = 20_000
 
 
@@ -109,9 +113,11 @@ class Registry:
         options: DatasetOptions | None = None,
         *,
         source: str = "cli",
-        quick_scan_cells: int | None = QUICK_SCAN_CELLS,
+        quick_scan_cells: int | None = None,
+        model_spec: str | None = None,
     ) -> tuple[DatasetEntry, DatasetTables]:
-        """Validate the file, then record it. Raises `DatasetError` (nothing written) on any problem."""
+        """Validate the file (all cells unless `quick_scan_cells`; the genes against the vocab of
+        `model_spec` if given), then record it. Raises `DatasetError` (nothing written) on any problem."""
         path = Path(path).expanduser().resolve()
         options = options or DatasetOptions()
         try:
@@ -128,6 +134,12 @@ class Registry:
                     f"{key}`",
                 )])  # fmt: skip
         tables = inspect_h5ad(path, options, max_cells=quick_scan_cells)
+        if model_spec is not None:
+            coverage = vocab_coverage(tables.genes, model_spec, self.home.warehouse)
+            if coverage.refused:
+                raise DatasetError(path, [Problem(*coverage.problem())])
+            tables.report.n_genes_in_vocab = coverage.n_in_vocab
+            tables.report.vocab_check = coverage.summary()
         entry = DatasetEntry(
             name=key,
             path=path,
@@ -150,3 +162,27 @@ class Registry:
                 f"dataset '{name}' is not registered; known: {', '.join(self.names())}"
             )
         path.unlink()
+
+
+DATASET_TABLES = ("cells", "genes", "datasets")  # the rows ingest writes for a dataset
+
+
+def delete_dataset_rows(warehouse: Path, name: str) -> dict[str, int]:
+    """Delete a dataset's ingest rows (cells, genes, datasets) in one transaction; rows deleted per table."""
+    from sae_genomics_core.warehouse.writer import warehouse_writer
+
+    if not warehouse.exists():
+        return {}
+    deleted: dict[str, int] = {}
+    with warehouse_writer(warehouse) as connection:
+        present = {
+            row[0]
+            for row in connection.execute(
+                "select table_name from information_schema.tables where table_type = 'BASE TABLE'"
+            ).fetchall()
+        }
+        for table in DATASET_TABLES:
+            if table in present:
+                (count,) = connection.execute(f'delete from "{table}" where dataset = ?', [name]).fetchone()
+                deleted[table] = int(count)
+    return deleted

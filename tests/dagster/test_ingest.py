@@ -112,3 +112,30 @@ def test_sample_column_reaches_cells_and_datasets(
     with duckdb.connect(str(home.warehouse), read_only=True) as connection:
         key, n_samples = connection.execute("select sample_key, n_samples from datasets").fetchone()
     assert (key, n_samples) == ("donor_id", 5)
+
+
+def test_a_registration_found_without_vocab_genes_after_ingest_is_undone(
+    home: Home, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The vocab check was deferred (vocab unreadable at registration) and the run found no gene in it:
+    entry, partition and ingest rows go, in one transaction for the rows, and the message says so."""
+    from sae_genomics_dagster.cli import _undo_if_no_vocab
+    from sae_genomics_dagster.instance import get_instance
+    from tests.unit.test_registry import one_gene_vocab_model
+
+    path = write_h5ad(tmp_path / "genes.h5ad", counts())
+    _, tables = Registry(home).register(path, "genes", model_spec=f"dir:{tmp_path / 'not_yet'}")
+    assert tables.report.n_genes_in_vocab is None
+    with get_instance(home) as instance:
+        assert _ingest(home, instance, "genes").success
+    assert _count(home, "select count(*) from cells where dataset = 'genes'") == 40
+
+    assert _undo_if_no_vocab(home, "genes", tables, one_gene_vocab_model(tmp_path / "model")) == 2
+    message = capsys.readouterr().err
+    assert "none of its 30 genes is in the vocab" in message
+    assert "registration of genes undone" in message and "(40 cells, 30 genes, 1 datasets)" in message
+    assert Registry(home).names() == []
+    with get_instance(home) as instance:
+        assert instance.get_dynamic_partitions("dataset") == []
+    for table in ("cells", "genes", "datasets"):
+        assert _count(home, f"select count(*) from {table}") == 0

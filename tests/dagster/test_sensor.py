@@ -10,8 +10,10 @@ import pytest
 
 from sae_genomics_core.config import Home
 from sae_genomics_core.data.registry import Registry
+from sae_genomics_dagster.resources import ModelResource
 from sae_genomics_dagster.sensors import build_incoming_sensor
 from tests.conftest import counts, write_h5ad
+from tests.unit.test_registry import late_nan_h5ad, one_gene_vocab_model
 
 
 def _age(path: Path, seconds: float = 60.0) -> float:
@@ -26,9 +28,14 @@ def instance() -> dg.DagsterInstance:
         yield instance
 
 
-def _tick(home: Home, instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:
+def _tick(
+    home: Home, instance: dg.DagsterInstance, cursor: str | None = None, spec: str = "tiny-random"
+) -> dg.SensorResult:
     sensor = build_incoming_sensor(home)
-    return sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"model": ModelResource(spec=spec)}
+    )
+    return sensor(context)
 
 
 def test_a_dropped_file_is_registered_and_requested(
@@ -107,3 +114,23 @@ def test_an_unreadable_file_does_not_block_the_others(
     assert [r.partition_key for r in result.run_requests] == ["b_good"]
     again = _tick(home, instance, cursor=result.cursor)
     assert again.run_requests == []  # the bad one is not retried until it changes
+
+
+def test_a_nan_past_the_quick_scan_registers_nothing(home: Home, instance: dg.DagsterInstance) -> None:
+    path = late_nan_h5ad(home.incoming / "late_nan.h5ad")
+    _age(path)
+    result = _tick(home, instance)
+    assert result.run_requests == [] and result.dynamic_partitions_requests == []
+    assert "non-finite" in result.skip_reason.skip_message
+    assert Registry(home).names() == []
+
+
+def test_a_file_with_no_gene_in_the_vocab_registers_nothing(
+    home: Home, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    path = write_h5ad(home.incoming / "other_genes.h5ad", counts())
+    _age(path)
+    result = _tick(home, instance, spec=one_gene_vocab_model(tmp_path / "model"))
+    assert result.run_requests == [] and result.dynamic_partitions_requests == []
+    assert "vocab" in result.skip_reason.skip_message
+    assert Registry(home).names() == []

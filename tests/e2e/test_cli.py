@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cli, counts, write_h5ad
+from tests.unit.test_registry import late_nan_h5ad, one_gene_vocab_model
 
 
 def test_demo_then_sql_prints_700(demo_home: Path) -> None:
@@ -92,3 +93,57 @@ def test_validate_prints_report(tenx_h5ad: Path, tmp_path: Path) -> None:
     result = cli(tmp_path / "home", "validate", str(tenx_h5ad), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["value_kind"] == "raw_counts"
+
+
+def _nothing_registered(home: Path) -> None:
+    """No registry entry, no dataset partition, no warehouse rows."""
+    from sae_genomics_core.config import Home
+    from sae_genomics_dagster.instance import get_instance
+
+    assert list((home / "registry").iterdir()) == []
+    with get_instance(Home(home)) as instance:
+        assert instance.get_dynamic_partitions("dataset") == []
+    assert not (home / "warehouse.duckdb").exists()
+
+
+def _empty_names(path: Path) -> Path:
+    import anndata as ad
+    import pandas as pd
+
+    obs = pd.DataFrame(index=[f"cell{i}" for i in range(40)])
+    with pytest.warns(UserWarning, match="not unique"):
+        ad.AnnData(X=counts(), obs=obs, var=pd.DataFrame(index=[""] * 30)).write_h5ad(path)
+    return path
+
+
+@pytest.mark.parametrize("run", [True, False], ids=["run", "no-run"])
+def test_a_nan_past_the_quick_scan_is_refused_with_nothing_left(tmp_path: Path, run: bool) -> None:
+    home = tmp_path / "home"
+    path = late_nan_h5ad(tmp_path / "late_nan.h5ad")
+    result = cli(home, "register", str(path), *([] if run else ["--no-run"]))
+    assert result.returncode == 2, result.stdout
+    assert "1 non-finite" in result.stderr and "nothing was written" in result.stderr
+    _nothing_registered(home)
+
+
+def test_empty_gene_names_are_refused_by_validate_and_register(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    path = _empty_names(tmp_path / "unnamed.h5ad")
+    validated = cli(home, "validate", str(path))
+    assert validated.returncode == 2 and "all 30 genes have an empty name" in validated.stderr
+    registered = cli(home, "register", str(path))
+    assert registered.returncode == 2 and "all 30 genes have an empty name" in registered.stderr
+    _nothing_registered(home)
+
+
+def test_no_gene_in_the_model_vocab_leaves_nothing_registered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    spec = one_gene_vocab_model(tmp_path / "model")
+    monkeypatch.setenv("SAE_GENOMICS_MODEL", spec)
+    result = cli(home, "register", str(write_h5ad(tmp_path / "genes.h5ad", counts())))
+    assert result.returncode == 2, result.stdout
+    assert f"none of its 30 genes is in the vocab of {spec}" in result.stderr
+    assert "nothing was written" in result.stderr
+    _nothing_registered(home)

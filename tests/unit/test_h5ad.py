@@ -377,3 +377,33 @@ def test_stored_zeros_are_counted_and_explained(tmp_path: Path) -> None:
     (note,) = [w for w in tables.report.warnings if "explicit zeros" in w]
     assert "expression bin 1" in note and "eliminate_zeros" in note
     assert tables.cells["n_genes_expressed"].sum() == int((counts().toarray() > 0).sum()) - 5
+
+
+def _unnamed(tmp_path: Path, names: list[str]) -> Path:
+    """A file whose var index holds `names` and no other gene column (so the index is the only name)."""
+    import anndata as ad
+
+    obs = pd.DataFrame(index=[f"cell{i}" for i in range(40)])
+    path = tmp_path / "unnamed.h5ad"
+    with pytest.warns(UserWarning, match="not unique"):
+        ad.AnnData(X=counts(n_genes=len(names)), obs=obs, var=pd.DataFrame(index=names)).write_h5ad(path)
+    return path
+
+
+def test_genes_with_empty_names_are_refused_with_a_count(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"all 30 genes have an empty name") as caught:
+        inspect_h5ad(_unnamed(tmp_path, [""] * 30))
+    assert "adata.var_names" in str(caught.value)
+    some = [f"GENE{i}" for i in range(27)] + ["", " ", ""]
+    with pytest.raises(DatasetError, match=r"3 of 30 genes have an empty name \(.*gene_index 27, 28, 29"):
+        inspect_h5ad(_unnamed(tmp_path, some))
+
+
+def test_an_empty_name_with_an_ensembl_id_is_a_gene(tmp_path: Path) -> None:
+    import anndata as ad
+
+    var = pd.DataFrame({"gene_ids": [f"ENSG{i:011d}" for i in range(30)]}, index=[""] * 29 + ["X"])
+    path = tmp_path / "ids.h5ad"
+    with pytest.warns(UserWarning, match="not unique"):
+        ad.AnnData(X=counts(), obs=pd.DataFrame(index=[f"c{i}" for i in range(40)]), var=var).write_h5ad(path)
+    assert inspect_h5ad(path).report.n_genes_with_ensembl == 30
