@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
+from sae_genomics_core.activations.settings import STORAGE_DTYPE_NAMES, ExtractionSettings
 from sae_genomics_core.config import Home
 from sae_genomics_core.data.registry import Registry
+from sae_genomics_core.model.hooks import HOOKS
 
 
 class HomeResource(dg.ConfigurableResource):
@@ -26,6 +29,10 @@ class HomeResource(dg.ConfigurableResource):
         return Registry(self.home)
 
 
+# the core defaults of extraction (`layers` has none: the resource's None means every layer)
+EXTRACTION = {field.name: field.default for field in dataclasses.fields(ExtractionSettings)}
+
+
 class ModelResource(dg.ConfigurableResource):
     """Which tahoe-x1 to run and how. Weights load lazily, inside the asset that needs them."""
 
@@ -36,18 +43,22 @@ class ModelResource(dg.ConfigurableResource):
         "weights, offline demo)",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:<i>")
-    batch_size: int = Field(default=16, description="cells per forward pass")
-    max_length: int | None = Field(default=None, description="tokens per cell incl. <cls>; None: the model's")
-    layers: list[int] | None = Field(default=None, description="layers to extract; None: all")
-    hooks: list[str] = Field(
-        default=["resid_post", "mlp_out"], description="of mlp_out, resid_post, attn_out, mlp_hidden"
+    batch_size: int = Field(default=EXTRACTION["batch_size"], description="cells per forward pass")
+    max_length: int | None = Field(
+        default=EXTRACTION["max_length"], description="tokens per cell incl. <cls>; None: the model's"
     )
-    storage_dtype: str = Field(default="bfloat16", description="bfloat16, float16 or float32 on disk")
+    layers: list[int] | None = Field(default=None, description="layers to extract; None: all")
+    hooks: list[str] = Field(default=list(EXTRACTION["hooks"]), description=f"of {', '.join(HOOKS)}")
+    storage_dtype: str = Field(
+        default=EXTRACTION["storage_dtype"], description=f"{', '.join(STORAGE_DTYPE_NAMES)} on disk"
+    )
     shard_cells: int = Field(
-        default=2048, description="cells per shard (memory is bounded by one shard's batch)"
+        default=EXTRACTION["shard_cells"],
+        description="cells per shard (memory is bounded by one shard's batch)",
     )
     seed: int = Field(
-        default=0, description="seeds tiny-random and random-init weights and per-cell gene sampling"
+        default=EXTRACTION["seed"],
+        description="seeds tiny-random and random-init weights and per-cell gene sampling",
     )
     drug: str | None = Field(
         default=None,
@@ -82,8 +93,6 @@ class ModelResource(dg.ConfigurableResource):
         return load_model(self.spec, dataset_genes=genes, device=device, seed=self.seed, drug=self.drug)
 
     def settings(self, n_layers: int) -> Any:
-        from sae_genomics_core.activations.extract import ExtractionSettings
-
         return ExtractionSettings(
             layers=tuple(self.layers if self.layers is not None else range(n_layers)),
             hooks=tuple(self.hooks),

@@ -18,36 +18,14 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
+from sae_genomics_core.activations.settings import ExtractionSettings
 from sae_genomics_core.activations.store import STORAGE_DTYPES, ActivationStore, site_name
 from sae_genomics_core.data.h5ad import DatasetOptions, open_matrix
 from sae_genomics_core.model.load import LoadedModel
-from sae_genomics_core.model.tx import HOOKS
 
 
 class NoGenesInVocab(ValueError):
     pass
-
-
-@dataclass(frozen=True)
-class ExtractionSettings:
-    layers: tuple[int, ...]
-    hooks: tuple[str, ...] = HOOKS
-    batch_size: int = 16
-    max_length: int | None = None  # None: the model's collator max_length
-    storage_dtype: str = "bfloat16"
-    shard_cells: int = 2048
-    seed: int = 0
-    compute_dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-
-    def validate(self, n_layers: int) -> None:
-        bad_layers = [layer for layer in self.layers if not 0 <= layer < n_layers]
-        if not self.layers or bad_layers:
-            raise ValueError(f"layers {list(self.layers)} are not all within 0..{n_layers - 1} of the model")
-        bad_hooks = set(self.hooks) - set(HOOKS)
-        if not self.hooks or bad_hooks:
-            raise ValueError(f"hooks {sorted(bad_hooks) or '[]'} unknown; choose from {', '.join(HOOKS)}")
-        if self.storage_dtype not in STORAGE_DTYPES:
-            raise ValueError(f"storage dtype {self.storage_dtype!r}: use one of {', '.join(STORAGE_DTYPES)}")
 
 
 @dataclass

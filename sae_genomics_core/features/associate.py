@@ -35,16 +35,7 @@ import torch
 from sae_genomics_core.activations.store import ActivationStore, from_storage
 from sae_genomics_core.features.cell_types import SCHEMA as CELL_TYPE_SCHEMA
 from sae_genomics_core.features.cell_types import cell_type_table
-
-
-@dataclass(frozen=True)
-class AssociationSettings:
-    top_genes: int = 50
-    top_cells: int = 50
-    min_gene_tokens: int = 3
-    batch_tokens: int = 8192
-    device: str = "cpu"
-
+from sae_genomics_core.features.settings import AssociationSettings
 
 HISTOGRAM_BINS = 20
 
@@ -77,11 +68,12 @@ def associate(
     hook: str,
     loaded: Any,  # sae_genomics_core.sae.checkpoint.LoadedSae
     cells: pl.DataFrame,  # cell_index, cell_id, cell_type, optionally sample
-    settings: AssociationSettings = AssociationSettings(),
+    settings: AssociationSettings | None = None,
     with_cells: bool = True,
 ) -> FeatureTables:
     """All four tables; `with_cells=False` leaves feature_cells and feature_cell_types empty (baselines
     need only the genes, and the per-type tests are the slowest part)."""
+    settings = settings or AssociationSettings()
     sae = loaded.sae.to(settings.device)
     totals = _Totals(int(sae.cfg.d_sae), int(sae.cfg.k), int(store.manifest["n_cells_total"]))
     for shard in store.manifest["shards"]:
@@ -336,6 +328,10 @@ def rank_genes(
     """
     d_sae = moments.mean.size
     keys, sums = gene_sums.totals(min_count=1)
+    # key order: the groups come back in a different order each run, and the sums over them below must
+    # round the same way for a re-run to write the same bits
+    order = np.argsort(keys, kind="stable")
+    keys, sums = keys[order], sums[order]
     gene_mean = sums[:, 1] / gene_tokens[keys // d_sae]
     prior_all = _prior_variance(keys % d_sae, gene_mean, gene_tokens, moments)  # needs every pair
     supported = sums[:, 0] >= max(1, settings.min_gene_tokens)  # the others can never be ranked
@@ -361,7 +357,9 @@ def rank_genes(
     )
     # ties (no spread between genes: every lift shrunk to 1) go to the z-score, which does not favour
     # rare or common genes under the null
-    ranked = frame.sort(["feature", "specificity", "specificity_z"], descending=[False, True, True])
+    ranked = frame.sort(  # then gene_id: the rank of exact ties must not depend on the input order
+        ["feature", "specificity", "specificity_z", "gene_id"], descending=[False, True, True, False]
+    )
     ranked = ranked.with_columns(pl.int_range(1, pl.len() + 1).over("feature").cast(pl.Int64).alias("rank"))
     return ranked.filter(pl.col("rank") <= settings.top_genes)
 

@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sae_genomics_core.model.config import TahoeConfig
-
-HOOKS = ("mlp_out", "resid_post", "attn_out", "mlp_hidden")
+from sae_genomics_core.model.hooks import HOOKS
 
 
 def _activation(name: str):

@@ -25,63 +25,16 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from sae_genomics_core.sae.settings import SaeTrainingConfig
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SaeTrainingConfig:
-    expansion_factor: int = 8
-    k: int = 32
-    training_tokens: int = 2_000_000
-    batch_size: int = 4096
-    lr: float | None = None  # None: 2e-4 / sqrt(d_sae / 2^14) (Gao et al.)
-    warmup_steps: int | None = None  # None: warmup_fraction of the steps
-    warmup_fraction: float = 0.05
-    lr_end_fraction: float = 0.1
-    seed: int = 0
-    aux_coefficient: float = 1 / 32
-    # a latent silent this many tokens is dead (AuxK trains it); None: dead_window_fraction of the
-    # training tokens, at most dead_window_max_tokens and at least one batch
-    dead_window_tokens: int | None = None
-    dead_window_fraction: float = 0.1
-    dead_window_max_tokens: int = 1_000_000
-    dense_threshold: float = 0.1  # a latent firing on more tokens than this is "dense"
-    holdout_fraction: float = 0.1
-    log_every_steps: int = 50
-    state_every_steps: int = 200
-    eval_tokens: int = 50_000
-    stats_tokens: int = 100_000
-    b_dec_init: str = "geometric_median"  # or "mean"
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        for name in ("warmup_fraction", "dead_window_fraction"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1]; got {getattr(self, name)}")
-        for name in ("training_tokens", "batch_size", "dead_window_max_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive number of tokens; got {getattr(self, name)}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise ValueError(
-                f"warmup_steps must be ≥ 0 (or None to scale it to the run); got {self.warmup_steps}"
-            )
-        if self.dead_window_tokens is not None and self.dead_window_tokens < 1:
-            raise ValueError(
-                f"dead_window_tokens must be ≥ 1 (or None to scale it to the run); got {self.dead_window_tokens}"
-            )
-
-    def learning_rate(self, d_sae: int) -> float:
-        return self.lr if self.lr is not None else 2e-4 / math.sqrt(d_sae / 2**14)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class TokenSource(Protocol):

@@ -14,6 +14,7 @@ import polars as pl
 from pydantic import Field
 
 from sae_genomics_core.annotations.base import load_sources, snapshots_dir
+from sae_genomics_core.enrichment.settings import EnrichmentSettings
 from sae_genomics_core.warehouse.sql import format_frame
 from sae_genomics_core.warehouse.views import create_feature_summary
 from sae_genomics_core.warehouse.writer import warehouse_writer
@@ -27,7 +28,7 @@ from sae_genomics_dagster.assets.common import (
     charts_dir,
     sae_device,
 )
-from sae_genomics_dagster.assets.features import open_partition, refuse_stale
+from sae_genomics_dagster.assets.features import ASSOCIATION, open_partition, refuse_stale
 from sae_genomics_dagster.resources import HomeResource
 
 GROUP = "enrichment"
@@ -35,51 +36,61 @@ CALIBRATION_CHECK = "calibration"
 HPO_SNAPSHOT_GLOB = "hp.*.json.gz"
 
 
+ENRICHMENT = EnrichmentSettings()  # the core defaults
+
+
 class EnrichmentConfig(dg.Config):
-    gene_set_size: int = Field(default=20, description="a feature's gene set: its top N genes")
+    """Run config of `enrichment`; every default is the core one (EnrichmentSettings)."""
+
+    gene_set_size: int = Field(
+        default=ENRICHMENT.gene_set_size, description="a feature's gene set: its top N genes"
+    )
     gene_set_scope: str = Field(
-        default="background",
+        default=ENRICHMENT.gene_set_scope,
         description="`background`: the top N genes, then those the database annotates (gene list ∩ universe); "
         "`universe`: the top N among the genes the database annotates (always N, reaching deeper)",
     )
     gene_set_order: str = Field(
-        default="score",
+        default=ENRICHMENT.gene_set_order,
         description="rank the feature's feature_genes rows by `score` (Σ activation × expression) or by `rank` "
         "(specificity first); feature_genes already keeps only genes ranked by specificity",
     )
-    min_term_size: int = Field(default=5, description="terms with fewer genes in the universe are not tested")
+    min_term_size: int = Field(
+        default=ENRICHMENT.min_term_size, description="terms with fewer genes in the universe are not tested"
+    )
     max_term_fraction: float | None = Field(
         default=None,
         description="terms holding more than this fraction of the database's universe are not tested "
         "(unset: the core default, EnrichmentSettings.max_term_fraction)",
     )
     max_term_size: int | None = Field(
-        default=None,
+        default=ENRICHMENT.max_term_size,
         description="an absolute largest term size (genes in the universe); set, it replaces max_term_fraction",
     )
     min_overlap: int = Field(
-        default=2, description="pairs with a smaller overlap count as p = 1 (still in BH)"
+        default=ENRICHMENT.min_overlap,
+        description="pairs with a smaller overlap count as p = 1 (still in BH)",
     )
-    fdr: float = Field(default=0.05, description="BH level per dataset × layer × database")
+    fdr: float = Field(default=ENRICHMENT.fdr, description="BH level per dataset × layer × database")
     annotated_only: bool = Field(
-        default=True, description="universe per database = background genes that database annotates"
+        default=ENRICHMENT.annotated_only,
+        description="universe per database = background genes that database annotates",
     )
     only_most_specific: bool = Field(
-        default=False, description="HPO: drop significant terms that have a significant descendant"
+        default=ENRICHMENT.only_most_specific,
+        description="HPO: drop significant terms that have a significant descendant",
     )
     hpo_branch: str = Field(
-        default="HP:0000118",
+        default=dict(ENRICHMENT.term_roots).get("hpo", ""),
         description="HPO: test only terms below this one (Phenotypic abnormality); empty: every term",
     )
     min_network_score: float = Field(
-        default=0.7,
+        default=ENRICHMENT.min_network_score,
         description="STRING edges: score (recombined from the channels in sources.yaml) at least this",
     )
-    seed: int = Field(default=0, description="random gene sets, random directions")
+    seed: int = Field(default=ENRICHMENT.seed, description="random gene sets, random directions")
 
     def settings(self) -> Any:
-        from sae_genomics_core.enrichment.enrich import EnrichmentSettings
-
         try:
             return EnrichmentSettings(
                 gene_set_size=self.gene_set_size, gene_set_order=self.gene_set_order,  # type: ignore[arg-type]
@@ -134,9 +145,11 @@ class BaselineConfig(EnrichmentConfig):
         default=None,
         description="PCA baseline: the top axes explaining this fraction of the variance (unset: core default)",
     )
-    top_genes: int = Field(default=50, description="as the features asset: genes kept per unit")
-    min_gene_tokens: int = Field(default=3, description="as the features asset")
-    batch_tokens: int = Field(default=8192, description="tokens encoded at once")
+    top_genes: int = Field(
+        default=ASSOCIATION.top_genes, description="as the features asset: genes kept per unit"
+    )
+    min_gene_tokens: int = Field(default=ASSOCIATION.min_gene_tokens, description="as the features asset")
+    batch_tokens: int = Field(default=ASSOCIATION.batch_tokens, description="tokens encoded at once")
 
     def baseline(self) -> Any:
         from sae_genomics_core.enrichment.baselines import BaselineSettings
@@ -440,7 +453,11 @@ def build_enrichment_assets(
             genes, vocab, background_genes(genes, vocab), annotations, ontologies, config.settings()
         )
         association = AssociationSettings(
-            config.top_genes, 0, config.min_gene_tokens, config.batch_tokens, sae_device()
+            top_genes=config.top_genes,
+            top_cells=0,
+            min_gene_tokens=config.min_gene_tokens,
+            batch_tokens=config.batch_tokens,
+            device=sae_device(),
         )
         sae_units = (_unit_genes(feature_genes), feature_stats.sort("feature")["frequency"].to_numpy())
         run = run_baselines(store, layer, hook, loaded, sae_units, inputs, association, config.baseline())

@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from sae_genomics_core.features.settings import AssociationSettings
 from sae_genomics_core.warehouse.views import create_feature_summary
 from sae_genomics_core.warehouse.writer import replace_partition
 from sae_genomics_dagster.assets.activations import CURRENT
@@ -28,11 +29,31 @@ from sae_genomics_dagster.resources import HomeResource
 GROUP = "features"
 
 
+ASSOCIATION = AssociationSettings()  # the core defaults
+
+
 class FeatureConfig(dg.Config):
-    top_genes: int = Field(default=50, description="genes kept per feature in feature_genes")
-    top_cells: int = Field(default=50, description="cells kept per feature in feature_cells")
-    min_gene_tokens: int = Field(default=3, description="a gene needs this many firing tokens to be ranked")
-    batch_tokens: int = Field(default=8192, description="tokens encoded at once")
+    """Run config of the feature tables; every default is the core one (AssociationSettings)."""
+
+    top_genes: int = Field(
+        default=ASSOCIATION.top_genes, description="genes kept per feature in feature_genes"
+    )
+    top_cells: int = Field(
+        default=ASSOCIATION.top_cells, description="cells kept per feature in feature_cells"
+    )
+    min_gene_tokens: int = Field(
+        default=ASSOCIATION.min_gene_tokens, description="a gene needs this many firing tokens to be ranked"
+    )
+    batch_tokens: int = Field(default=ASSOCIATION.batch_tokens, description="tokens encoded at once")
+
+    def settings(self, device: str) -> AssociationSettings:
+        return AssociationSettings(
+            top_genes=self.top_genes,
+            top_cells=self.top_cells,
+            min_gene_tokens=self.min_gene_tokens,
+            batch_tokens=self.batch_tokens,
+            device=device,
+        )
 
 
 def open_partition(home: HomeResource, dataset: str, layer: int) -> tuple[Any, str, Any]:
@@ -138,14 +159,12 @@ def build_feature_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         genes: pl.DataFrame,
     ):
         # torch, scipy and sae-lens load here, not when Dagster imports the definitions
-        from sae_genomics_core.features.associate import AssociationSettings, associate, attach_gene_ids
+        from sae_genomics_core.features.associate import associate, attach_gene_ids
 
         keys = context.partition_key.keys_by_dimension
         dataset, layer = keys["dataset"], int(keys["layer"])
         store, hook, loaded = open_partition(home, dataset, layer)
-        settings = AssociationSettings(
-            config.top_genes, config.top_cells, config.min_gene_tokens, config.batch_tokens, sae_device()
-        )
+        settings = config.settings(sae_device())
         unit_columns = [
             "cell_index",
             "cell_id",

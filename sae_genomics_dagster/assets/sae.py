@@ -13,29 +13,38 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from sae_genomics_core.sae.settings import RANDOM_WEIGHTS_K, REAL_MODEL_K, SaeTrainingConfig, default_k
 from sae_genomics_dagster.assets.activations import CURRENT, activations
 from sae_genomics_dagster.assets.common import BY_DATASET_LAYER, OWNERS, sae_device, table_out
 from sae_genomics_dagster.resources import HomeResource
 
 GROUP = "sae"
+TRAINING = SaeTrainingConfig()  # the core defaults
 EV_CHECK = "explained_variance_floor"
 DEAD_CHECK = "dead_fraction_ceiling"
 
 
 class SaeConfig(dg.Config):
+    """Run config of `sae_checkpoint`; every default is the core one (SaeTrainingConfig)."""
+
     hook: str = Field(default="resid_post", description="hook point to train on (must have been extracted)")
-    expansion_factor: int = Field(default=8, description="d_sae = expansion_factor × d_in")
+    expansion_factor: int = Field(
+        default=TRAINING.expansion_factor, description="d_sae = expansion_factor × d_in"
+    )
     k: int | None = Field(
-        default=None, description="active latents per token; None: 64 for real models, 16 for tiny-random"
+        default=None,
+        description=f"active latents per token; None: {REAL_MODEL_K} for real models, {RANDOM_WEIGHTS_K} for "
+        "random-weight ones",
     )
     training_tokens: int = Field(
-        default=1_000_000, description="tokens to train on (epochs repeat when the data is smaller)"
+        default=TRAINING.training_tokens,
+        description="tokens to train on (epochs repeat when the data is smaller)",
     )
-    batch_size: int = Field(default=4096)
-    lr: float | None = Field(default=None, description="None: 2e-4 / sqrt(d_sae / 2^14)")
-    seed: int = Field(default=0)
+    batch_size: int = Field(default=TRAINING.batch_size)
+    lr: float | None = Field(default=TRAINING.lr, description="None: 2e-4 / sqrt(d_sae / 2^14)")
+    seed: int = Field(default=TRAINING.seed)
     dead_window_tokens: int | None = Field(
-        default=None,
+        default=TRAINING.dead_window_tokens,
         description="a latent silent this many training tokens is dead (AuxK trains it); None: scaled to the run "
         "(SaeTrainingConfig: dead_window_fraction of training_tokens, at most dead_window_max_tokens); a value "
         "that does not fit in the run is replaced and reported",
@@ -88,7 +97,7 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         # torch, sae-lens and altair load here, not when Dagster imports the definitions
         from sae_genomics_core.activations.store import ActivationStore
         from sae_genomics_core.sae.checkpoint import save_checkpoint
-        from sae_genomics_core.sae.train import SaeTrainingConfig, StoreSource, train_sae
+        from sae_genomics_core.sae.train import StoreSource, train_sae
         from sae_genomics_core.viz.charts import chart_markdown, save_chart, training_curves
 
         keys = context.partition_key.keys_by_dimension
@@ -106,7 +115,7 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
                 f"{', '.join(manifest['sites'])}. Extract that layer and hook (model resource `layers`, `hooks`) "
                 "or choose one of these."
             )
-        k = config.k if config.k is not None else (16 if manifest["random_weights"] else 64)
+        k = config.k if config.k is not None else default_k(manifest["random_weights"])
         training = SaeTrainingConfig(
             expansion_factor=config.expansion_factor, k=k, training_tokens=config.training_tokens,
             batch_size=config.batch_size, lr=config.lr, seed=config.seed, dead_window_tokens=config.dead_window_tokens,

@@ -1,0 +1,15 @@
+"""How features are tied to genes and cells: the settings and their defaults, defined once (the Dagster
+configs derive from them). No torch import, so the Dagster definitions load fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssociationSettings:
+    top_genes: int = 50  # genes kept per feature in feature_genes
+    top_cells: int = 50  # cells kept per feature in feature_cells
+    min_gene_tokens: int = 3  # a gene needs this many firing tokens to be ranked
+    batch_tokens: int = 8192  # tokens encoded at once
+    device: str = "cpu"

@@ -1,0 +1,65 @@
+"""How an SAE is trained: the settings and their defaults, defined once (the Dagster config derives from
+them). Light on purpose: no torch import, so the Dagster definitions load fast."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+REAL_MODEL_K = 64  # active latents per token for the published models
+RANDOM_WEIGHTS_K = 16  # the tiny random-weight model: d_model 64 leaves room for fewer
+
+
+def default_k(random_weights: bool) -> int:
+    """Active latents per token when the run sets none: by the model the activations came from."""
+    return RANDOM_WEIGHTS_K if random_weights else REAL_MODEL_K
+
+
+@dataclass(frozen=True, kw_only=True)
+class SaeTrainingConfig:
+    expansion_factor: int = 8
+    k: int = REAL_MODEL_K
+    training_tokens: int = 1_000_000
+    batch_size: int = 4096
+    lr: float | None = None  # None: 2e-4 / sqrt(d_sae / 2^14) (Gao et al.)
+    warmup_steps: int | None = None  # None: warmup_fraction of the steps
+    warmup_fraction: float = 0.05
+    lr_end_fraction: float = 0.1
+    seed: int = 0
+    aux_coefficient: float = 1 / 32
+    # a latent silent this many tokens is dead (AuxK trains it); None: dead_window_fraction of the
+    # training tokens, at most dead_window_max_tokens and at least one batch
+    dead_window_tokens: int | None = None
+    dead_window_fraction: float = 0.1
+    dead_window_max_tokens: int = 1_000_000
+    dense_threshold: float = 0.1  # a latent firing on more tokens than this is "dense"
+    holdout_fraction: float = 0.1
+    log_every_steps: int = 50
+    state_every_steps: int = 200
+    eval_tokens: int = 50_000
+    stats_tokens: int = 100_000
+    b_dec_init: str = "geometric_median"  # or "mean"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("warmup_fraction", "dead_window_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1]; got {getattr(self, name)}")
+        for name in ("training_tokens", "batch_size", "dead_window_max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive number of tokens; got {getattr(self, name)}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(
+                f"warmup_steps must be ≥ 0 (or None to scale it to the run); got {self.warmup_steps}"
+            )
+        if self.dead_window_tokens is not None and self.dead_window_tokens < 1:
+            raise ValueError(
+                f"dead_window_tokens must be ≥ 1 (or None to scale it to the run); got {self.dead_window_tokens}"
+            )
+
+    def learning_rate(self, d_sae: int) -> float:
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(d_sae / 2**14)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
