@@ -1,4 +1,5 @@
-"""Where sae-genomics keeps its state: one home directory, set by ``$SAE_GENOMICS_HOME``."""
+"""Where sae-genomics keeps its state (one home directory, ``$SAE_GENOMICS_HOME``) and every setting it
+takes from the environment, read here and nowhere else."""
 
 from __future__ import annotations
 
@@ -8,6 +9,46 @@ from pathlib import Path
 
 HOME_ENV = "SAE_GENOMICS_HOME"
 DEFAULT_HOME_DIRNAME = ".sae-genomics"
+MODEL_ENV = "SAE_GENOMICS_MODEL"  # the model spec (dir:<path> names a folder)
+DEVICE_ENV = "SAE_GENOMICS_DEVICE"  # where the model runs
+SAE_DEVICE_ENV = "SAE_GENOMICS_SAE_DEVICE"  # where SAEs train and encode
+ANNOTATION_MODE_ENV = "SAE_GENOMICS_ANNOTATION_MODE"  # default mode of annotation refreshes
+SOURCES_ENV = "SAE_GENOMICS_SOURCES"  # another external/sources.yaml
+SNAPSHOTS_ENV = "SAE_GENOMICS_SNAPSHOTS"  # another folder of database snapshots
+DEFAULT_MODEL = "tiny-random"
+AUTO = "auto"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Environment:
+    """The settings sae-genomics reads from the environment (each with its default), in one place."""
+
+    model: str = DEFAULT_MODEL
+    device: str = AUTO
+    sae_device: str = AUTO
+    annotation_mode: str = "live"
+    sources_file: Path | None = None
+    snapshots_dir: Path | None = None
+
+    @classmethod
+    def read(cls) -> Environment:
+        def path(name: str) -> Path | None:
+            value = os.environ.get(name)
+            return Path(value).expanduser() if value else None
+
+        return cls(
+            model=os.environ.get(MODEL_ENV) or DEFAULT_MODEL,
+            device=os.environ.get(DEVICE_ENV) or AUTO,
+            sae_device=os.environ.get(SAE_DEVICE_ENV) or AUTO,
+            annotation_mode=os.environ.get(ANNOTATION_MODE_ENV) or "live",
+            sources_file=path(SOURCES_ENV),
+            snapshots_dir=path(SNAPSHOTS_ENV),
+        )
+
+
+def secret(name: str) -> str | None:
+    """An API key from the environment variable `name` (None when unset); never logged or stored."""
+    return os.environ.get(name) or None
 
 
 @dataclass(frozen=True)

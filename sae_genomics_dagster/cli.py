@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sae_genomics_core.cli import add_core_commands, add_dataset_options, dataset_options, run
-from sae_genomics_core.config import HOME_ENV, Home
+from sae_genomics_core.config import HOME_ENV, MODEL_ENV, SNAPSHOTS_ENV, SOURCES_ENV, Home
 from sae_genomics_core.data.h5ad import DatasetError, DatasetTables, ValidationReport
 from sae_genomics_core.data.registry import (
     QUICK_SCAN_CELLS,
@@ -22,7 +22,6 @@ from sae_genomics_core.data.registry import (
 
 DEMO_NAME = "pbmc68k"
 DEMO_CELL_TYPE_KEY = "bulk_labels"
-MODEL_ENV = "SAE_GENOMICS_MODEL"  # the model spec definitions.py reads (dir:<path> names a folder)
 
 
 def _home() -> Home:
@@ -327,8 +326,6 @@ def ui_launch(host: str, port: int) -> tuple[list[str], Path, dict[str, str]]:
     the repository root, where `make ui` runs, does), so it starts in DAGSTER_HOME itself; the paths
     the environment gives relative to the caller's folder are made absolute first.
     """
-    from sae_genomics_core.annotations.base import SNAPSHOTS_ENV, SOURCES_ENV
-
     home = _home()
     command = [
         str(Path(sys.executable).with_name("dagster")), "dev",

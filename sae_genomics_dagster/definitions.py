@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 from sae_genomics_core.annotations.refresh import client_class
-from sae_genomics_core.config import Home
+from sae_genomics_core.config import Environment, Home
 from sae_genomics_core.model.specs import n_layers_of
 from sae_genomics_dagster.assets.activations import activation_sets, activations
 from sae_genomics_dagster.assets.annotations import (
@@ -33,7 +31,8 @@ die_with_parent()  # a step process (or run worker) imports this first: it must 
 def build_definitions(home: Home | None = None) -> dg.Definitions:
     """All definitions for one home (tests pass a temporary one; the default comes from the environment)."""
     home = (home or Home.from_env()).ensure()
-    model_spec = os.environ.get("SAE_GENOMICS_MODEL", "tiny-random")
+    environment = Environment.read()
+    model_spec = environment.model
     partitions = dataset_layer_partitions(n_layers_of(model_spec))
     sae_job = build_sae_job(partitions)
     annotation_assets = build_annotation_assets()
@@ -68,7 +67,7 @@ def build_definitions(home: Home | None = None) -> dg.Definitions:
             "warehouse": WarehouseIOManager(database=str(home.warehouse), schema="main"),
             "model": ModelResource(
                 spec=model_spec,
-                device=os.environ.get("SAE_GENOMICS_DEVICE", "auto"),
+                device=environment.device,
             ),
         },
     )

@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from sae_genomics_core.activations.settings import STORAGE_DTYPE_NAMES, ExtractionSettings
-from sae_genomics_core.config import Home
+from sae_genomics_core.config import DEFAULT_MODEL, Home
 from sae_genomics_core.data.registry import Registry
 from sae_genomics_core.model.hooks import HOOKS
 
@@ -37,7 +37,7 @@ class ModelResource(dg.ConfigurableResource):
     """Which tahoe-x1 to run and how. Weights load lazily, inside the asset that needs them."""
 
     spec: str = Field(
-        default="tiny-random",
+        default=DEFAULT_MODEL,
         description="tahoe-x1-70m, tahoe-x1-1.3b, tahoe-x1-3b, dir:<path>, random-init:<one of those> (the "
         "architecture with seeded random weights: the baseline for a real-weights run) or tiny-random (random "
         "weights, offline demo)",

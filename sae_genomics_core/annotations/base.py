@@ -8,7 +8,6 @@ stamps database, source version and retrieval time: the `annotations_<db>` table
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,11 +21,10 @@ import yaml
 from sae_genomics_core.annotations.errors import MissingApiKey, PayloadError, SchemaError
 from sae_genomics_core.annotations.http import HttpClient
 from sae_genomics_core.annotations.identifiers import ID_KINDS, GeneResolver, IdKind, ResolutionReport
+from sae_genomics_core.config import Environment, secret
 
 Mode = Literal["live", "file", "snapshot"]
 MODES: tuple[Mode, ...] = ("live", "file", "snapshot")
-SOURCES_ENV = "SAE_GENOMICS_SOURCES"
-SNAPSHOTS_ENV = "SAE_GENOMICS_SNAPSHOTS"
 
 # the public columns of annotations_<db>, in order (DESIGN §3); n_evidence is ours
 ANNOTATION_SCHEMA: dict[str, pl.DataType] = {
@@ -59,13 +57,11 @@ def repo_root() -> Path:
 
 
 def sources_file() -> Path:
-    configured = os.environ.get(SOURCES_ENV)
-    return Path(configured) if configured else repo_root() / "external" / "sources.yaml"
+    return Environment.read().sources_file or repo_root() / "external" / "sources.yaml"
 
 
 def snapshots_dir() -> Path:
-    configured = os.environ.get(SNAPSHOTS_ENV)
-    return Path(configured) if configured else repo_root() / "external" / "snapshots"
+    return Environment.read().snapshots_dir or repo_root() / "external" / "snapshots"
 
 
 @dataclass(frozen=True)
@@ -89,7 +85,7 @@ class SourceConfig:
         return cls(name=name, **known, extra=extra)
 
     def api_key(self) -> str | None:
-        return os.environ.get(self.key_env) or None if self.key_env else None
+        return secret(self.key_env) if self.key_env else None
 
 
 def load_sources(path: Path | None = None) -> dict[str, SourceConfig]:

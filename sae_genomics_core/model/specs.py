@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from sae_genomics_core.config import Environment
+
 MODEL_FILES = ("vocab.json", "model_config.yml", "collator_config.yml", "model.safetensors")
 HUB_SPECS = ("tahoe-x1-70m", "tahoe-x1-1.3b", "tahoe-x1-3b")
 TINY_RANDOM = "tiny-random"
@@ -14,7 +16,6 @@ TINY_RANDOM_SHAPE = {"d_model": 64, "n_layers": 4, "n_heads": 4, "expansion_rati
 # random-init:<spec>: the architecture and vocab of a real model (hub or dir:), seeded random weights
 RANDOM_INIT = "random-init"
 CONFIG_FILES = ("vocab.json", "model_config.yml", "collator_config.yml")  # all random-init reads
-SOURCES_ENV = "SAE_GENOMICS_SOURCES"
 
 
 class ModelUnavailable(RuntimeError):
@@ -22,12 +23,8 @@ class ModelUnavailable(RuntimeError):
 
 
 def sources_file() -> Path:
-    import os
-
-    configured = os.environ.get(SOURCES_ENV)
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[2] / "external" / "sources.yaml"
+    configured = Environment.read().sources_file
+    return configured or Path(__file__).resolve().parents[2] / "external" / "sources.yaml"
 
 
 def model_sources(path: Path | None = None) -> dict[str, Any]:

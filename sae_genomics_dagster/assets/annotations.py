@@ -5,7 +5,6 @@ A refresh that fails writes nothing (the previous table stays); OMIM or DisGeNET
 skipped with a message, not failed.
 """
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,13 +32,13 @@ from sae_genomics_core.annotations.store import (
     read_table,
     refresh_gene_annotations_view,
 )
+from sae_genomics_core.config import ANNOTATION_MODE_ENV, Environment, secret
 from sae_genomics_core.warehouse.sql import format_frame
 from sae_genomics_core.warehouse.writer import warehouse_writer
 from sae_genomics_dagster.assets.common import OWNERS
 from sae_genomics_dagster.resources import HomeResource
 
 GROUP = "annotations"
-MODE_ENV = "SAE_GENOMICS_ANNOTATION_MODE"
 HGNC_SNAPSHOT = "hgnc/hgnc_complete_set.txt.gz"
 
 
@@ -47,14 +46,14 @@ class AnnotationRefreshConfig(dg.Config):
     mode: str = Field(
         default="default",
         description="live (the service), file (your own download: set files), snapshot (bundled extract) or "
-        f"default (${MODE_ENV}, else live)",
+        f"default (${ANNOTATION_MODE_ENV}, else live)",
     )
     files: list[str] = Field(default=[], description="mode file: paths of the downloaded file(s)")
 
     def resolved_mode(self) -> str:
-        mode = os.environ.get(MODE_ENV, "live") if self.mode == "default" else self.mode
+        mode = Environment.read().annotation_mode if self.mode == "default" else self.mode
         if mode not in MODES:
-            where = f"${MODE_ENV}" if self.mode == "default" else "the run config"
+            where = f"${ANNOTATION_MODE_ENV}" if self.mode == "default" else "the run config"
             raise dg.Failure(
                 description=f"unknown annotation mode {mode!r} in {where}; use one of {', '.join(MODES)}"
             )
@@ -237,7 +236,7 @@ def _schedule(asset_name: str, cron: str, key_env: str | None, job: Any) -> dg.S
         + (f" Skips while ${key_env} is unset." if key_env else ""),
     )
     def refresh_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        if key_env and not os.environ.get(key_env):
+        if key_env and not secret(key_env):
             return dg.SkipReason(
                 f"{key_env} is not set: {asset_name} needs an API key (licence-gated source)"
             )

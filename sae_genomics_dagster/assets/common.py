@@ -1,10 +1,11 @@
 """What every asset module shares: owners, how a warehouse-table output is declared, the SAE device."""
 
-import os
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+
+from sae_genomics_core.config import AUTO, Environment
 
 OWNERS = ["team:sae-genomics"]
 BY_DATASET = {"partition_expr": "dataset"}
@@ -25,8 +26,8 @@ def table_out(description: str, group: str, partitioning: dict) -> dg.AssetOut:
 
 def sae_device() -> str:
     """Where SAEs train and encode: $SAE_GENOMICS_SAE_DEVICE, or auto (CUDA when available)."""
-    configured = os.environ.get("SAE_GENOMICS_SAE_DEVICE", "auto")
-    if configured != "auto":
+    configured = Environment.read().sae_device
+    if configured != AUTO:
         return configured
     import torch
 

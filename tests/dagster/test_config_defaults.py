@@ -85,3 +85,18 @@ def test_dagster_defaults_equal_the_core_defaults(config: type) -> None:
                 differing[name] = (ours, expected)
     assert len(compared) >= 3, f"{config.__name__}: too few fields match core settings ({compared})"
     assert differing == {}, f"{config.__name__} (Dagster default, core default): {differing}"
+
+
+def test_the_environment_is_read_in_one_place() -> None:
+    """Settings come from `sae_genomics_core.config.Environment` (and API keys from `secret`), nowhere else."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    readers = {
+        str(path.relative_to(root))
+        for package in ("sae_genomics_core", "sae_genomics_dagster")
+        for path in (root / package).rglob("*.py")
+        if any(call in path.read_text() for call in ("os.environ.get(", "os.getenv(", "os.environ["))
+    }
+    # instance.py sets DAGSTER_HOME for Dagster itself; it reads nothing
+    assert readers <= {"sae_genomics_core/config.py", "sae_genomics_dagster/instance.py"}, readers
