@@ -21,10 +21,11 @@ from filelock import FileLock, Timeout
 from sae_genomics_core.activations.settings import ExtractionSettings
 from sae_genomics_core.activations.store import STORAGE_DTYPES, ActivationStore, site_name
 from sae_genomics_core.data.h5ad import DatasetOptions, open_matrix
+from sae_genomics_core.errors import SaeGenomicsError
 from sae_genomics_core.model.load import LoadedModel
 
 
-class NoGenesInVocab(ValueError):
+class NoGenesInVocab(SaeGenomicsError, ValueError):
     pass
 
 

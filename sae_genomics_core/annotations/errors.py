@@ -1,8 +1,12 @@
+from sae_genomics_core.errors import SaeGenomicsError
+
 """Errors of the annotation layer: each message names the source and says what to do."""
 
 
-class AnnotationError(RuntimeError):
+class AnnotationError(SaeGenomicsError, RuntimeError):
     """Annotations could not be refreshed; the previous table stays as it was."""
+
+    fix = "the previous table was kept; fix what the message names and refresh again"
 
 
 class SchemaError(AnnotationError):

@@ -22,6 +22,8 @@ import pandas as pd
 import polars as pl
 import scipy.sparse as sp
 
+from sae_genomics_core.errors import SaeGenomicsError
+
 ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?(_PAR_Y)?$")
 ENSEMBL_COLUMN_CANDIDATES = (
     "gene_ids", "gene_id", "ensembl_id", "ensembl_ids", "ensembl", "gene_ensembl_id", "feature_id",
@@ -96,7 +98,7 @@ class Problem:
     fix: str
 
 
-class DatasetError(ValueError):
+class DatasetError(SaeGenomicsError, ValueError):
     """One or more problems with an input file; the message names the file, each problem and its fix."""
 
     def __init__(self, path: Path | str, problems: list[Problem]):

@@ -21,6 +21,7 @@ from typing import Any
 from sae_genomics_core.config import Home
 from sae_genomics_core.data.h5ad import DatasetError, DatasetOptions, DatasetTables, Problem, inspect_h5ad
 from sae_genomics_core.data.vocab_check import vocab_coverage
+from sae_genomics_core.errors import SaeGenomicsError
 
 # Dagster multi-partition keys may not contain | , [ ] ; we keep keys SQL- and URL-friendly too.
 _UNSAFE = re.compile(r"[^a-z0-9_.-]+")
@@ -71,7 +72,7 @@ class DatasetEntry:
         )
 
 
-class DatasetNotRegistered(KeyError):
+class DatasetNotRegistered(SaeGenomicsError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 

@@ -29,6 +29,7 @@ import polars as pl
 import torch
 
 from sae_genomics_core.activations.store import ActivationStore, from_storage
+from sae_genomics_core.errors import InputError, SettingsError
 
 # top PCA axes explaining this fraction of the input's variance make the PCA baseline
 PCA_VARIANCE = 0.9
@@ -74,7 +75,7 @@ def sample_batches(
     shards = [s for s in store.manifest["shards"] if s["n_tokens"]]
     total = sum(s["n_tokens"] for s in shards)
     if total == 0:
-        raise ValueError("the activation store holds no tokens")
+        raise InputError("the activation store holds no tokens")
     stride = max(1, -(-total // max_tokens))
     storage = store.manifest["dtype"]
     for shard in shards:
@@ -111,7 +112,7 @@ def pca_model(
     """±principal axes by decreasing variance: the fewest top axes that explain `variance` of the total,
     at most ceil(n_units / 2), so at most n_units units."""
     if not 0 < variance <= 1:
-        raise ValueError("the PCA baseline's explained-variance fraction must be in (0, 1]")
+        raise SettingsError("the PCA baseline's explained-variance fraction must be in (0, 1]")
     eigenvalues, vectors = torch.linalg.eigh(covariance)
     eigenvalues, axes = eigenvalues.flip(0).clamp_min(0), vectors.flip(1).float()  # by decreasing variance
     explained = torch.cumsum(eigenvalues, 0) / eigenvalues.sum().clamp_min(

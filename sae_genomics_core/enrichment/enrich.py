@@ -38,6 +38,7 @@ from sae_genomics_core.enrichment.hypergeom import (
 )
 from sae_genomics_core.enrichment.ontology import OntologyTables
 from sae_genomics_core.enrichment.settings import EnrichmentSettings
+from sae_genomics_core.errors import InputError, SettingsError
 
 NETWORK_DATABASES = ("string",)
 NETWORK_TERM_ID = "STRING:within-set-edges"
@@ -167,7 +168,7 @@ def enrich(
     """Enrichment of every unit against every database (annotations: database → annotations_<db> rows)."""
     background = sorted(set(background))
     if not background:
-        raise ValueError(
+        raise InputError(
             "the background is empty: no gene with an Ensembl id is both in the model vocab and expressed; check "
             "genes.ensembl_id_source (symbols the HGNC set cannot map) and that the dataset's matrix holds counts"
         )
@@ -491,11 +492,11 @@ class CalibrationSettings:
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
-            raise ValueError("calibration needs at least one repeat")
+            raise SettingsError("calibration needs at least one repeat")
         if not self.thresholds or not all(0 < t < 1 for t in self.thresholds):
-            raise ValueError("calibration thresholds must be p-value levels between 0 and 1")
+            raise SettingsError("calibration thresholds must be p-value levels between 0 and 1")
         if not 0 < self.level < 1:
-            raise ValueError("the calibration level must be between 0 and 1")
+            raise SettingsError("the calibration level must be between 0 and 1")
 
 
 CALIBRATION_SCHEMA: dict[str, pl.DataType] = {

@@ -9,6 +9,7 @@ import polars as pl
 
 from sae_genomics_core.annotations.store import ANNOTATION_PREFIX, read_table
 from sae_genomics_core.enrichment.ontology import OntologyTables
+from sae_genomics_core.errors import InputError
 from sae_genomics_core.warehouse.sql import connect_read_only, table_names
 
 ONTOLOGY_TABLE = "hpo_ontology"
@@ -25,11 +26,11 @@ def background_genes(genes: pl.DataFrame, vocab: Collection[str] | None = None) 
     required = {"ensembl_id", "symbol", "n_cells_expressed"} | (set() if vocab is not None else {"in_vocab"})
     missing = required - set(genes.columns)
     if missing:
-        raise ValueError(f"the genes table lacks {', '.join(sorted(missing))}: re-materialise `genes`")
+        raise InputError(f"the genes table lacks {', '.join(sorted(missing))}: re-materialise `genes`")
     if vocab is not None:
         in_vocab = pl.coalesce("ensembl_id", "symbol").is_in(sorted(vocab))
     elif genes["in_vocab"].null_count() == genes.height:
-        raise ValueError("the genes table does not say which genes are in the model vocab: pass the vocab")
+        raise InputError("the genes table does not say which genes are in the model vocab: pass the vocab")
     else:
         in_vocab = pl.col("in_vocab").fill_null(False)
     kept = genes.filter(in_vocab & (pl.col("n_cells_expressed") > 0) & pl.col("ensembl_id").is_not_null())

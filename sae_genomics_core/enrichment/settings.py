@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from sae_genomics_core.errors import SettingsError
+
 
 @dataclass(frozen=True, kw_only=True)
 class EnrichmentSettings:
@@ -48,7 +50,7 @@ class EnrichmentSettings:
         if not 0 < self.fdr < 1:
             problems.append("fdr must be between 0 and 1")
         if problems:
-            raise ValueError("invalid enrichment settings: " + "; ".join(problems))
+            raise SettingsError("invalid enrichment settings: " + "; ".join(problems))
 
     def term_size_limit(self, universe_size: int) -> int:
         """The largest term tested in a universe of this many genes."""

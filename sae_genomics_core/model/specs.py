@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from sae_genomics_core.config import Environment
+from sae_genomics_core.errors import SaeGenomicsError
 
 MODEL_FILES = ("vocab.json", "model_config.yml", "collator_config.yml", "model.safetensors")
 HUB_SPECS = ("tahoe-x1-70m", "tahoe-x1-1.3b", "tahoe-x1-3b")
@@ -18,7 +19,7 @@ RANDOM_INIT = "random-init"
 CONFIG_FILES = ("vocab.json", "model_config.yml", "collator_config.yml")  # all random-init reads
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(SaeGenomicsError, RuntimeError):
     """The weights cannot be had here; the message lists every way to provide them."""
 
 

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae_genomics_core import __version__
+from sae_genomics_core.errors import SaeGenomicsError
 from sae_genomics_core.sae.train import Normalizer, TrainingOutcome, write_json
 
 PROVENANCE = "provenance.json"
@@ -27,8 +28,10 @@ NORMALIZATION = "normalization.safetensors"
 METRICS = "metrics.json"
 
 
-class CheckpointMismatch(ValueError):
-    pass
+class CheckpointMismatch(SaeGenomicsError, ValueError):
+    """A checkpoint (or rows derived from one) made for other activations, model, layer or hook."""
+
+    fix = "materialise the SAE (and the feature tables) of this dataset × layer again"
 
 
 def checkpoint_id(checkpoint: Path) -> str:

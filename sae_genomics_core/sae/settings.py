@@ -7,6 +7,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sae_genomics_core.errors import SettingsError
+
 REAL_MODEL_K = 64  # active latents per token for the published models
 RANDOM_WEIGHTS_K = 16  # the tiny random-weight model: d_model 64 leaves room for fewer
 
@@ -45,16 +47,16 @@ class SaeTrainingConfig:
     def __post_init__(self) -> None:
         for name in ("warmup_fraction", "dead_window_fraction"):
             if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1]; got {getattr(self, name)}")
+                raise SettingsError(f"{name} must be in (0, 1]; got {getattr(self, name)}")
         for name in ("training_tokens", "batch_size", "dead_window_max_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive number of tokens; got {getattr(self, name)}")
+                raise SettingsError(f"{name} must be a positive number of tokens; got {getattr(self, name)}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise ValueError(
+            raise SettingsError(
                 f"warmup_steps must be ≥ 0 (or None to scale it to the run); got {self.warmup_steps}"
             )
         if self.dead_window_tokens is not None and self.dead_window_tokens < 1:
-            raise ValueError(
+            raise SettingsError(
                 f"dead_window_tokens must be ≥ 1 (or None to scale it to the run); got {self.dead_window_tokens}"
             )
 

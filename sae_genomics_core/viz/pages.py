@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from sae_genomics_core.errors import SaeGenomicsError
 from sae_genomics_core.warehouse.sql import connect_read_only, table_names
 
 TOP_GENES, TOP_CELLS = 20, 10
@@ -33,7 +34,7 @@ class PagesResult:
     n_bytes: int
 
 
-class PagesUnavailable(ValueError):
+class PagesUnavailable(SaeGenomicsError, ValueError):
     """The feature tables of this dataset × layer are not there yet."""
 
 

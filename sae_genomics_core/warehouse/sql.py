@@ -25,6 +25,8 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from sae_genomics_core.errors import SaeGenomicsError
+
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 _REFUSALS = {
     duckdb.StatementType.INSERT: "writes (INSERT)",
@@ -51,15 +53,15 @@ _REINTERRUPT_S = 0.01  # how often a fired watchdog repeats its interrupt
 _BATCH_ROWS = 10_000  # rows per streamed batch; the row cap is checked between batches
 
 
-class SqlRefused(ValueError):
+class SqlRefused(SaeGenomicsError, ValueError):
     """The query is not allowed on the read-only warehouse; the message says why and what to do."""
 
 
-class SqlTimedOut(RuntimeError):
+class SqlTimedOut(SaeGenomicsError, RuntimeError):
     """The query ran past its time limit and was stopped; the warehouse is unlocked again."""
 
 
-class SqlTooManyRows(RuntimeError):
+class SqlTooManyRows(SaeGenomicsError, RuntimeError):
     """`run_query` got more rows than its cap (callers that can show a cut result use `query_warehouse`)."""
 
 

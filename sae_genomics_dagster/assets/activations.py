@@ -14,11 +14,10 @@ import polars as pl
 
 from sae_genomics_core.annotations.store import read_table
 from sae_genomics_core.data.gene_ids import default_resolver, map_gene_ids
-from sae_genomics_core.data.h5ad import DatasetError, file_checksum, open_matrix
-from sae_genomics_core.data.registry import DatasetNotRegistered
-from sae_genomics_core.model.specs import RANDOM_INIT, TINY_RANDOM, ModelUnavailable
+from sae_genomics_core.data.h5ad import file_checksum, open_matrix
+from sae_genomics_core.model.specs import RANDOM_INIT, TINY_RANDOM
 from sae_genomics_core.warehouse.writer import warehouse_writer
-from sae_genomics_dagster.assets.common import BY_DATASET, OWNERS
+from sae_genomics_dagster.assets.common import BY_DATASET, OWNERS, user_errors
 from sae_genomics_dagster.partitions import dataset_partitions
 from sae_genomics_dagster.resources import HomeResource, ModelResource
 
@@ -62,18 +61,16 @@ def activations(
     context: dg.AssetExecutionContext, home: HomeResource, model: ModelResource
 ) -> dg.MaterializeResult:
     # torch and the model load here, not when Dagster imports the definitions
-    from sae_genomics_core.activations.extract import NoGenesInVocab, extract_activations
+    from sae_genomics_core.activations.extract import extract_activations
     from sae_genomics_core.model.tokenize import TOKENIZER_VERSION
 
     dataset = context.partition_key
-    try:
+    with user_errors():
         entry = home.registry.get(dataset)
         with open_matrix(entry.path, entry.options) as opened:
             genes = dataset_genes(home.home.warehouse, dataset, opened.genes)
         device = model.resolved_device()
         loaded = model.load(gene_keys_source=genes, device=device)
-    except (DatasetError, DatasetNotRegistered, ModelUnavailable) as error:
-        raise dg.Failure(description=str(error)) from error
     settings = model.settings(loaded.config.n_layers)
     header = {
         "dataset": dataset,
@@ -95,13 +92,18 @@ def activations(
             "a baseline for the real model" if loaded.model_id.startswith(RANDOM_INIT) else "smoke runs only"
         )
         context.log.warning(f"{loaded.model_id}: RANDOM weights; activations are for {use}")
-    try:
+    with user_errors():
         result = extract_activations(
-            loaded, entry.path, entry.options, out_dir, settings, header, device=device, genes=genes,
+            loaded,
+            entry.path,
+            entry.options,
+            out_dir,
+            settings,
+            header,
+            device=device,
+            genes=genes,
             progress=lambda done, total: context.log.info(f"{dataset}: {done}/{total} cells"),
-        )  # fmt: skip
-    except NoGenesInVocab as error:
-        raise dg.Failure(description=str(error)) from error
+        )
     pointer = _dataset_dir(home, dataset) / CURRENT
     tmp = pointer.with_suffix(".tmp")
     tmp.write_text(json.dumps({"path": str(out_dir), "checksum": result.store.manifest["checksum"]}))

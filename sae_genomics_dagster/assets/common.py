@@ -1,11 +1,14 @@
 """What every asset module shares: owners, how a warehouse-table output is declared, the SAE device."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from sae_genomics_core.config import AUTO, Environment
+from sae_genomics_core.errors import SaeGenomicsError
 
 OWNERS = ["team:sae-genomics"]
 BY_DATASET = {"partition_expr": "dataset"}
@@ -47,3 +50,13 @@ def chart_metadata(directory: Path, name: str, chart: Any) -> dg.MetadataValue:
 
     save_chart(chart, directory / name)
     return dg.MetadataValue.md(chart_markdown(chart, name.replace("_", " ")))
+
+
+@contextmanager
+def user_errors(what: str = "") -> Iterator[None]:
+    """The one adapter from core errors to Dagster: an error the user can fix fails the step with its
+    message and fix (prefixed by `what`); any other exception is a bug and surfaces as one."""
+    try:
+        yield
+    except SaeGenomicsError as error:
+        raise dg.Failure(description=(f"{what}: " if what else "") + error.explain()) from error

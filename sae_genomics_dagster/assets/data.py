@@ -10,10 +10,9 @@ import dagster as dg
 import polars as pl
 
 from sae_genomics_core.data.gene_ids import default_resolver, map_gene_ids
-from sae_genomics_core.data.h5ad import DatasetError, file_checksum, inspect_h5ad
-from sae_genomics_core.data.registry import DatasetNotRegistered
+from sae_genomics_core.data.h5ad import file_checksum, inspect_h5ad
 from sae_genomics_core.warehouse.sql import format_frame
-from sae_genomics_dagster.assets.common import BY_DATASET, OWNERS, table_out
+from sae_genomics_dagster.assets.common import BY_DATASET, OWNERS, table_out, user_errors
 from sae_genomics_dagster.partitions import dataset_partitions
 from sae_genomics_dagster.resources import HomeResource
 
@@ -49,12 +48,9 @@ def _out(description: str) -> dg.AssetOut:
 def dataset_tables(context: dg.AssetExecutionContext, home: HomeResource) -> Iterator[dg.Output]:
     """Validate the dataset's .h5ad and write its cells, genes and datasets rows (one streamed pass)."""
     dataset = context.partition_key
-    try:
+    with user_errors():  # nothing is yielded before, so no table is touched
         entry = home.registry.get(dataset)
         tables = inspect_h5ad(entry.path, entry.options)
-    except (DatasetError, DatasetNotRegistered) as error:
-        # nothing is yielded, so no table is touched
-        raise dg.Failure(description=str(error)) from error
     report = tables.report
     resolver, resolver_label = default_resolver(home.home.warehouse)
     genes, mapping = map_gene_ids(tables.genes, resolver)

@@ -27,6 +27,7 @@ from sae_genomics_dagster.assets.common import (
     chart_metadata,
     charts_dir,
     sae_device,
+    user_errors,
 )
 from sae_genomics_dagster.assets.features import ASSOCIATION, open_partition, refuse_stale
 from sae_genomics_dagster.resources import HomeResource
@@ -91,18 +92,22 @@ class EnrichmentConfig(dg.Config):
     seed: int = Field(default=ENRICHMENT.seed, description="random gene sets, random directions")
 
     def settings(self) -> Any:
-        try:
+        with user_errors("enrichment settings"):
             return EnrichmentSettings(
-                gene_set_size=self.gene_set_size, gene_set_order=self.gene_set_order,  # type: ignore[arg-type]
+                gene_set_size=self.gene_set_size,
+                gene_set_order=self.gene_set_order,  # type: ignore[arg-type]
                 gene_set_scope=self.gene_set_scope,  # type: ignore[arg-type]
                 term_roots=(("hpo", self.hpo_branch),) if self.hpo_branch else (),
-                min_term_size=self.min_term_size, max_term_size=self.max_term_size, min_overlap=self.min_overlap,
-                fdr=self.fdr, annotated_only=self.annotated_only, only_most_specific=self.only_most_specific,
-                min_network_score=self.min_network_score, seed=self.seed,
+                min_term_size=self.min_term_size,
+                max_term_size=self.max_term_size,
+                min_overlap=self.min_overlap,
+                fdr=self.fdr,
+                annotated_only=self.annotated_only,
+                only_most_specific=self.only_most_specific,
+                min_network_score=self.min_network_score,
+                seed=self.seed,
                 **_given(max_term_fraction=self.max_term_fraction),
-            )  # fmt: skip
-        except ValueError as error:
-            raise dg.Failure(description=f"{error}; fix the run config") from error
+            )
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -124,12 +129,10 @@ class CalibratedEnrichmentConfig(EnrichmentConfig):
     def calibration(self) -> Any:
         from sae_genomics_core.enrichment.enrich import CalibrationSettings
 
-        try:
+        with user_errors("calibration settings"):
             return CalibrationSettings(
                 **_given(repeats=self.calibration_repeats, level=self.calibration_level)
             )
-        except ValueError as error:
-            raise dg.Failure(description=f"{error}; fix the run config") from error
 
 
 class BaselineConfig(EnrichmentConfig):
@@ -353,11 +356,9 @@ def build_enrichment_assets(
             )
             return
         unit_genes = _unit_genes(feature_genes)
-        try:
+        with user_errors(f"enrichment of {dataset} layer {layer} not run"):
             background = background_genes(genes, _vocab(home, dataset))
             result = enrich(unit_genes, background, annotations, settings, ontologies)
-        except ValueError as error:  # an empty universe or a genes table of an older schema
-            raise dg.Failure(description=f"enrichment of {dataset} layer {layer} not run: {error}") from error
         derived_from = {name: source.extra.get("derived_from", []) for name, source in load_sources().items()}
         table = _keyed(
             with_evidence_source(result.table, evidence_sources(derived_from)).join(

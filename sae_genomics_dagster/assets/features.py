@@ -22,6 +22,7 @@ from sae_genomics_dagster.assets.common import (
     chart_metadata,
     charts_dir,
     sae_device,
+    user_errors,
 )
 from sae_genomics_dagster.io_manager import table_metadata
 from sae_genomics_dagster.resources import HomeResource
@@ -60,7 +61,7 @@ def open_partition(home: HomeResource, dataset: str, layer: int) -> tuple[Any, s
     """(activation store, hook, loaded SAE) of one dataset × layer; a mismatched checkpoint is refused.
     The loaded SAE's provenance carries `checkpoint_id`, the id its derived rows record."""
     from sae_genomics_core.activations.store import ActivationStore
-    from sae_genomics_core.sae.checkpoint import CheckpointMismatch, checkpoint_id, load_checkpoint
+    from sae_genomics_core.sae.checkpoint import checkpoint_id, load_checkpoint
 
     sae_pointer = home.home.artefacts / "sae" / dataset / f"L{layer}" / CURRENT
     acts_pointer = home.home.artefacts / "activations" / dataset / CURRENT
@@ -72,7 +73,7 @@ def open_partition(home: HomeResource, dataset: str, layer: int) -> tuple[Any, s
     checkpoint = Path(json.loads(sae_pointer.read_text())["path"])
     hook = json.loads((checkpoint / "provenance.json").read_text())["hook"]
     manifest = store.manifest
-    try:
+    with user_errors():
         loaded = load_checkpoint(
             checkpoint,
             expect={
@@ -85,8 +86,6 @@ def open_partition(home: HomeResource, dataset: str, layer: int) -> tuple[Any, s
             },
             device=sae_device(),
         )
-    except CheckpointMismatch as error:
-        raise dg.Failure(description=str(error)) from error
     loaded.provenance["checkpoint_id"] = checkpoint_id(checkpoint)
     return store, hook, loaded
 
@@ -101,12 +100,10 @@ def current_checkpoint_id(home: HomeResource, dataset: str, layer: int) -> str |
 
 def refuse_stale(rows: pl.DataFrame, home: HomeResource, dataset: str, layer: int, table: str) -> None:
     """Fail the asset when `rows` were not all derived from the current SAE checkpoint."""
-    from sae_genomics_core.sae.checkpoint import CheckpointMismatch, refuse_rows_of_another_checkpoint
+    from sae_genomics_core.sae.checkpoint import refuse_rows_of_another_checkpoint
 
-    try:
+    with user_errors(f"{dataset} layer {layer}"):
         refuse_rows_of_another_checkpoint(rows, current_checkpoint_id(home, dataset, layer) or "", table)
-    except CheckpointMismatch as error:
-        raise dg.Failure(description=f"{dataset} layer {layer}: {error}") from error
 
 
 def _spec(name: str, description: str) -> dg.AssetSpec:

@@ -5,7 +5,7 @@ Logic: sae_genomics_core.viz.pages.build_feature_pages.
 
 import dagster as dg
 
-from sae_genomics_dagster.assets.common import OWNERS
+from sae_genomics_dagster.assets.common import OWNERS, user_errors
 from sae_genomics_dagster.resources import HomeResource
 
 GROUP = "reports"
@@ -29,15 +29,13 @@ def build_page_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         "$SAE_GENOMICS_HOME/artefacts/pages/<dataset>/L<layer>/index.html.",
     )
     def feature_pages(context: dg.AssetExecutionContext, home: HomeResource) -> dg.MaterializeResult:
-        from sae_genomics_core.viz.pages import PagesUnavailable, build_feature_pages
+        from sae_genomics_core.viz.pages import build_feature_pages
 
         keys = context.partition_key.keys_by_dimension
         dataset, layer = keys["dataset"], int(keys["layer"])
         out_dir = home.home.artefacts / "pages" / dataset / f"L{layer}"
-        try:
+        with user_errors():
             result = build_feature_pages(home.home.warehouse, dataset, layer, out_dir)
-        except PagesUnavailable as error:
-            raise dg.Failure(description=str(error)) from error
         context.log.info(
             f"feature pages: {result.path} ({result.n_features} features, {result.n_bytes / 1e6:.1f} MB)"
         )
