@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import re
 import threading
 import time
@@ -122,6 +123,11 @@ def check_read_only(sql: str) -> None:
     for statement in statements:
         if statement.type not in _ALLOWED:
             raise _refusal(_REFUSALS.get(statement.type, f"{statement.type.name} statements"))
+    if len(statements) > 1:
+        # only the last result would be shown: refuse rather than silently drop the others
+        raise SqlRefused(
+            f"{len(statements)} statements were given; run one at a time (one `sae-genomics sql` call each)"
+        )
 
 
 def connect_read_only(database: Path) -> duckdb.DuckDBPyConnection:
@@ -252,9 +258,16 @@ def too_many_rows(max_rows: int, lift: str = "`--max-rows N` (0 = no limit)") ->
     )
 
 
+def _json_text(value: object) -> str:
+    return json.dumps(value.to_list() if isinstance(value, pl.Series) else value, default=str)
+
+
 def format_frame(frame: pl.DataFrame, fmt: str) -> str:
     if fmt == "csv":
-        return frame.write_csv()
+        # CSV has no nested values: lists and structs are written as JSON text in their cell
+        nested = [name for name, dtype in frame.schema.items() if dtype.is_nested()]
+        as_json = [pl.col(name).map_elements(_json_text, return_dtype=pl.String) for name in nested]
+        return frame.with_columns(as_json).write_csv()
     if fmt == "json":
         buffer = io.StringIO()
         frame.write_json(buffer)

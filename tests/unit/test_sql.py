@@ -209,3 +209,30 @@ def test_cli_flags_cap_time_out_and_lift(
     with pytest.raises(SystemExit):
         main(["sql", "select 1", "--max-rows", "-1"])
     assert "≥ 0" in capsys.readouterr().err
+
+
+def test_csv_writes_list_and_struct_columns_as_json() -> None:
+    import csv
+    import io
+    import json
+
+    from sae_genomics_core.warehouse.sql import format_frame
+
+    frame = pl.DataFrame(
+        {
+            "feature": [1, 2],
+            "top_genes": [["CD3E", "CD2"], []],
+            "top_terms": [[{"database": "hpo", "q": 0.01}], None],
+        }
+    )
+    rows = list(csv.DictReader(io.StringIO(format_frame(frame, "csv"))))
+    assert json.loads(rows[0]["top_genes"]) == ["CD3E", "CD2"] and json.loads(rows[1]["top_genes"]) == []
+    assert json.loads(rows[0]["top_terms"]) == [{"database": "hpo", "q": 0.01}]
+
+
+def test_several_statements_are_refused_not_cut_to_the_last() -> None:
+    from sae_genomics_core.warehouse.sql import SqlRefused, check_read_only
+
+    with pytest.raises(SqlRefused, match="2 statements"):
+        check_read_only("select 1; select 2")
+    check_read_only("select 1;")  # a trailing semicolon is one statement
