@@ -88,7 +88,7 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
             "A TopK sparse autoencoder (sae-lens) for one dataset × layer, trained on that layer's activations "
             "(hook from run config) with AuxK dead-latent revival, mean-centred and scaled inputs and 10% of cells "
             "held out for metrics. Checkpoint in sae-lens format plus provenance under "
-            "$SAE_GENOMICS_HOME/artefacts/sae/<dataset>/L<layer>/."
+            "`$SAE_GENOMICS_HOME/artefacts/sae/<dataset>/L<layer>/`."
         ),
     )
     def sae_checkpoint(
