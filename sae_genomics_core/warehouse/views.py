@@ -63,6 +63,11 @@ _ENRICHMENT_CTES = """, best_terms as (
 _ENRICHMENT_COLUMNS = """,
        e.top_terms, e.top_terms[1].term_name as top_term, coalesce(e.n_databases_significant, 0) as n_databases_significant,
        e.significant_databases, coalesce(c.n_significant_terms, 0) as n_significant_terms"""
+# before any enrichment: the same columns, empty, so the view's schema does not depend on what has run
+_NO_ENRICHMENT_COLUMNS = """,
+       null::struct(database varchar, term_id varchar, term_name varchar, q_value double)[] as top_terms,
+       null::varchar as top_term, 0::bigint as n_databases_significant, null::varchar[] as significant_databases,
+       0::bigint as n_significant_terms"""
 _ENRICHMENT_JOINS = """
 left join terms e using (dataset, layer, feature)
 left join term_counts c using (dataset, layer, feature)"""
@@ -74,7 +79,7 @@ def feature_summary_sql(with_enrichment: bool, with_evidence_source: bool = True
         {"enrichment_ctes": _ENRICHMENT_CTES.format(evidence_source=evidence), "enrichment_columns": _ENRICHMENT_COLUMNS,
          "enrichment_joins": _ENRICHMENT_JOINS}
         if with_enrichment
-        else {"enrichment_ctes": "", "enrichment_columns": "", "enrichment_joins": ""}
+        else {"enrichment_ctes": "", "enrichment_columns": _NO_ENRICHMENT_COLUMNS, "enrichment_joins": ""}
     )  # fmt: skip
     return "create or replace view feature_summary as\n" + _BASE.format(**parts)
 

@@ -60,3 +60,17 @@ def test_top_term_falls_back_to_the_term_id_when_the_source_names_none(
     ).fetchall()
     assert rows[0] == (0, "ORPHA:803", 2, 2)
     assert rows[1] == (1, None, 0, 0)
+
+
+def test_the_view_keeps_its_columns_before_any_enrichment(connection: duckdb.DuckDBPyConnection) -> None:
+    create_feature_summary(connection)
+    before = connection.execute("describe feature_summary").fetchall()
+    connection.execute(
+        f"""create table enrichment as select {KEY}, * from (values
+            (0, 'hpo', 'HP:0001250', 'Seizure', -3.0::double, 0.04::double, true, true, 'hpo'))
+            v(feature, database, term_id, term_name, log10_p_value, q_value, significant, most_specific,
+              evidence_source)"""
+    )
+    create_feature_summary(connection)
+    after = connection.execute("describe feature_summary").fetchall()
+    assert [row[:2] for row in before] == [row[:2] for row in after]  # names and types
