@@ -114,7 +114,9 @@ def _describe(worker: Worker | None) -> str:
 def sweep(instance: dg.DagsterInstance) -> list[str]:
     """Fail active runs whose worker is gone and free the pool slots of runs that are over; say what was done."""
     done = []
-    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=ACTIVE_STATUSES)):
+    # NOT_STARTED too: a CLI run killed between its creation and its start never starts
+    swept = [*ACTIVE_STATUSES, dg.DagsterRunStatus.NOT_STARTED]
+    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=swept)):
         run = record.dagster_run
         worker = run_worker(instance, run)
         if worker is not None and worker_alive(worker) is False:
