@@ -30,12 +30,14 @@ def synthetic(n_features: int, n_terms: int, seed: int) -> tuple[list[str], pl.D
     genes = np.array([f"ENSG{i:011d}" for i in range(BACKGROUND)])
     sizes = np.exp(rng.uniform(np.log(5), np.log(500), n_terms)).astype(int)
     term_members = [rng.choice(BACKGROUND, size=s, replace=False) for s in sizes]
-    annotations = pl.DataFrame({
-        "ensembl_id": genes[np.concatenate(term_members)],
-        "term_id": np.repeat([f"T:{j:06d}" for j in range(n_terms)], sizes),
-        "term_name": np.repeat([f"term {j}" for j in range(n_terms)], sizes),
-        "term_kind": "synthetic",
-    })  # fmt: skip
+    annotations = pl.DataFrame(
+        {
+            "ensembl_id": genes[np.concatenate(term_members)],
+            "term_id": np.repeat([f"T:{j:06d}" for j in range(n_terms)], sizes),
+            "term_name": np.repeat([f"term {j}" for j in range(n_terms)], sizes),
+            "term_kind": "synthetic",
+        }
+    )
     members = []
     for feature in range(n_features):
         chosen = rng.choice(BACKGROUND, size=SET_SIZE, replace=False)
@@ -43,12 +45,14 @@ def synthetic(n_features: int, n_terms: int, seed: int) -> tuple[list[str], pl.D
             big = term_members[rng.choice(np.flatnonzero(sizes >= 10))]
             chosen = np.unique(np.concatenate([rng.choice(big, 10, replace=False), chosen]))[:SET_SIZE]
         members.append(chosen)
-    unit_genes = pl.DataFrame({
-        "feature": np.repeat(np.arange(n_features), [m.size for m in members]),
-        "ensembl_id": genes[np.concatenate(members)],
-        "score": rng.random(sum(m.size for m in members)),
-        "rank": np.concatenate([np.arange(1, m.size + 1) for m in members]),
-    })  # fmt: skip
+    unit_genes = pl.DataFrame(
+        {
+            "feature": np.repeat(np.arange(n_features), [m.size for m in members]),
+            "ensembl_id": genes[np.concatenate(members)],
+            "score": rng.random(sum(m.size for m in members)),
+            "rank": np.concatenate([np.arange(1, m.size + 1) for m in members]),
+        }
+    )
     return genes.tolist(), annotations, unit_genes
 
 

@@ -36,11 +36,18 @@ from sae_genomics_core.model.tx import HOOKS, TXModel
 def build_model(genes: list[str], d_model: int, n_layers: int) -> LoadedModel:
     vocab = GeneVocab.from_genes(genes)
     config = TahoeConfig.from_dicts(
-        {"vocab_size": len(vocab), "d_model": d_model, "n_layers": n_layers, "n_heads": max(1, d_model // 64),
-         "transformer_activation": "relu", "gene_encoder": {"use_norm": True}, "expression_encoder": {"use_norm": True},
-         "mvc": {}},
+        {
+            "vocab_size": len(vocab),
+            "d_model": d_model,
+            "n_layers": n_layers,
+            "n_heads": max(1, d_model // 64),
+            "transformer_activation": "relu",
+            "gene_encoder": {"use_norm": True},
+            "expression_encoder": {"use_norm": True},
+            "mvc": {},
+        },
         {"pad_token_id": vocab.pad_id, "max_length": 1024},
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     return LoadedModel(
         TXModel(config).eval(), config, vocab, f"bench-random-d{d_model}-L{n_layers}", None, True
@@ -100,11 +107,17 @@ def ratio(args: argparse.Namespace, work: Path, hooks: tuple[str, ...]) -> dict:
         runs.append((time.perf_counter() - started, result))
     seconds, result = min(runs, key=lambda run: run[0])
     return {
-        "cells": args.cells, "d_model": args.d_model, "layers": args.layers, "hooks": ",".join(hooks),
-        "tokens": result.n_tokens, "bare_forward_s": round(bare, 2), "extraction_s": round(seconds, 2),
-        "ratio": round(seconds / bare, 3), "stored_gb": round(result.bytes / 1e9, 2),
+        "cells": args.cells,
+        "d_model": args.d_model,
+        "layers": args.layers,
+        "hooks": ",".join(hooks),
+        "tokens": result.n_tokens,
+        "bare_forward_s": round(bare, 2),
+        "extraction_s": round(seconds, 2),
+        "ratio": round(seconds / bare, 3),
+        "stored_gb": round(result.bytes / 1e9, 2),
         "tokens_per_s": round(result.n_tokens / seconds),
-    }  # fmt: skip
+    }
 
 
 def memory_child(path: str, out: str, d_model: int, n_layers: int) -> None:

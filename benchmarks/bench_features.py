@@ -38,18 +38,29 @@ N_TOKENS, D_IN, D_SAE, K, N_CELLS, N_GENES = 100_000, 256, 4096, 32, 500, 2000
 
 def build_store(root: Path) -> None:
     rng = np.random.default_rng(0)
-    store = ActivationStore.open_for_writing(root, {
-        "dataset": "bench", "model_id": "bench", "sites": ["L0.resid_post"], "layers": [0], "hooks": ["resid_post"],
-        "dtype": "bfloat16", "widths": {"L0.resid_post": D_IN}, "n_cells_total": N_CELLS,
-    })  # fmt: skip
+    store = ActivationStore.open_for_writing(
+        root,
+        {
+            "dataset": "bench",
+            "model_id": "bench",
+            "sites": ["L0.resid_post"],
+            "layers": [0],
+            "hooks": ["resid_post"],
+            "dtype": "bfloat16",
+            "widths": {"L0.resid_post": D_IN},
+            "n_cells_total": N_CELLS,
+        },
+    )
     per_cell = N_TOKENS // N_CELLS
     for first in range(0, N_CELLS, 100):
         cells = np.arange(first, first + 100)
         writer = store.start_shard(100 * per_cell, 100, {"L0.resid_post": D_IN})
         tokens = {
-            "cell_index": np.repeat(cells, per_cell), "gene_id": rng.integers(0, N_GENES, 100 * per_cell).astype(np.int32),
-            "value": rng.poisson(3, 100 * per_cell).astype(np.float32) + 1, "bin": rng.integers(1, 51, 100 * per_cell).astype(np.int16),
-        }  # fmt: skip
+            "cell_index": np.repeat(cells, per_cell),
+            "gene_id": rng.integers(0, N_GENES, 100 * per_cell).astype(np.int32),
+            "value": rng.poisson(3, 100 * per_cell).astype(np.float32) + 1,
+            "bin": rng.integers(1, 51, 100 * per_cell).astype(np.int16),
+        }
         acts = torch.randn(100 * per_cell, D_IN)
         writer.add(tokens, cells, {"L0.resid_post": acts}, {"L0.resid_post": torch.randn(100, D_IN)})
         writer.commit(int(cells[0]), int(cells[-1]), 0)
@@ -63,8 +74,13 @@ def sae() -> LoadedSae:
 
 
 def run_ours(root: Path) -> None:
-    cells = pl.DataFrame({"cell_index": np.arange(N_CELLS), "cell_id": [f"c{i}" for i in range(N_CELLS)],
-                          "cell_type": [f"T{i % 5}" for i in range(N_CELLS)]})  # fmt: skip
+    cells = pl.DataFrame(
+        {
+            "cell_index": np.arange(N_CELLS),
+            "cell_id": [f"c{i}" for i in range(N_CELLS)],
+            "cell_type": [f"T{i % 5}" for i in range(N_CELLS)],
+        }
+    )
     associate(ActivationStore(root), 0, "resid_post", sae(), cells, AssociationSettings())
 
 
@@ -151,7 +167,7 @@ def sql_speed(work: Path) -> dict:
                    random() as mean_activation, random() as specificity, r::bigint as rank
             from range({n_features}) t(f), range(1, {per_feature + 1}) s(r)
             order by dataset, layer, feature, rank
-        """)  # fmt: skip
+        """)
         rows = connection.execute("select count(*) from feature_genes").fetchone()[0]
     timings = []
     with duckdb.connect(str(database), read_only=True) as connection:
@@ -180,11 +196,21 @@ def main() -> None:
         ours = measure("ours", work / "store")
         baseline = measure("baseline", work / "store")
         predecessor = measure("predecessor", work / "store")
-        print(json.dumps({
-            "tokens": N_TOKENS, "d_sae": D_SAE, "k": K, "ours": ours, "predecessor_loop": predecessor, "dense_feature_loop": baseline,
-            "speedup_vs_predecessor": round(predecessor["seconds"] / ours["seconds"], 1),
-            "speedup_vs_dense_feature_loop": round(baseline["seconds"] / ours["seconds"], 1),
-        }), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "tokens": N_TOKENS,
+                    "d_sae": D_SAE,
+                    "k": K,
+                    "ours": ours,
+                    "predecessor_loop": predecessor,
+                    "dense_feature_loop": baseline,
+                    "speedup_vs_predecessor": round(predecessor["seconds"] / ours["seconds"], 1),
+                    "speedup_vs_dense_feature_loop": round(baseline["seconds"] / ours["seconds"], 1),
+                }
+            ),
+            flush=True,
+        )
         print(json.dumps({"sql_one_feature_top_genes": sql_speed(work)}))
 
 

@@ -32,10 +32,19 @@ def ours(tokens: torch.Tensor, args: argparse.Namespace) -> float:
     from sae_genomics_core.sae.train import SaeTrainingConfig, TensorSource, train_sae
 
     config = SaeTrainingConfig(
-        expansion_factor=args.expansion, k=args.k, training_tokens=args.steps * args.batch, batch_size=args.batch,
-        lr=3e-4, warmup_steps=10, log_every_steps=args.steps, state_every_steps=10**9, eval_tokens=8192,
-        stats_tokens=8192, dead_window_tokens=100_000, device=args.device,
-    )  # fmt: skip
+        expansion_factor=args.expansion,
+        k=args.k,
+        training_tokens=args.steps * args.batch,
+        batch_size=args.batch,
+        lr=3e-4,
+        warmup_steps=10,
+        log_every_steps=args.steps,
+        state_every_steps=10**9,
+        eval_tokens=8192,
+        stats_tokens=8192,
+        dead_window_tokens=100_000,
+        device=args.device,
+    )
     started = time.perf_counter()
     train_sae(TensorSource(tokens, 8192), config)
     return time.perf_counter() - started
@@ -53,10 +62,18 @@ def sae_lens_trainer(tokens: torch.Tensor, args: argparse.Namespace) -> float:
         )
     )
     cfg = SAETrainerConfig(
-        total_training_samples=args.steps * args.batch, train_batch_size_samples=args.batch, lr=3e-4, lr_end=3e-5,
-        lr_warm_up_steps=10, device=args.device, logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0,
-        save_final_checkpoint=False, dead_feature_window=100_000 // args.batch, feature_sampling_window=10**9,
-    )  # fmt: skip
+        total_training_samples=args.steps * args.batch,
+        train_batch_size_samples=args.batch,
+        lr=3e-4,
+        lr_end=3e-5,
+        lr_warm_up_steps=10,
+        device=args.device,
+        logger=LoggingConfig(log_to_wandb=False),
+        n_checkpoints=0,
+        save_final_checkpoint=False,
+        dead_feature_window=100_000 // args.batch,
+        feature_sampling_window=10**9,
+    )
     train = tokens[8192:]
 
     def provider():
@@ -118,12 +135,21 @@ def main() -> None:
         run(tokens, argparse.Namespace(**{**vars(args), "steps": 5}))  # warm-up (allocations, imports)
         timings[name] = min(run(tokens, args) for _ in range(2))
     per_second = {name: round(trained / seconds) for name, seconds in timings.items()}
-    print(json.dumps({
-        "d_in": args.d_in, "d_sae": args.d_in * args.expansion, "k": args.k, "batch": args.batch, "steps": args.steps,
-        "device": args.device, "tokens_per_s": per_second,
-        "ours_vs_sae_lens": round(per_second["sae_genomics"] / per_second["sae_lens_trainer"], 3),
-        "ours_vs_bare": round(per_second["sae_genomics"] / per_second["bare_pytorch_topk"], 3),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "d_in": args.d_in,
+                "d_sae": args.d_in * args.expansion,
+                "k": args.k,
+                "batch": args.batch,
+                "steps": args.steps,
+                "device": args.device,
+                "tokens_per_s": per_second,
+                "ours_vs_sae_lens": round(per_second["sae_genomics"] / per_second["sae_lens_trainer"], 3),
+                "ours_vs_bare": round(per_second["sae_genomics"] / per_second["bare_pytorch_topk"], 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

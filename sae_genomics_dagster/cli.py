@@ -328,9 +328,15 @@ def ui_launch(host: str, port: int) -> tuple[list[str], Path, dict[str, str]]:
     """
     home = _home()
     command = [
-        str(Path(sys.executable).with_name("dagster")), "dev",
-        "-m", "sae_genomics_dagster.definitions", "-h", host, "-p", str(port),
-    ]  # fmt: skip
+        str(Path(sys.executable).with_name("dagster")),
+        "dev",
+        "-m",
+        "sae_genomics_dagster.definitions",
+        "-h",
+        host,
+        "-p",
+        str(port),
+    ]
     env = {**os.environ, "DAGSTER_HOME": str(home.dagster_home), HOME_ENV: str(home.root)}
     for name in (SOURCES_ENV, SNAPSHOTS_ENV):
         if env.get(name):

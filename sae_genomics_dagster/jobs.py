@@ -19,10 +19,18 @@ dataset_pipeline_job = dg.define_asset_job(
 
 # Everything partitioned by dataset × layer, in graph order.
 SAE_ASSETS = [
-    "sae_checkpoint", "sae_checkpoints", "sae_training_log",
-    "feature_stats", "feature_genes", "feature_cells", "feature_cell_types", "feature_histograms",
-    "enrichment", "enrichment_baselines", "feature_pages",
-]  # fmt: skip
+    "sae_checkpoint",
+    "sae_checkpoints",
+    "sae_training_log",
+    "feature_stats",
+    "feature_genes",
+    "feature_cells",
+    "feature_cell_types",
+    "feature_histograms",
+    "enrichment",
+    "enrichment_baselines",
+    "feature_pages",
+]
 
 
 def build_sae_job(partitions: dg.MultiPartitionsDefinition) -> Any:  # an unresolved asset job

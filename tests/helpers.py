@@ -23,21 +23,46 @@ def published_model_folder(folder: Path, genes: list[str], *, seed: int = 0, che
     tokens = [*genes, "<pad>", "<cls>", "<eoc>"] + (["<drug>"] if chem else [])
     vocab = {token: index for index, token in enumerate(tokens)}
     model_config = {
-        "d_model": 32, "n_layers": 2, "n_heads": 4, "expansion_ratio": 4, "vocab_size": len(vocab),
-        "norm_scheme": "pre", "transformer_activation": "gelu", "cell_emb_style": "cls", "use_glu": False,
-        "attn_config": {"attn_type": "grouped_query_attention", "attn_impl": "flash", "kv_n_heads": 4,
-                        "use_attn_mask": False, "attn_pdrop": 0.0},
+        "d_model": 32,
+        "n_layers": 2,
+        "n_heads": 4,
+        "expansion_ratio": 4,
+        "vocab_size": len(vocab),
+        "norm_scheme": "pre",
+        "transformer_activation": "gelu",
+        "cell_emb_style": "cls",
+        "use_glu": False,
+        "attn_config": {
+            "attn_type": "grouped_query_attention",
+            "attn_impl": "flash",
+            "kv_n_heads": 4,
+            "use_attn_mask": False,
+            "attn_pdrop": 0.0,
+        },
         "norm_config": {"norm_type": "low_precision_layernorm", "eps": 1e-5},
         "gene_encoder": {"use_norm": True},
-        "expression_encoder": {"input_emb_style": "continuous", "dropout": 0.1, "max_value": 512,
-                               "activation": "relu", "use_norm": True},
+        "expression_encoder": {
+            "input_emb_style": "continuous",
+            "dropout": 0.1,
+            "max_value": 512,
+            "activation": "relu",
+            "use_norm": True,
+        },
         "expression_decoder": {"n_outputs": 1, "n_layers": 1, "activation": "leaky_relu"},
         "mvc": {"arch_style": "inner product", "query_activation": "sigmoid", "scaled_dot_product": True},
         "precision": "amp_bf16",
-    }  # fmt: skip
-    collator_config = {"pad_token_id": vocab["<pad>"], "pad_value": -2, "mask_value": -1, "num_bins": 51,
-                       "max_length": 64, "sampling": True, "keep_first_n_tokens": 2 if chem else 1,
-                       "use_chem_token": chem, "do_binning": True}  # fmt: skip
+    }
+    collator_config = {
+        "pad_token_id": vocab["<pad>"],
+        "pad_value": -2,
+        "mask_value": -1,
+        "num_bins": 51,
+        "max_length": 64,
+        "sampling": True,
+        "keep_first_n_tokens": 2 if chem else 1,
+        "use_chem_token": chem,
+        "do_binning": True,
+    }
     if chem:
         model_config["chemical_encoder"] = {
             "padding_idx": 0,

@@ -117,12 +117,22 @@ def extract_activations(
             )
         store = ActivationStore.open_for_writing(
             out_dir,
-            {**header, "sites": sites, "layers": list(settings.layers), "hooks": list(settings.hooks),
-             "dtype": settings.storage_dtype, "widths": widths, "max_length": tokenizer.max_length,
-             "seed": settings.seed, "compute_dtype": "bfloat16-autocast" if use_autocast else "float32",
-             "n_cells_total": opened.n_cells, "n_genes": len(keys),
-             "n_genes_in_vocab": n_in_vocab, "drug_token": loaded.drug_label},
-        )  # fmt: skip
+            {
+                **header,
+                "sites": sites,
+                "layers": list(settings.layers),
+                "hooks": list(settings.hooks),
+                "dtype": settings.storage_dtype,
+                "widths": widths,
+                "max_length": tokenizer.max_length,
+                "seed": settings.seed,
+                "compute_dtype": "bfloat16-autocast" if use_autocast else "float32",
+                "n_cells_total": opened.n_cells,
+                "n_genes": len(keys),
+                "n_genes_in_vocab": n_in_vocab,
+                "drug_token": loaded.drug_label,
+            },
+        )
         loaded.vocab.save(store.root / "vocab.json")  # token ids in the shards mean these genes
         resumed_from = store.next_cell
         started = time.perf_counter()
@@ -181,8 +191,13 @@ def extract_activations(
                 break
         seconds = time.perf_counter() - started
         if store.next_cell >= opened.n_cells:
-            store.finish({"n_cells": store.n_cells, "n_tokens": store.n_tokens,
-                          "n_cells_skipped": sum(s["n_cells_skipped"] for s in store.manifest["shards"])})  # fmt: skip
+            store.finish(
+                {
+                    "n_cells": store.n_cells,
+                    "n_tokens": store.n_tokens,
+                    "n_cells_skipped": sum(s["n_cells_skipped"] for s in store.manifest["shards"]),
+                }
+            )
 
     size = sum(p.stat().st_size for p in store.root.rglob("*.npy"))
     return ExtractionResult(

@@ -207,10 +207,17 @@ class ActivationStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(writer._tmp / group, target)
         shutil.rmtree(writer._tmp)
-        self.manifest["shards"].append({
-            "name": name, "first_cell": first, "last_cell": last, "n_cells": writer.n_cells,
-            "n_tokens": writer.n_tokens, "n_cells_skipped": skipped, "sha256": files,
-        })  # fmt: skip
+        self.manifest["shards"].append(
+            {
+                "name": name,
+                "first_cell": first,
+                "last_cell": last,
+                "n_cells": writer.n_cells,
+                "n_tokens": writer.n_tokens,
+                "n_cells_skipped": skipped,
+                "sha256": files,
+            }
+        )
         self._save_manifest()
 
     def finish(self, extra: dict[str, Any]) -> None:

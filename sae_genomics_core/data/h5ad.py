@@ -26,8 +26,14 @@ from sae_genomics_core.errors import SaeGenomicsError
 
 ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?(_PAR_Y)?$")
 ENSEMBL_COLUMN_CANDIDATES = (
-    "gene_ids", "gene_id", "ensembl_id", "ensembl_ids", "ensembl", "gene_ensembl_id", "feature_id",
-)  # fmt: skip
+    "gene_ids",
+    "gene_id",
+    "ensembl_id",
+    "ensembl_ids",
+    "ensembl",
+    "gene_ensembl_id",
+    "feature_id",
+)
 SYMBOL_COLUMN_CANDIDATES = (
     "feature_name",
     "gene_symbols",
@@ -37,8 +43,14 @@ SYMBOL_COLUMN_CANDIDATES = (
     "symbol",
 )
 CELL_TYPE_KEY_CANDIDATES = (
-    "cell_type", "celltype", "cell_types", "CellType", "cell_type_label", "cell_ontology_class", "annotation",
-)  # fmt: skip
+    "cell_type",
+    "celltype",
+    "cell_types",
+    "CellType",
+    "cell_type_label",
+    "cell_ontology_class",
+    "annotation",
+)
 # Obs columns that name the sample or donor a cell came from (the unit of replication for pseudobulk).
 # Only names that cannot mean anything else: `batch` is left out (a sequencing batch may pool donors).
 SAMPLE_KEY_CANDIDATES = frozenset(
@@ -203,9 +215,13 @@ def inspect_h5ad(
         if n_cells == 0 or n_genes == 0:
             raise DatasetError(
                 path,
-                [Problem(f"the matrix {source} is empty ({n_cells} cells × {n_genes} genes)",
-                         "export a dataset that has cells and genes")],
-            )  # fmt: skip
+                [
+                    Problem(
+                        f"the matrix {source} is empty ({n_cells} cells × {n_genes} genes)",
+                        "export a dataset that has cells and genes",
+                    )
+                ],
+            )
 
         genes, gene_id_source, symbol_source = _gene_table(var, options, problems, notes)
         subset_note = _gene_subset_note(adata, var, source, n_genes)
@@ -218,25 +234,36 @@ def inspect_h5ad(
         try:
             stats = _scan_matrix(matrix, scan_rows, n_genes, chunk_cells)
         except (OSError, KeyError, ValueError) as error:  # truncated or corrupt data inside a readable file
-            raise DatasetError(path, [Problem(f"{source} cannot be read ({type(error).__name__}: {error})",
-                                              "re-export the file with adata.write_h5ad(...)")]) from error  # fmt: skip
+            raise DatasetError(
+                path,
+                [
+                    Problem(
+                        f"{source} cannot be read ({type(error).__name__}: {error})",
+                        "re-export the file with adata.write_h5ad(...)",
+                    )
+                ],
+            ) from error
         uns_log1p = "log1p" in adata.uns
     finally:
         _close(adata)
 
     if stats.n_nonfinite:
-        problems.append(Problem(
-            f"{source} contains {stats.n_nonfinite} non-finite values (NaN or infinity)",
-            "replace them (e.g. adata.X = np.nan_to_num(adata.X)) or choose another matrix with "
-            f"--matrix ({MATRIX_CHOICES})",
-        ))  # fmt: skip
+        problems.append(
+            Problem(
+                f"{source} contains {stats.n_nonfinite} non-finite values (NaN or infinity)",
+                "replace them (e.g. adata.X = np.nan_to_num(adata.X)) or choose another matrix with "
+                f"--matrix ({MATRIX_CHOICES})",
+            )
+        )
     if stats.n_negative:
-        problems.append(Problem(
-            f"{source} contains {stats.n_negative} negative values (min {stats.min_value:.3g}); it looks "
-            "scaled or centred, and tahoe-x1 needs counts",
-            "store raw counts in layers['counts'] or .raw (they are preferred automatically), or choose "
-            f"them with --matrix ({MATRIX_CHOICES})",
-        ))  # fmt: skip
+        problems.append(
+            Problem(
+                f"{source} contains {stats.n_negative} negative values (min {stats.min_value:.3g}); it looks "
+                "scaled or centred, and tahoe-x1 needs counts",
+                "store raw counts in layers['counts'] or .raw (they are preferred automatically), or choose "
+                f"them with --matrix ({MATRIX_CHOICES})",
+            )
+        )
 
     value_kind = _value_kind(stats, source, uns_log1p=uns_log1p)
     if value_kind == "log1p":
@@ -259,10 +286,12 @@ def inspect_h5ad(
         )
     n_empty = int((stats.genes_per_cell[:scan_rows] == 0).sum())
     if n_empty == scan_rows:
-        problems.append(Problem(
-            f"all {scan_rows} scanned cells of {source} have no expressed gene",
-            f"check that the file holds expression values, or choose another matrix with --matrix ({MATRIX_CHOICES})",
-        ))  # fmt: skip
+        problems.append(
+            Problem(
+                f"all {scan_rows} scanned cells of {source} have no expressed gene",
+                f"check that the file holds expression values, or choose another matrix with --matrix ({MATRIX_CHOICES})",
+            )
+        )
     elif n_empty:
         notes.append(
             f"{n_empty} cells have no expressed gene; they are kept in `cells` and skipped by the model."
@@ -277,14 +306,17 @@ def inspect_h5ad(
         notes.append(f"{n_duplicate_cells} cell ids are duplicated; cells are keyed by cell_index.")
 
     totals = stats.expm1_per_cell if value_kind == "log1p" else stats.sum_per_cell
-    cells = pl.DataFrame({
-        "cell_index": np.arange(n_cells, dtype=np.int64),
-        "cell_id": cell_ids.to_numpy(dtype=object),
-        "cell_type": cell_types,
-        "n_genes_expressed": stats.genes_per_cell.astype(np.int32),
-        "total_counts": totals.astype(np.float64),
-        "sample": samples,
-    }, schema_overrides={"cell_id": pl.String, "cell_type": pl.String, "sample": pl.String})  # fmt: skip
+    cells = pl.DataFrame(
+        {
+            "cell_index": np.arange(n_cells, dtype=np.int64),
+            "cell_id": cell_ids.to_numpy(dtype=object),
+            "cell_type": cell_types,
+            "n_genes_expressed": stats.genes_per_cell.astype(np.int32),
+            "total_counts": totals.astype(np.float64),
+            "sample": samples,
+        },
+        schema_overrides={"cell_id": pl.String, "cell_type": pl.String, "sample": pl.String},
+    )
     genes = genes.with_columns(pl.Series("n_cells_expressed", stats.cells_per_gene.astype(np.int64)))
 
     report = ValidationReport(
@@ -352,21 +384,48 @@ def _open_backed(path: Path) -> Any:
     import anndata as ad
 
     if not path.exists():
-        raise DatasetError(path, [Problem("the file does not exist", "check the path (it is resolved from "
-                                          "the current directory)")])  # fmt: skip
+        raise DatasetError(
+            path,
+            [
+                Problem(
+                    "the file does not exist", "check the path (it is resolved from the current directory)"
+                )
+            ],
+        )
     if path.suffix != ".h5ad":
-        raise DatasetError(path, [Problem(f"the file is not an .h5ad file (suffix '{path.suffix}')",
-                                          "convert it with anndata/scanpy and save it with adata.write_h5ad(...)")])  # fmt: skip
+        raise DatasetError(
+            path,
+            [
+                Problem(
+                    f"the file is not an .h5ad file (suffix '{path.suffix}')",
+                    "convert it with anndata/scanpy and save it with adata.write_h5ad(...)",
+                )
+            ],
+        )
     if not h5py.is_hdf5(path):
-        raise DatasetError(path, [Problem("the file is not HDF5, so it cannot be an .h5ad",
-                                          "re-export it with adata.write_h5ad(...); zarr stores are not supported")])  # fmt: skip
+        raise DatasetError(
+            path,
+            [
+                Problem(
+                    "the file is not HDF5, so it cannot be an .h5ad",
+                    "re-export it with adata.write_h5ad(...); zarr stores are not supported",
+                )
+            ],
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return ad.read_h5ad(path, backed="r")
     except Exception as error:  # anndata raises many types for truncated or foreign HDF5 files
-        raise DatasetError(path, [Problem(f"the file cannot be read as AnnData ({type(error).__name__}: {error})",
-                                          "re-export it with adata.write_h5ad(...); a truncated copy must be copied again")]) from error  # fmt: skip
+        raise DatasetError(
+            path,
+            [
+                Problem(
+                    f"the file cannot be read as AnnData ({type(error).__name__}: {error})",
+                    "re-export it with adata.write_h5ad(...); a truncated copy must be copied again",
+                )
+            ],
+        ) from error
 
 
 def _close(adata: Any) -> None:
@@ -400,14 +459,28 @@ def _select_matrix(adata: Any, path: Path, options: DatasetOptions) -> tuple[Any
             ) from error
     if choice == "raw":
         if adata.raw is None:
-            raise DatasetError(path, [Problem("--matrix raw was asked for but the file has no .raw",
-                                              f"choose one that exists: {_available(adata, layer_names)}")])  # fmt: skip
+            raise DatasetError(
+                path,
+                [
+                    Problem(
+                        "--matrix raw was asked for but the file has no .raw",
+                        f"choose one that exists: {_available(adata, layer_names)}",
+                    )
+                ],
+            )
         return adata.raw.X, adata.raw.var, "raw.X"
     if choice.startswith("layers/"):
         name = choice.removeprefix("layers/")
         if name not in layer_names:
-            raise DatasetError(path, [Problem(f"--matrix {choice}: the file has no layer '{name}'",
-                                              f"choose one that exists: {_available(adata, layer_names)}")])  # fmt: skip
+            raise DatasetError(
+                path,
+                [
+                    Problem(
+                        f"--matrix {choice}: the file has no layer '{name}'",
+                        f"choose one that exists: {_available(adata, layer_names)}",
+                    )
+                ],
+            )
         return _layer_matrix(adata, name), adata.var, f"layers['{name}']"
     raise DatasetError(path, [Problem(f"unknown --matrix '{choice}'", f"use {MATRIX_CHOICES}")])
 
@@ -494,17 +567,20 @@ def _gene_table(
     ensembl_column = options.ensembl_column
     if ensembl_column is not None:
         if ensembl_column not in columns:
-            problems.append(Problem(f"--ensembl-column '{ensembl_column}' is not a var column",
-                                    f"use one of: {listed}"))  # fmt: skip
+            problems.append(
+                Problem(f"--ensembl-column '{ensembl_column}' is not a var column", f"use one of: {listed}")
+            )
             ensembl_column = None
         elif (share := _ensembl_share(_column_values(var, ensembl_column))) < 0.5:
             example = ", ".join(_column_values(var, ensembl_column).astype(str).head(3))
-            problems.append(Problem(
-                f"var column '{ensembl_column}' does not hold Ensembl gene ids ({share:.0%} look like "
-                f"ENSG…; e.g. {example})",
-                "pass the column that holds Ensembl ids with --ensembl-column, or leave it out to use gene "
-                "symbols (they are mapped to Ensembl through HGNC)",
-            ))  # fmt: skip
+            problems.append(
+                Problem(
+                    f"var column '{ensembl_column}' does not hold Ensembl gene ids ({share:.0%} look like "
+                    f"ENSG…; e.g. {example})",
+                    "pass the column that holds Ensembl ids with --ensembl-column, or leave it out to use gene "
+                    "symbols (they are mapped to Ensembl through HGNC)",
+                )
+            )
             ensembl_column = None
     else:
         for candidate in ("index", *ENSEMBL_COLUMN_CANDIDATES):
@@ -537,8 +613,10 @@ def _gene_table(
             else:
                 n_not_ensembl += 1
         if n_not_ensembl:
-            notes.append(f"{n_not_ensembl} genes in '{ensembl_column}' have no usable Ensembl id (empty, "
-                         "not ENSG… or a _PAR_Y copy); they cannot reach the model vocab.")  # fmt: skip
+            notes.append(
+                f"{n_not_ensembl} genes in '{ensembl_column}' have no usable Ensembl id (empty, "
+                "not ENSG… or a _PAR_Y copy); they cannot reach the model vocab."
+            )
     symbols: list[str | None] = [None] * len(var)
     if symbol_column is not None:
         symbol_values = _column_values(var, symbol_column).astype("string").fillna("").to_numpy(dtype=object)
@@ -561,20 +639,25 @@ def _gene_table(
     duplicated = key[key.duplicated(keep=False) & key.notna()]
     if not duplicated.empty:
         examples = ", ".join(sorted(set(duplicated.astype(str)))[:5])
-        problems.append(Problem(
-            f"{duplicated.nunique()} gene ids occur more than once ({gene_id_source}; e.g. {examples})",
-            "sum the duplicated genes into one column each, or drop the copies "
-            "(adata = adata[:, ~adata.var_names.duplicated()]); for symbols, --ensembl-column with an "
-            "Ensembl column avoids the clash",
-        ))  # fmt: skip
+        problems.append(
+            Problem(
+                f"{duplicated.nunique()} gene ids occur more than once ({gene_id_source}; e.g. {examples})",
+                "sum the duplicated genes into one column each, or drop the copies "
+                "(adata = adata[:, ~adata.var_names.duplicated()]); for symbols, --ensembl-column with an "
+                "Ensembl column avoids the clash",
+            )
+        )
 
-    genes = pl.DataFrame({
-        "gene_index": np.arange(len(var), dtype=np.int64),
-        "feature_name": feature_names,
-        "ensembl_id": ensembl,
-        "symbol": symbols,
-        "in_vocab": pl.Series([None] * len(var), dtype=pl.Boolean),
-    }, schema_overrides={"feature_name": pl.String, "ensembl_id": pl.String, "symbol": pl.String})  # fmt: skip
+    genes = pl.DataFrame(
+        {
+            "gene_index": np.arange(len(var), dtype=np.int64),
+            "feature_name": feature_names,
+            "ensembl_id": ensembl,
+            "symbol": symbols,
+            "in_vocab": pl.Series([None] * len(var), dtype=pl.Boolean),
+        },
+        schema_overrides={"feature_name": pl.String, "ensembl_id": pl.String, "symbol": pl.String},
+    )
     return genes, gene_id_source, None if symbol_column is None else symbol_column
 
 
@@ -617,14 +700,20 @@ def _cell_types(
 ) -> tuple[list[str | None], str | None]:
     key = options.cell_type_key
     if key is not None and key not in obs.columns:
-        problems.append(Problem(f"--cell-type-key '{key}' is not an obs column",
-                                f"use one of: {', '.join(map(str, obs.columns)) or '(obs has no columns)'}"))  # fmt: skip
+        problems.append(
+            Problem(
+                f"--cell-type-key '{key}' is not an obs column",
+                f"use one of: {', '.join(map(str, obs.columns)) or '(obs has no columns)'}",
+            )
+        )
         return [None] * len(obs), None
     if key is None:
         key = next((c for c in CELL_TYPE_KEY_CANDIDATES if c in obs.columns), None)
         if key is None:
-            notes.append("no cell-type column found (looked for "
-                         f"{', '.join(CELL_TYPE_KEY_CANDIDATES)}); pass --cell-type-key to name one.")  # fmt: skip
+            notes.append(
+                "no cell-type column found (looked for "
+                f"{', '.join(CELL_TYPE_KEY_CANDIDATES)}); pass --cell-type-key to name one."
+            )
             return [None] * len(obs), None
     values = obs[key].astype("string")
     if values.isna().all():

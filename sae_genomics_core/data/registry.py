@@ -129,11 +129,16 @@ class Registry:
         if existing.exists():
             previous = DatasetEntry.from_dict(json.loads(existing.read_text()))
             if previous.path != path:
-                raise DatasetError(path, [Problem(
-                    f"the name '{key}' is already registered for {previous.path}",
-                    "pass another --name, or unregister the old one with `sae-genomics unregister "
-                    f"{key}`",
-                )])  # fmt: skip
+                raise DatasetError(
+                    path,
+                    [
+                        Problem(
+                            f"the name '{key}' is already registered for {previous.path}",
+                            "pass another --name, or unregister the old one with `sae-genomics unregister "
+                            f"{key}`",
+                        )
+                    ],
+                )
         tables = inspect_h5ad(path, options, max_cells=quick_scan_cells)
         if model_spec is not None:
             coverage = vocab_coverage(tables.genes, model_spec, self.home.warehouse)

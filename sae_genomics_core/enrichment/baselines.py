@@ -247,14 +247,22 @@ def compare(
     for method, frame in summaries.items():
         tested = pl.when(pl.col("n_tests") > 0).then(pl.col("n_units")).otherwise(0)
         frame = frame.with_columns(n_units_tested=tested).select(
-            pl.lit(method).alias("method"), "database", "statistic",
-            pl.lit(unit_counts[method], dtype=pl.Int64).alias("n_units"), "n_units_tested", "n_units_significant",
-            pl.when(pl.col("n_units_tested") > 0).then(pl.col("n_units_significant") / pl.col("n_units_tested"))
+            pl.lit(method).alias("method"),
+            "database",
+            "statistic",
+            pl.lit(unit_counts[method], dtype=pl.Int64).alias("n_units"),
+            "n_units_tested",
+            "n_units_significant",
+            pl.when(pl.col("n_units_tested") > 0)
+            .then(pl.col("n_units_significant") / pl.col("n_units_tested"))
             .alias("fraction_significant"),
-            pl.when(pl.col("n_units_tested") > 0).then(pl.col("n_units_significant") / max(unit_counts[method], 1))
+            pl.when(pl.col("n_units_tested") > 0)
+            .then(pl.col("n_units_significant") / max(unit_counts[method], 1))
             .alias("fraction_of_all_units"),
-            "n_tests", pl.col("n_significant").alias("n_significant_pairs"), "background_size",
-        )  # fmt: skip
+            "n_tests",
+            pl.col("n_significant").alias("n_significant_pairs"),
+            "background_size",
+        )
         if tables is not None:
             frame = _with_diversity(frame, tables[method])
         frames.append(frame)

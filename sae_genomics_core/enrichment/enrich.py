@@ -113,11 +113,17 @@ class EnrichmentResult:
         return pl.DataFrame(
             [{k: v for k, v in vars(s).items() if k not in ("notes", "design")} for s in self.summaries],
             schema={
-                "database": pl.String, "statistic": pl.String, "n_units": pl.Int64, "n_terms": pl.Int64,
-                "n_tests": pl.Int64, "n_tested_pairs": pl.Int64, "n_significant": pl.Int64,
-                "n_units_significant": pl.Int64, "background_size": pl.Int64,
+                "database": pl.String,
+                "statistic": pl.String,
+                "n_units": pl.Int64,
+                "n_terms": pl.Int64,
+                "n_tests": pl.Int64,
+                "n_tested_pairs": pl.Int64,
+                "n_significant": pl.Int64,
+                "n_units_significant": pl.Int64,
+                "background_size": pl.Int64,
             },
-        )  # fmt: skip
+        )
 
 
 def _column_index(genes: np.ndarray) -> pl.DataFrame:
@@ -149,7 +155,7 @@ def gene_sets(
         .with_columns(pl.int_range(pl.len()).over("feature").alias("position"))
         .filter(pl.col("position") < settings.gene_set_size)
         .join(index, on="ensembl_id", how="inner")
-    )  # fmt: skip
+    )
     features, rows = np.unique(chosen["feature"].to_numpy(), return_inverse=True)
     members = sp.csr_matrix(
         (np.ones(chosen.height, dtype=np.int32), (rows, chosen["column"].to_numpy())),
@@ -240,9 +246,11 @@ def _hypergeometric(
     )
     term_info = (
         terms_long.filter(pl.col("term_id").is_in(kept["term_id"].implode()))
-        .group_by("term_id").agg(pl.col("term_name").first(), pl.col("term_kind").first(), pl.len().alias("size"))
-        .sort("term_id").with_row_index("term_column")
-    )  # fmt: skip
+        .group_by("term_id")
+        .agg(pl.col("term_name").first(), pl.col("term_kind").first(), pl.len().alias("size"))
+        .sort("term_id")
+        .with_row_index("term_column")
+    )
     members = terms_long.join(term_info.select("term_id", "term_column"), on="term_id").join(
         _column_index(sets.genes), on="ensembl_id"
     )
@@ -267,27 +275,46 @@ def _hypergeometric(
     log_p = hypergeom_log_sf(overlap, population, term_size, set_size)
     n_tests = n_units * n_terms
     q_values = bh_q_values(np.exp(log_p), n_tests)
-    table = pl.DataFrame({
-        "feature": sets.features[unit_row], "database": [database] * unit_row.size,
-        "term_id": term_info["term_id"].to_numpy()[term_col], "term_name": term_info["term_name"].to_numpy()[term_col],
-        "term_kind": term_info["term_kind"].to_numpy()[term_col], "statistic": ["hypergeometric"] * unit_row.size,
-        "overlap": overlap, "feature_set_size": set_size, "term_size": term_size,
-        "background_size": np.full(unit_row.size, population, dtype=np.int64),
-        "expected_overlap": set_size * term_size / max(population, 1),
-        "odds_ratio": odds_ratio(overlap, population, term_size, set_size),
-        "p_value": np.exp(log_p), "log10_p_value": log_p / np.log(10), "q_value": q_values,
-    }, schema_overrides={"term_id": pl.String, "term_name": pl.String, "term_kind": pl.String})  # fmt: skip
+    table = pl.DataFrame(
+        {
+            "feature": sets.features[unit_row],
+            "database": [database] * unit_row.size,
+            "term_id": term_info["term_id"].to_numpy()[term_col],
+            "term_name": term_info["term_name"].to_numpy()[term_col],
+            "term_kind": term_info["term_kind"].to_numpy()[term_col],
+            "statistic": ["hypergeometric"] * unit_row.size,
+            "overlap": overlap,
+            "feature_set_size": set_size,
+            "term_size": term_size,
+            "background_size": np.full(unit_row.size, population, dtype=np.int64),
+            "expected_overlap": set_size * term_size / max(population, 1),
+            "odds_ratio": odds_ratio(overlap, population, term_size, set_size),
+            "p_value": np.exp(log_p),
+            "log10_p_value": log_p / np.log(10),
+            "q_value": q_values,
+        },
+        schema_overrides={"term_id": pl.String, "term_name": pl.String, "term_kind": pl.String},
+    )
     table = table.with_columns(significant=pl.col("q_value") <= settings.fdr)
     n_tested_pairs, n_significant = table.height, int(table["significant"].sum())
     n_units_significant = table.filter("significant")["feature"].n_unique()
     table = _flag_most_specific(table, ontology, settings)  # may drop rows: count before
     table = _with_overlap_genes(table, unit_genes, sets, members)
     summary = DatabaseSummary(
-        database=database, statistic="hypergeometric", n_units=n_units, n_terms=n_terms, n_tests=n_tests,
-        n_tested_pairs=n_tested_pairs, n_significant=n_significant,
-        n_units_significant=n_units_significant, background_size=population, notes=notes,
-        design=NullDesign(sets.features, sets.sizes, term_info["size"].to_numpy(), population, settings.min_overlap),
-    )  # fmt: skip
+        database=database,
+        statistic="hypergeometric",
+        n_units=n_units,
+        n_terms=n_terms,
+        n_tests=n_tests,
+        n_tested_pairs=n_tested_pairs,
+        n_significant=n_significant,
+        n_units_significant=n_units_significant,
+        background_size=population,
+        notes=notes,
+        design=NullDesign(
+            sets.features, sets.sizes, term_info["size"].to_numpy(), population, settings.min_overlap
+        ),
+    )
     return table.select(list(ENRICHMENT_SCHEMA)).cast(ENRICHMENT_SCHEMA), summary  # type: ignore[arg-type]
 
 
@@ -331,7 +358,7 @@ def _with_overlap_genes(
         .join(symbols, on="ensembl_id", how="left")
         .group_by("feature", "term_id")
         .agg(pl.coalesce("symbol", "ensembl_id").sort().alias("overlap_genes"))
-    )  # fmt: skip
+    )
     return table.join(genes, on=["feature", "term_id"], how="left")
 
 
@@ -350,7 +377,7 @@ def network_edges(frame: pl.DataFrame, min_score: float) -> pl.DataFrame:
         .select(pl.col("ensembl_id").alias("ensembl_a"), "ensembl_b")
         .filter(pl.col("ensembl_a") != pl.col("ensembl_b"))
         .unique()
-    )  # fmt: skip
+    )
 
 
 def _network(
@@ -379,16 +406,28 @@ def _network(
     rows = result["unit"].to_numpy()
     q_values = bh_q_values(result["p_value"].to_numpy(), max(result.height, 1))
     p_values = result["p_value"].to_numpy()
-    table = pl.DataFrame({
-        "feature": sets.features[rows], "database": [database] * rows.size, "term_id": [NETWORK_TERM_ID] * rows.size,
-        "term_name": [f"edges within the gene set (STRING score ≥ {settings.min_network_score:g}; {basis})"] * rows.size,
-        "term_kind": ["network"] * rows.size, "statistic": ["string_network"] * rows.size,
-        "overlap": result["observed_edges"].to_numpy(), "feature_set_size": result["set_size"].to_numpy(),
-        "term_size": np.full(rows.size, network.n_edges, dtype=np.int64),
-        "background_size": np.full(rows.size, len(background), dtype=np.int64),
-        "expected_overlap": result["expected_edges"].to_numpy(), "odds_ratio": result["ratio"].to_numpy(),
-        "p_value": p_values, "log10_p_value": np.log10(np.maximum(p_values, np.finfo(float).tiny)), "q_value": q_values,
-    })  # fmt: skip
+    table = pl.DataFrame(
+        {
+            "feature": sets.features[rows],
+            "database": [database] * rows.size,
+            "term_id": [NETWORK_TERM_ID] * rows.size,
+            "term_name": [
+                f"edges within the gene set (STRING score ≥ {settings.min_network_score:g}; {basis})"
+            ]
+            * rows.size,
+            "term_kind": ["network"] * rows.size,
+            "statistic": ["string_network"] * rows.size,
+            "overlap": result["observed_edges"].to_numpy(),
+            "feature_set_size": result["set_size"].to_numpy(),
+            "term_size": np.full(rows.size, network.n_edges, dtype=np.int64),
+            "background_size": np.full(rows.size, len(background), dtype=np.int64),
+            "expected_overlap": result["expected_edges"].to_numpy(),
+            "odds_ratio": result["ratio"].to_numpy(),
+            "p_value": p_values,
+            "log10_p_value": np.log10(np.maximum(p_values, np.finfo(float).tiny)),
+            "q_value": q_values,
+        }
+    )
     table = table.with_columns(
         pl.col("odds_ratio").fill_nan(None),  # no edge expected and none seen: no ratio, not NaN
         significant=pl.col("q_value") <= settings.fdr,
@@ -396,16 +435,23 @@ def _network(
         overlap_genes=pl.lit(None, dtype=pl.List(pl.String)),
     )
     summary = DatabaseSummary(
-        database=database, statistic="string_network", n_units=sets.features.size, n_terms=1, n_tests=result.height,
-        n_tested_pairs=result.height, n_significant=int(table["significant"].sum()),
-        n_units_significant=table.filter("significant")["feature"].n_unique(), background_size=len(background),
+        database=database,
+        statistic="string_network",
+        n_units=sets.features.size,
+        n_terms=1,
+        n_tests=result.height,
+        n_tested_pairs=result.height,
+        n_significant=int(table["significant"].sum()),
+        n_units_significant=table.filter("significant")["feature"].n_unique(),
+        background_size=len(background),
         notes={
-            "edges": network.n_edges, "score": basis,
+            "edges": network.n_edges,
+            "score": basis,
             # "monte_carlo": p-values below the tail's refine threshold, redone by sequential Monte Carlo
             "p_value_methods": dict(result["p_value_method"].value_counts().iter_rows()),
             "monte_carlo_at_cap": int((result["null_draws"] >= MAX_PERMUTATIONS).sum()),
         },
-    )  # fmt: skip
+    )
     return table.select(list(ENRICHMENT_SCHEMA)).cast(ENRICHMENT_SCHEMA), summary  # type: ignore[arg-type]
 
 
@@ -448,10 +494,14 @@ def random_gene_sets(sizes: np.ndarray, universe: Sequence[str], seed: int) -> p
         picked.append(genes[rng.choice(genes.size, size=size, replace=False)])
     n = sum(f.size for f in features)
     chosen = np.concatenate(picked) if picked else np.zeros(0, dtype=object)
-    return pl.DataFrame({
-        "feature": np.concatenate(features) if features else np.zeros(0, dtype=np.int64),
-        "ensembl_id": chosen.astype(str), "score": rng.random(n), "rank": np.ones(n, dtype=np.int64),
-    })  # fmt: skip
+    return pl.DataFrame(
+        {
+            "feature": np.concatenate(features) if features else np.zeros(0, dtype=np.int64),
+            "ensembl_id": chosen.astype(str),
+            "score": rng.random(n),
+            "rank": np.ones(n, dtype=np.int64),
+        }
+    )
 
 
 def shuffled_gene_sets(unit_genes: pl.DataFrame, seed: int) -> pl.DataFrame:
@@ -469,9 +519,14 @@ def shuffled_gene_sets(unit_genes: pl.DataFrame, seed: int) -> pl.DataFrame:
             break
         for card, partner in zip(clash, rng.integers(0, genes.size, clash.size), strict=True):
             genes[card], genes[partner] = genes[partner], genes[card]  # a swap keeps every gene's count
-    dealt = pl.DataFrame({
-        "feature": features, "ensembl_id": genes, "score": rng.random(genes.size), "rank": np.ones(genes.size, dtype=np.int64),
-    })  # fmt: skip
+    dealt = pl.DataFrame(
+        {
+            "feature": features,
+            "ensembl_id": genes,
+            "score": rng.random(genes.size),
+            "rank": np.ones(genes.size, dtype=np.int64),
+        }
+    )
     return dealt.unique(["feature", "ensembl_id"], keep="first", maintain_order=True)
 
 

@@ -61,10 +61,16 @@ def _log_pmf(k: np.ndarray, N: np.ndarray, K: np.ndarray, n: np.ndarray) -> np.n
     log_fact = _log_factorials(int(N.max()))
     k, N, K, n = (a.astype(np.int64) for a in (k, N, K, n))
     return (
-        log_fact[K] - log_fact[k] - log_fact[K - k]
-        + log_fact[N - K] - log_fact[n - k] - log_fact[N - K - n + k]
-        - log_fact[N] + log_fact[n] + log_fact[N - n]
-    )  # fmt: skip
+        log_fact[K]
+        - log_fact[k]
+        - log_fact[K - k]
+        + log_fact[N - K]
+        - log_fact[n - k]
+        - log_fact[N - K - n + k]
+        - log_fact[N]
+        + log_fact[n]
+        + log_fact[N - n]
+    )
 
 
 def _upper_tail(k: np.ndarray, N: np.ndarray, K: np.ndarray, n: np.ndarray) -> np.ndarray:

@@ -66,9 +66,11 @@ def source_versions(annotations: dict[str, pl.DataFrame]) -> dict[str, str]:
 
 def ontology_table(ontology: OntologyTables) -> pl.DataFrame:
     """One row per term with its ancestors as lists (nearest first), for the `hpo_ontology` table."""
-    ancestors = ontology.ancestors.sort("term_id", "distance", "ancestor_id").group_by("term_id", maintain_order=True).agg(
-        pl.col("ancestor_id").alias("ancestor_ids"), pl.col("distance").alias("ancestor_distances")
-    )  # fmt: skip
+    ancestors = (
+        ontology.ancestors.sort("term_id", "distance", "ancestor_id")
+        .group_by("term_id", maintain_order=True)
+        .agg(pl.col("ancestor_id").alias("ancestor_ids"), pl.col("distance").alias("ancestor_distances"))
+    )
     return ontology.terms.join(ancestors, on="term_id", how="left").select(
         pl.lit(ontology.ontology).alias("ontology"),
         pl.all(),

@@ -259,11 +259,15 @@ def _histograms(per_cell: sp.csc_matrix) -> pl.DataFrame:
     counts = np.bincount(features * HISTOGRAM_BINS + bins, minlength=per_cell.shape[1] * HISTOGRAM_BINS)
     keys = np.flatnonzero(counts)
     feature, bin_index = keys // HISTOGRAM_BINS, keys % HISTOGRAM_BINS
-    return pl.DataFrame({
-        "feature": feature.astype(np.int64), "bin": bin_index.astype(np.int64),
-        "bin_start": bin_index * width[feature], "bin_end": (bin_index + 1) * width[feature],
-        "n_cells": counts[keys].astype(np.int64),
-    })  # fmt: skip
+    return pl.DataFrame(
+        {
+            "feature": feature.astype(np.int64),
+            "bin": bin_index.astype(np.int64),
+            "bin_start": bin_index * width[feature],
+            "bin_end": (bin_index + 1) * width[feature],
+            "n_cells": counts[keys].astype(np.int64),
+        }
+    )
 
 
 class _KeyedSums:
@@ -384,9 +388,13 @@ def _prior_variance(
 
 def _cell_table(per_cell: sp.csc_matrix, cells: pl.DataFrame, top: int) -> pl.DataFrame:
     coo = per_cell.tocoo()
-    frame = pl.DataFrame({
-        "feature": coo.col.astype(np.int64), "cell_index": coo.row.astype(np.int64), "max_activation": coo.data.astype(np.float64),
-    })  # fmt: skip
+    frame = pl.DataFrame(
+        {
+            "feature": coo.col.astype(np.int64),
+            "cell_index": coo.row.astype(np.int64),
+            "max_activation": coo.data.astype(np.float64),
+        }
+    )
     ranked = frame.sort(
         ["feature", "max_activation", "cell_index"], descending=[False, True, False]
     ).with_columns(pl.int_range(1, pl.len() + 1).over("feature").cast(pl.Int64).alias("rank"))

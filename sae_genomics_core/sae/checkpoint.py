@@ -62,17 +62,23 @@ def save_checkpoint(directory: Path, outcome: TrainingOutcome, provenance: dict[
         {"mean": outcome.normalizer.mean.contiguous().cpu(), "scale": torch.tensor(outcome.normalizer.scale)},
         str(tmp / NORMALIZATION),
     )
-    write_json(tmp / PROVENANCE, {
-        **provenance,
-        "code_version": __version__,
-        "d_in": int(outcome.sae.cfg.d_in),
-        "d_sae": int(outcome.sae.cfg.d_sae),
-        "k": int(outcome.sae.cfg.k),
-        "normalization": {"mean_norm": float(outcome.normalizer.mean.norm()), "scale": outcome.normalizer.scale},
-        "gamma": outcome.gamma,
-        "steps": outcome.steps,
-        "tokens_seen": outcome.tokens_seen,
-    })  # fmt: skip
+    write_json(
+        tmp / PROVENANCE,
+        {
+            **provenance,
+            "code_version": __version__,
+            "d_in": int(outcome.sae.cfg.d_in),
+            "d_sae": int(outcome.sae.cfg.d_sae),
+            "k": int(outcome.sae.cfg.k),
+            "normalization": {
+                "mean_norm": float(outcome.normalizer.mean.norm()),
+                "scale": outcome.normalizer.scale,
+            },
+            "gamma": outcome.gamma,
+            "steps": outcome.steps,
+            "tokens_seen": outcome.tokens_seen,
+        },
+    )
     # final: held-out metrics and the full-pass dead fractions; log: per-step, with windowed dead fractions
     write_json(tmp / METRICS, {"final": outcome.final, "log": outcome.log, "warnings": outcome.warnings})
     if directory.exists():

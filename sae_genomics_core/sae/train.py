@@ -386,12 +386,26 @@ def train_sae(
         if state_path is None:
             return
         tmp = state_path.with_suffix(".tmp")
-        torch.save({
-            "config": config.to_dict(), "d_in": d_in, "sae": sae.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "mean": normalizer.mean, "scale": normalizer.scale,
-            "tokens_since_fired": tokens_since_fired.cpu(), "log": log, "step": step, "tokens_seen": tokens_seen,
-            "epoch": epoch, "batches_in_epoch": batches_in_epoch, "auxk_steps": auxk_steps, "rng": torch.get_rng_state(),
-        }, tmp)  # fmt: skip
+        torch.save(
+            {
+                "config": config.to_dict(),
+                "d_in": d_in,
+                "sae": sae.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "mean": normalizer.mean,
+                "scale": normalizer.scale,
+                "tokens_since_fired": tokens_since_fired.cpu(),
+                "log": log,
+                "step": step,
+                "tokens_seen": tokens_seen,
+                "epoch": epoch,
+                "batches_in_epoch": batches_in_epoch,
+                "auxk_steps": auxk_steps,
+                "rng": torch.get_rng_state(),
+            },
+            tmp,
+        )
         os.replace(tmp, state_path)
 
     while step < total_steps:
@@ -432,11 +446,20 @@ def train_sae(
             tokens_seen += x.shape[0]
             if step % config.log_every_steps == 0 or step == total_steps:
                 row = {
-                    "step": step, "tokens_seen": tokens_seen, **evaluate(sae, eval_tokens),
-                    "dead_fraction": float((tokens_since_fired >= dead_window).float().mean()),  # windowed estimate
-                    "dense_fraction": float((fires_in_window.float() / max(1, window_tokens) > config.dense_threshold).float().mean()),
-                    "aux_loss": last_aux, "lr": float(scheduler.get_last_lr()[0]),
-                }  # fmt: skip
+                    "step": step,
+                    "tokens_seen": tokens_seen,
+                    **evaluate(sae, eval_tokens),
+                    "dead_fraction": float(
+                        (tokens_since_fired >= dead_window).float().mean()
+                    ),  # windowed estimate
+                    "dense_fraction": float(
+                        (fires_in_window.float() / max(1, window_tokens) > config.dense_threshold)
+                        .float()
+                        .mean()
+                    ),
+                    "aux_loss": last_aux,
+                    "lr": float(scheduler.get_last_lr()[0]),
+                }
                 log.append(row)
                 fires_in_window.zero_()
                 window_tokens = 0

@@ -110,9 +110,11 @@ def top_genes_chart(genes: pl.DataFrame, title: str, top: int = 20) -> alt.Chart
 def cell_type_heatmap(cell_types: pl.DataFrame, title: str, n_features: int = 40) -> alt.Chart:
     """Cell type × feature log2 fold change for the features with the most significant cell-type preference."""
     best = (
-        cell_types.group_by("feature").agg(pl.col("q_value").min().alias("best_q"))
-        .sort("best_q", "feature").head(n_features)["feature"]
-    )  # fmt: skip
+        cell_types.group_by("feature")
+        .agg(pl.col("q_value").min().alias("best_q"))
+        .sort("best_q", "feature")
+        .head(n_features)["feature"]
+    )
     frame = cell_types.filter(pl.col("feature").is_in(best.implode())).select(
         pl.col("feature").cast(pl.String), "cell_type", "log2_fold_change", "q_value", "frac_active"
     )
@@ -136,12 +138,17 @@ def cell_type_heatmap(cell_types: pl.DataFrame, title: str, n_features: int = 40
 def enrichment_dot_plot(enrichment: pl.DataFrame, title: str, n_terms: int = 25) -> alt.Chart:
     """The strongest feature × term pairs: dot size = overlap, colour = −log10 q, one row per term."""
     frame = (
-        enrichment.sort("log10_p_value").head(n_terms)
+        enrichment.sort("log10_p_value")
+        .head(n_terms)
         .select(
-            "feature", (pl.col("database") + ": " + pl.col("term_name").fill_null(pl.col("term_id"))).alias("term"),
-            "overlap", "q_value", "log10_p_value", (-pl.col("q_value").clip(1e-300, 1).log10()).alias("minus_log10_q"),
+            "feature",
+            (pl.col("database") + ": " + pl.col("term_name").fill_null(pl.col("term_id"))).alias("term"),
+            "overlap",
+            "q_value",
+            "log10_p_value",
+            (-pl.col("q_value").clip(1e-300, 1).log10()).alias("minus_log10_q"),
         )
-    )  # fmt: skip
+    )
     return (
         alt.Chart(frame.to_pandas(), title=title)
         .mark_circle()

@@ -60,27 +60,33 @@ def collect(warehouse: Path, dataset: str, layer: int) -> dict[str, Any]:
             )
         stats = connection.execute(
             "select feature, fire_count, frequency, mean_activation, max_activation, n_cells_active "
-            "from feature_stats where dataset = ? and layer = ? order by feature", key
-        ).pl()  # fmt: skip
+            "from feature_stats where dataset = ? and layer = ? order by feature",
+            key,
+        ).pl()
         genes = connection.execute(
             f"select feature, rank, coalesce(symbol, ensembl_id) as gene, ensembl_id, score, specificity, n_tokens "
-            f"from feature_genes where dataset = ? and layer = ? and rank <= {TOP_GENES} order by feature, rank", key
-        ).pl()  # fmt: skip
+            f"from feature_genes where dataset = ? and layer = ? and rank <= {TOP_GENES} order by feature, rank",
+            key,
+        ).pl()
         cells = connection.execute(
             f"select fc.feature, fc.rank, fc.cell_id, c.cell_type, fc.max_activation from feature_cells fc "
             f"left join cells c on c.dataset = fc.dataset and c.cell_index = fc.cell_index "
-            f"where fc.dataset = ? and fc.layer = ? and fc.rank <= {TOP_CELLS} order by fc.feature, fc.rank", key
-        ).pl()  # fmt: skip
+            f"where fc.dataset = ? and fc.layer = ? and fc.rank <= {TOP_CELLS} order by fc.feature, fc.rank",
+            key,
+        ).pl()
         cell_types = connection.execute(
             "select feature, cell_type, mean_activation, frac_active, log2_fold_change, log2_fold_change_lower, "
             "q_value, test_unit, n_units "
-            "from feature_cell_types where dataset = ? and layer = ? order by feature, q_value", key
-        ).pl()  # fmt: skip
+            "from feature_cell_types where dataset = ? and layer = ? order by feature, q_value",
+            key,
+        ).pl()
         histograms = _frame(
             connection,
             "select feature, bin_start, bin_end, n_cells from feature_histograms where dataset = ? and layer = ? order by feature, bin",
-            key, tables, "feature_histograms",
-        )  # fmt: skip
+            key,
+            tables,
+            "feature_histograms",
+        )
         enrichment = _frame(
             connection,
             "select feature, database, term_id, term_name, overlap, feature_set_size, term_size, odds_ratio, "
@@ -88,20 +94,26 @@ def collect(warehouse: Path, dataset: str, layer: int) -> dict[str, Any]:
             "  select *, row_number() over (partition by feature, database order by log10_p_value) as position "
             "  from enrichment where dataset = ? and layer = ?"
             f") where position <= {TERMS_PER_DATABASE} or significant order by feature, log10_p_value",
-            key, tables, "enrichment",
-        )  # fmt: skip
+            key,
+            tables,
+            "enrichment",
+        )
         baselines = _frame(
             connection,
             "select database, method, n_units, n_units_tested, n_units_significant, fraction_significant "
             "from enrichment_baselines where dataset = ? and layer = ? order by database, method",
-            key, tables, "enrichment_baselines",
-        )  # fmt: skip
+            key,
+            tables,
+            "enrichment_baselines",
+        )
         sae = _frame(
             connection,
             "select hook, d_in, d_sae, k, explained_variance, dead_fraction, model_id, random_weights "
             "from sae_checkpoints where dataset = ? and layer = ?",
-            key, tables, "sae_checkpoints",
-        )  # fmt: skip
+            key,
+            tables,
+            "sae_checkpoints",
+        )
     return {
         "dataset": dataset,
         "layer": layer,
@@ -136,8 +148,10 @@ def render(data: dict[str, Any], vega_bundle: str) -> str:
     # <, > and & as JSON escapes: no text in the data (`</script>`, `<!--<script`) can end or bend the block
     payload = (
         json.dumps(data, separators=(",", ":"), default=str)
-        .replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-    )  # fmt: skip
+        .replace("&", "\\u0026")
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+    )
     title = f"sae-genomics · {data['dataset']} · layer {data['layer']}"
     return (
         _TEMPLATE.replace("__TITLE__", html.escape(title))

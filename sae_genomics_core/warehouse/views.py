@@ -76,11 +76,14 @@ left join term_counts c using (dataset, layer, feature)"""
 def feature_summary_sql(with_enrichment: bool, with_evidence_source: bool = True) -> str:
     evidence = "coalesce(evidence_source, database)" if with_evidence_source else "database"
     parts = (
-        {"enrichment_ctes": _ENRICHMENT_CTES.format(evidence_source=evidence), "enrichment_columns": _ENRICHMENT_COLUMNS,
-         "enrichment_joins": _ENRICHMENT_JOINS}
+        {
+            "enrichment_ctes": _ENRICHMENT_CTES.format(evidence_source=evidence),
+            "enrichment_columns": _ENRICHMENT_COLUMNS,
+            "enrichment_joins": _ENRICHMENT_JOINS,
+        }
         if with_enrichment
         else {"enrichment_ctes": "", "enrichment_columns": _NO_ENRICHMENT_COLUMNS, "enrichment_joins": ""}
-    )  # fmt: skip
+    )
     return "create or replace view feature_summary as\n" + _BASE.format(**parts)
 
 

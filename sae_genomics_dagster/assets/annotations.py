@@ -173,9 +173,12 @@ def build_annotation_asset(database: str, config: SourceConfig) -> dg.AssetsDefi
         report = result.resolution
         context.log.info(f"{database}: {frame.height:,} rows, {report.summary()}")
         top_terms = (
-            frame.group_by("term_id", "term_name").len().sort("len", descending=True).head(10)
+            frame.group_by("term_id", "term_name")
+            .len()
+            .sort("len", descending=True)
+            .head(10)
             .rename({"len": "genes"})
-        )  # fmt: skip
+        )
         yield dg.Output(
             frame,
             metadata={

@@ -288,10 +288,13 @@ def build_enrichment_assets(
         return dg.Output(
             table,
             metadata={
-                "source_version": ontology.version, "mode": mode, "terms": ontology.terms.height,
-                "obsolete_terms": int(ontology.terms["is_obsolete"].sum()), "ancestor_pairs": ontology.ancestors.height,
+                "source_version": ontology.version,
+                "mode": mode,
+                "terms": ontology.terms.height,
+                "obsolete_terms": int(ontology.terms["is_obsolete"].sum()),
+                "ancestor_pairs": ontology.ancestors.height,
             },
-        )  # fmt: skip
+        )
 
     @dg.asset(
         name="enrichment",
@@ -375,9 +378,13 @@ def build_enrichment_assets(
             unit_genes, background, annotations, settings, ontologies, config.calibration()
         )
 
-        context.log.info(f"{dataset} L{layer}: {table.height:,} tested pairs; " + ", ".join(
-            f"{r['database']} {r['n_units_significant']}/{r['n_units']}" for r in summary.iter_rows(named=True)
-        ))  # fmt: skip
+        context.log.info(
+            f"{dataset} L{layer}: {table.height:,} tested pairs; "
+            + ", ".join(
+                f"{r['database']} {r['n_units_significant']}/{r['n_units']}"
+                for r in summary.iter_rows(named=True)
+            )
+        )
         from sae_genomics_core.viz.charts import enrichment_dot_plot
 
         charts = {}
@@ -468,12 +475,16 @@ def build_enrichment_assets(
         yield dg.Output(
             _keyed(frame, dataset, layer, feature_genes),
             metadata={
-                "rows": frame.height, "units": dg.MetadataValue.json(run.n_units), "fit_tokens": run.fit_tokens,
+                "rows": frame.height,
+                "units": dg.MetadataValue.json(run.n_units),
+                "fit_tokens": run.fit_tokens,
                 # the SAE side reads feature_genes as the features asset wrote it: keep these equal to its config
-                "association": dg.MetadataValue.json({"top_genes": config.top_genes, "min_gene_tokens": config.min_gene_tokens}),
+                "association": dg.MetadataValue.json(
+                    {"top_genes": config.top_genes, "min_gene_tokens": config.min_gene_tokens}
+                ),
                 "fraction_significant": dg.MetadataValue.md(format_frame(wide, "table")),
                 "firing_rates": dg.MetadataValue.md(format_frame(firing, "table")),
             },
-        )  # fmt: skip
+        )
 
     return [hpo_ontology, enrichment, enrichment_baselines]

@@ -10,9 +10,14 @@ from sae_genomics_dagster.resources import HomeResource
 
 GROUP = "reports"
 PAGE_INPUTS = (
-    "feature_stats", "feature_genes", "feature_cells", "feature_cell_types", "feature_histograms",
-    "enrichment", "enrichment_baselines",
-)  # fmt: skip
+    "feature_stats",
+    "feature_genes",
+    "feature_cells",
+    "feature_cell_types",
+    "feature_histograms",
+    "enrichment",
+    "enrichment_baselines",
+)
 
 
 def build_page_assets(partitions: dg.MultiPartitionsDefinition) -> list:

@@ -117,10 +117,15 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
             )
         k = config.k if config.k is not None else default_k(manifest["random_weights"])
         training = SaeTrainingConfig(
-            expansion_factor=config.expansion_factor, k=k, training_tokens=config.training_tokens,
-            batch_size=config.batch_size, lr=config.lr, seed=config.seed, dead_window_tokens=config.dead_window_tokens,
+            expansion_factor=config.expansion_factor,
+            k=k,
+            training_tokens=config.training_tokens,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=config.seed,
+            dead_window_tokens=config.dead_window_tokens,
             device=sae_device(),
-        )  # fmt: skip
+        )
         key = hashlib.sha256(
             json.dumps([manifest["checksum"], config.hook, training.to_dict()], sort_keys=True).encode()
         ).hexdigest()[:16]
@@ -128,15 +133,26 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         work.mkdir(parents=True, exist_ok=True)
         source = StoreSource(store, layer, config.hook, training.holdout_fraction, training.seed)
         outcome = train_sae(
-            source, training, state_path=work / "train_state.pt",
-            on_log=lambda row: context.log.info(f"step {row['step']}: EV {row['explained_variance']:.4f}, dead {row['dead_fraction']:.3f}"),
-        )  # fmt: skip
+            source,
+            training,
+            state_path=work / "train_state.pt",
+            on_log=lambda row: context.log.info(
+                f"step {row['step']}: EV {row['explained_variance']:.4f}, dead {row['dead_fraction']:.3f}"
+            ),
+        )
         provenance = {
-            "dataset": dataset, "layer": layer, "hook": config.hook, "model_id": manifest["model_id"],
-            "revision": manifest["revision"], "random_weights": manifest["random_weights"],
-            "dataset_checksum": manifest["dataset_checksum"], "activations_checksum": manifest["checksum"],
-            "seed": training.seed, "held_out_cells": int(source.held_out_cells.size), "config": training.to_dict(),
-        }  # fmt: skip
+            "dataset": dataset,
+            "layer": layer,
+            "hook": config.hook,
+            "model_id": manifest["model_id"],
+            "revision": manifest["revision"],
+            "random_weights": manifest["random_weights"],
+            "dataset_checksum": manifest["dataset_checksum"],
+            "activations_checksum": manifest["checksum"],
+            "seed": training.seed,
+            "held_out_cells": int(source.held_out_cells.size),
+            "config": training.to_dict(),
+        }
         checkpoint = work / "checkpoint"
         for note in outcome.warnings:
             context.log.warning(note)
@@ -232,23 +248,61 @@ def build_sae_assets(partitions: dg.MultiPartitionsDefinition) -> list:
         provenance = json.loads((checkpoint / PROVENANCE).read_text())
         metrics = json.loads((checkpoint / METRICS).read_text())
         final = metrics["final"]
-        summary = pl.DataFrame([{
-            "dataset": dataset, "layer": layer, "hook": provenance["hook"], "d_in": provenance["d_in"],
-            "d_sae": provenance["d_sae"], "k": provenance["k"], "train_tokens": provenance["tokens_seen"],
-            "seed": provenance["seed"], "explained_variance": final["explained_variance"], "mse": final["mse"],
-            "l0": final["l0"], "dead_fraction": final["dead_fraction"], "dense_fraction": final["dense_fraction"],
-            "uri": checkpoint.as_uri(), "model_id": provenance["model_id"], "random_weights": provenance["random_weights"],
-            "gamma": provenance["gamma"], "created_at": datetime.now(UTC),
-            # older checkpoints lack these: NULL, not a failure
-            **{name: final.get(name) for name in ("dead_fraction_heldout", "dead_window_tokens", "warmup_steps", "auxk_steps")},
-            "training_warnings": metrics.get("warnings", []),
-        }], schema_overrides={"dead_fraction_heldout": pl.Float64, "dead_window_tokens": pl.Int64, "warmup_steps": pl.Int64,
-                              "auxk_steps": pl.Int64, "training_warnings": pl.List(pl.String)})  # fmt: skip
+        summary = pl.DataFrame(
+            [
+                {
+                    "dataset": dataset,
+                    "layer": layer,
+                    "hook": provenance["hook"],
+                    "d_in": provenance["d_in"],
+                    "d_sae": provenance["d_sae"],
+                    "k": provenance["k"],
+                    "train_tokens": provenance["tokens_seen"],
+                    "seed": provenance["seed"],
+                    "explained_variance": final["explained_variance"],
+                    "mse": final["mse"],
+                    "l0": final["l0"],
+                    "dead_fraction": final["dead_fraction"],
+                    "dense_fraction": final["dense_fraction"],
+                    "uri": checkpoint.as_uri(),
+                    "model_id": provenance["model_id"],
+                    "random_weights": provenance["random_weights"],
+                    "gamma": provenance["gamma"],
+                    "created_at": datetime.now(UTC),
+                    # older checkpoints lack these: NULL, not a failure
+                    **{
+                        name: final.get(name)
+                        for name in (
+                            "dead_fraction_heldout",
+                            "dead_window_tokens",
+                            "warmup_steps",
+                            "auxk_steps",
+                        )
+                    },
+                    "training_warnings": metrics.get("warnings", []),
+                }
+            ],
+            schema_overrides={
+                "dead_fraction_heldout": pl.Float64,
+                "dead_window_tokens": pl.Int64,
+                "warmup_steps": pl.Int64,
+                "auxk_steps": pl.Int64,
+                "training_warnings": pl.List(pl.String),
+            },
+        )
         log = pl.DataFrame(metrics["log"]).select(
-            pl.lit(dataset).alias("dataset"), pl.lit(layer, dtype=pl.Int64).alias("layer"),
-            pl.col("step").cast(pl.Int64), pl.col("tokens_seen").cast(pl.Int64), "mse", "explained_variance", "l0",
-            "dead_fraction", "dense_fraction", "aux_loss", "lr",
-        )  # fmt: skip
+            pl.lit(dataset).alias("dataset"),
+            pl.lit(layer, dtype=pl.Int64).alias("layer"),
+            pl.col("step").cast(pl.Int64),
+            pl.col("tokens_seen").cast(pl.Int64),
+            "mse",
+            "explained_variance",
+            "l0",
+            "dead_fraction",
+            "dense_fraction",
+            "aux_loss",
+            "lr",
+        )
         yield dg.Output(
             summary, "sae_checkpoints", metadata={"explained_variance": final["explained_variance"]}
         )

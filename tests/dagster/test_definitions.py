@@ -32,8 +32,9 @@ def test_definitions_load_with_the_expected_graph(home: Home) -> None:
         "3",
     ]
     assert {key.name for key in graph.get_check_keys_for_assets({dg.AssetKey("sae_checkpoint")})} == {
-        "explained_variance_floor", "dead_fraction_ceiling",
-    }  # fmt: skip
+        "explained_variance_floor",
+        "dead_fraction_ceiling",
+    }
     assert (
         defs.resolve_sensor_def("train_saes_after_activations").default_status
         == dg.DefaultSensorStatus.RUNNING

@@ -41,42 +41,75 @@ def _annotations(rng: np.random.Generator) -> pl.DataFrame:
         ]
     frame = pl.DataFrame(rows, schema=["ensembl_id", "term_id", "term_name", "term_kind"], orient="row")
     return frame.with_columns(
-        database=pl.lit("toy"), symbol=pl.lit(None, pl.String), score=pl.lit(1.0), evidence=pl.lit(None, pl.String),
+        database=pl.lit("toy"),
+        symbol=pl.lit(None, pl.String),
+        score=pl.lit(1.0),
+        evidence=pl.lit(None, pl.String),
         source_version=pl.lit("toy release 1"),
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[Home, dg.DagsterInstance, dg.Definitions]]:
     rng = np.random.default_rng(0)
     home = Home(tmp_path / "home").ensure()
-    genes = pl.DataFrame({
-        "dataset": DATASET, "gene_index": np.arange(N_GENES), "feature_name": GENES, "ensembl_id": GENES,
-        "symbol": [f"G{i}" for i in range(N_GENES)], "in_vocab": None,
-        "n_cells_expressed": np.r_[np.full(N_GENES - 50, 10), np.zeros(50, dtype=int)],  # 50 never expressed
-    })  # fmt: skip
+    genes = pl.DataFrame(
+        {
+            "dataset": DATASET,
+            "gene_index": np.arange(N_GENES),
+            "feature_name": GENES,
+            "ensembl_id": GENES,
+            "symbol": [f"G{i}" for i in range(N_GENES)],
+            "in_vocab": None,
+            "n_cells_expressed": np.r_[
+                np.full(N_GENES - 50, 10), np.zeros(50, dtype=int)
+            ],  # 50 never expressed
+        }
+    )
     feature_rows = [(0, GENES[g]) for g in range(12)]  # feature 0: 12 genes of the planted term
     feature_rows += [(0, GENES[g]) for g in rng.choice(np.arange(100, 550), 8, replace=False)]
     for feature in range(1, N_FEATURES):
         feature_rows += [(feature, GENES[g]) for g in rng.choice(N_GENES - 50, 20, replace=False)]
-    feature_genes = (
-        pl.DataFrame(feature_rows, schema=["feature", "ensembl_id"], orient="row")
-        .with_columns(
-            pl.lit(DATASET).alias("dataset"), pl.lit(LAYER).alias("layer"),
-            symbol=pl.col("ensembl_id").str.replace("ENSG0+", "G"), score=pl.int_range(pl.len(), 0, -1).over("feature").cast(pl.Float64),
-            n_tokens=pl.lit(5), mean_activation=pl.lit(1.0), specificity=pl.lit(2.0),
-            rank=pl.int_range(1, pl.len() + 1).over("feature"), gene_id=pl.lit(0),
-            checkpoint_id=pl.lit(CHECKPOINT), activations_checksum=pl.lit("acts"),
-        )
-    )  # fmt: skip
-    stats = pl.DataFrame({
-        "dataset": DATASET, "layer": LAYER, "feature": np.arange(N_FEATURES), "fire_count": 10, "frequency": 0.01,
-        "mean_activation": 1.0, "max_activation": 2.0, "n_cells_active": 3,
-    })  # fmt: skip
+    feature_genes = pl.DataFrame(feature_rows, schema=["feature", "ensembl_id"], orient="row").with_columns(
+        pl.lit(DATASET).alias("dataset"),
+        pl.lit(LAYER).alias("layer"),
+        symbol=pl.col("ensembl_id").str.replace("ENSG0+", "G"),
+        score=pl.int_range(pl.len(), 0, -1).over("feature").cast(pl.Float64),
+        n_tokens=pl.lit(5),
+        mean_activation=pl.lit(1.0),
+        specificity=pl.lit(2.0),
+        rank=pl.int_range(1, pl.len() + 1).over("feature"),
+        gene_id=pl.lit(0),
+        checkpoint_id=pl.lit(CHECKPOINT),
+        activations_checksum=pl.lit("acts"),
+    )
+    stats = pl.DataFrame(
+        {
+            "dataset": DATASET,
+            "layer": LAYER,
+            "feature": np.arange(N_FEATURES),
+            "fire_count": 10,
+            "frequency": 0.01,
+            "mean_activation": 1.0,
+            "max_activation": 2.0,
+            "n_cells_active": 3,
+        }
+    )
     cell_types = pl.DataFrame(
-        {"dataset": DATASET, "layer": LAYER, "feature": [0], "cell_type": ["T"], "mean_activation": [1.0],
-         "frac_active": [0.5], "log2_fold_change": [1.0], "log2_fold_change_lower": [0.5], "p_value": [0.01], "q_value": [0.02], "n_cells": [5]}
-    )  # fmt: skip
+        {
+            "dataset": DATASET,
+            "layer": LAYER,
+            "feature": [0],
+            "cell_type": ["T"],
+            "mean_activation": [1.0],
+            "frac_active": [0.5],
+            "log2_fold_change": [1.0],
+            "log2_fold_change_lower": [0.5],
+            "p_value": [0.01],
+            "q_value": [0.02],
+            "n_cells": [5],
+        }
+    )
     with duckdb.connect(str(home.warehouse)) as connection:
         _write(connection, "genes", genes)
         _write(connection, "feature_genes", feature_genes)
@@ -106,9 +139,12 @@ def run(
 ) -> dg.ExecuteInProcessResult:
     job = defs.resolve_implicit_global_asset_job_def()
     return job.execute_in_process(
-        asset_selection=[dg.AssetKey("enrichment")], partition_key=KEY, instance=instance, raise_on_error=False,
+        asset_selection=[dg.AssetKey("enrichment")],
+        partition_key=KEY,
+        instance=instance,
+        raise_on_error=False,
         run_config={"ops": {"enrichment": {"config": config or {}}}},
-    )  # fmt: skip
+    )
 
 
 def query(home: Home, sql: str) -> list[tuple]:

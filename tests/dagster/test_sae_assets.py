@@ -133,9 +133,11 @@ def test_a_hook_that_was_not_extracted_fails_clearly(trained) -> None:
     _, instance, defs, _ = trained
     key = dg.MultiPartitionKey({"dataset": "chr21", "layer": "2"})
     result = defs.resolve_job_def("sae_pipeline").execute_in_process(
-        partition_key=key, instance=instance, raise_on_error=False,
+        partition_key=key,
+        instance=instance,
+        raise_on_error=False,
         run_config={"ops": {"sae_checkpoint": {"config": {**SMALL, "hook": "mlp_hidden"}}}},
-    )  # fmt: skip
+    )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert (
@@ -166,9 +168,21 @@ def test_feature_tables_are_written_and_the_summary_view_reads_them(trained) -> 
     home, instance, defs, _ = trained
     key = dg.MultiPartitionKey({"dataset": "chr21", "layer": "1"})
     result = defs.resolve_job_def("sae_pipeline").execute_in_process(
-        partition_key=key, instance=instance, run_config={"ops": {"sae_checkpoint": {"config": SMALL}}}, raise_on_error=False,
-        asset_selection=[dg.AssetKey(name) for name in ("feature_stats", "feature_genes", "feature_cells", "feature_cell_types", "feature_histograms")],
-    )  # fmt: skip
+        partition_key=key,
+        instance=instance,
+        run_config={"ops": {"sae_checkpoint": {"config": SMALL}}},
+        raise_on_error=False,
+        asset_selection=[
+            dg.AssetKey(name)
+            for name in (
+                "feature_stats",
+                "feature_genes",
+                "feature_cells",
+                "feature_cell_types",
+                "feature_histograms",
+            )
+        ],
+    )
     assert result.success
     with duckdb.connect(str(home.warehouse), read_only=True) as connection:
         n_features = connection.execute(
@@ -209,9 +223,20 @@ def test_a_checkpoint_for_another_layer_is_refused(trained) -> None:
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy(source / "CURRENT.json", target / "CURRENT.json")
     result = defs.resolve_job_def("sae_pipeline").execute_in_process(
-        partition_key=dg.MultiPartitionKey({"dataset": "chr21", "layer": "3"}), instance=instance, raise_on_error=False,
-        asset_selection=[dg.AssetKey(name) for name in ("feature_stats", "feature_genes", "feature_cells", "feature_cell_types", "feature_histograms")],
-    )  # fmt: skip
+        partition_key=dg.MultiPartitionKey({"dataset": "chr21", "layer": "3"}),
+        instance=instance,
+        raise_on_error=False,
+        asset_selection=[
+            dg.AssetKey(name)
+            for name in (
+                "feature_stats",
+                "feature_genes",
+                "feature_cells",
+                "feature_cell_types",
+                "feature_histograms",
+            )
+        ],
+    )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.user_failure_data.description

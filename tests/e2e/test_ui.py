@@ -47,8 +47,12 @@ def webserver(ui_home: Path) -> Iterator[str]:
     # its own session, so that SIGTERM to the group stops webserver, daemon and code server together
     process = subprocess.Popen(
         [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -92,9 +96,24 @@ def test_ui_lists_assets_with_dataset_partitions_and_history(webserver: str) -> 
               assetMaterializations(limit: 1) { partition runId } } }""",
     )
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
-    assert {"dataset_h5ad", "cells", "genes", "datasets", "activations", "activation_sets", "sae_checkpoint",
-            "sae_checkpoints", "sae_training_log", "feature_stats", "feature_genes", "feature_cells",
-            "feature_cell_types", "hpo_ontology", "enrichment", "enrichment_baselines"} <= set(nodes)  # fmt: skip
+    assert {
+        "dataset_h5ad",
+        "cells",
+        "genes",
+        "datasets",
+        "activations",
+        "activation_sets",
+        "sae_checkpoint",
+        "sae_checkpoints",
+        "sae_training_log",
+        "feature_stats",
+        "feature_genes",
+        "feature_cells",
+        "feature_cell_types",
+        "hpo_ontology",
+        "enrichment",
+        "enrichment_baselines",
+    } <= set(nodes)
     assert nodes["enrichment"]["groupName"] == nodes["enrichment_baselines"]["groupName"] == "enrichment"
     assert nodes["enrichment"]["assetMaterializations"], "the demo materialised enrichment"
     for name in ("cells", "genes", "datasets", "activations", "activation_sets"):

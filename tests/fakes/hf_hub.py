@@ -63,16 +63,27 @@ class FakeHub:
                     entries = []
                     for name in hub._files():
                         data = (hub.folder / name).read_bytes()
-                        entries.append({"type": "file", "path": name, "size": len(data),
-                                        "oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()})  # fmt: skip
+                        entries.append(
+                            {
+                                "type": "file",
+                                "path": name,
+                                "size": len(data),
+                                "oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(),
+                            }
+                        )
                     self._send(200, json.dumps(entries).encode(), {"Content-Type": "application/json"}, head)
                     return
                 resolve_prefix = f"/{hub.repo_id}/resolve/"
                 if path.startswith(info_prefix):
-                    body = json.dumps({
-                        "id": hub.repo_id, "modelId": hub.repo_id, "sha": hub.commit, "private": False,
-                        "siblings": [{"rfilename": name} for name in hub._files()],
-                    }).encode()  # fmt: skip
+                    body = json.dumps(
+                        {
+                            "id": hub.repo_id,
+                            "modelId": hub.repo_id,
+                            "sha": hub.commit,
+                            "private": False,
+                            "siblings": [{"rfilename": name} for name in hub._files()],
+                        }
+                    ).encode()
                     self._send(200, body, {"Content-Type": "application/json"}, head)
                     return
                 if path.startswith(resolve_prefix):

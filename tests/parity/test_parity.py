@@ -35,23 +35,54 @@ DRUG_TO_ID = {"<pad>": 0, "drug-a": 1, "drug-b": 2, "DMSO": 3, "drug-c": 4, "dru
 def _spec(activation: str, kv_n_heads: int, seed: int) -> dict:
     vocab_size, n_layers = 120, 3
     model_config = {
-        "d_model": 64, "n_layers": n_layers, "n_heads": 4, "expansion_ratio": 4, "vocab_size": vocab_size,
-        "norm_scheme": "pre", "transformer_activation": activation, "cell_emb_style": "cls", "use_glu": False,
-        "init_device": "cpu", "return_gene_embeddings": True,
-        "attn_config": {"attn_type": "grouped_query_attention", "attn_impl": "torch", "attn_pdrop": 0.0,
-                        "kv_n_heads": kv_n_heads, "use_attn_mask": True},
+        "d_model": 64,
+        "n_layers": n_layers,
+        "n_heads": 4,
+        "expansion_ratio": 4,
+        "vocab_size": vocab_size,
+        "norm_scheme": "pre",
+        "transformer_activation": activation,
+        "cell_emb_style": "cls",
+        "use_glu": False,
+        "init_device": "cpu",
+        "return_gene_embeddings": True,
+        "attn_config": {
+            "attn_type": "grouped_query_attention",
+            "attn_impl": "torch",
+            "attn_pdrop": 0.0,
+            "kv_n_heads": kv_n_heads,
+            "use_attn_mask": True,
+        },
         "norm_config": {"norm_type": "layernorm", "eps": 1e-5},
-        "init_config": {"name": "kaiming_normal_", "fan_mode": "fan_in", "init_nonlinearity": "relu",
-                        "init_div_is_residual": True, "emb_init_std": None, "emb_init_uniform_lim": None,
-                        "init_std": None, "init_gain": 0.0},
+        "init_config": {
+            "name": "kaiming_normal_",
+            "fan_mode": "fan_in",
+            "init_nonlinearity": "relu",
+            "init_div_is_residual": True,
+            "emb_init_std": None,
+            "emb_init_uniform_lim": None,
+            "init_std": None,
+            "init_gain": 0.0,
+        },
         "gene_encoder": {"use_norm": True},
-        "expression_encoder": {"input_emb_style": "continuous", "dropout": 0.0, "max_value": 512,
-                               "activation": "relu", "use_norm": True},
+        "expression_encoder": {
+            "input_emb_style": "continuous",
+            "dropout": 0.0,
+            "max_value": 512,
+            "activation": "relu",
+            "use_norm": True,
+        },
         "expression_decoder": {"n_outputs": 1, "n_layers": 1, "activation": "leaky_relu"},
         "mvc": {"arch_style": "inner product", "query_activation": "sigmoid", "scaled_dot_product": True},
-    }  # fmt: skip
-    collator_config = {"pad_token_id": PAD_ID, "pad_value": -2, "num_bins": 51, "keep_first_n_tokens": 1,
-                       "use_chem_token": False, "max_length": 32}  # fmt: skip
+    }
+    collator_config = {
+        "pad_token_id": PAD_ID,
+        "pad_value": -2,
+        "num_bins": 51,
+        "keep_first_n_tokens": 1,
+        "use_chem_token": False,
+        "max_length": 32,
+    }
     rng = np.random.default_rng(seed)
     lengths = [24, 9, 17, 2, 24]  # padded batch: real tokens (CLS included) per row
     width = max(lengths)
@@ -67,8 +98,14 @@ def _spec(activation: str, kv_n_heads: int, seed: int) -> dict:
         rng.gamma(0.5, 3.0, size=1000).tolist(),  # continuous
         [3.0],  # a cell with a single gene
     ]
-    return {"seed": seed, "model_config": model_config, "collator_config": collator_config,
-            "genes": genes.tolist(), "values": values.tolist(), "binning_rows": binning_rows}  # fmt: skip
+    return {
+        "seed": seed,
+        "model_config": model_config,
+        "collator_config": collator_config,
+        "genes": genes.tolist(),
+        "values": values.tolist(),
+        "binning_rows": binning_rows,
+    }
 
 
 def _run_reference(spec: dict, tmp_path: Path) -> dict[str, torch.Tensor]:
@@ -79,9 +116,16 @@ def _run_reference(spec: dict, tmp_path: Path) -> dict[str, torch.Tensor]:
     config_path, output_path = tmp_path / "spec.json", tmp_path / "reference.safetensors"
     config_path.write_text(json.dumps(spec))
     result = subprocess.run(
-        [str(REFERENCE_PYTHON), str(Path(__file__).with_name("reference_forward.py")), str(config_path), str(output_path)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            str(REFERENCE_PYTHON),
+            str(Path(__file__).with_name("reference_forward.py")),
+            str(config_path),
+            str(output_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return load_file(output_path)
 

@@ -33,12 +33,22 @@ def _tiny(path: Path):
 
 
 def _extract(loaded, path: Path, out: Path, stop_after_shards: int | None = None, **settings) -> object:
-    defaults = {"layers": (1, 3), "hooks": ("mlp_out", "resid_post", "attn_out", "mlp_hidden"), "shard_cells": 300,
-                "storage_dtype": "float32", "batch_size": 32}  # fmt: skip
+    defaults = {
+        "layers": (1, 3),
+        "hooks": ("mlp_out", "resid_post", "attn_out", "mlp_hidden"),
+        "shard_cells": 300,
+        "storage_dtype": "float32",
+        "batch_size": 32,
+    }
     return extract_activations(
-        loaded, path, DatasetOptions(), out, ExtractionSettings(**{**defaults, **settings}), HEADER,
+        loaded,
+        path,
+        DatasetOptions(),
+        out,
+        ExtractionSettings(**{**defaults, **settings}),
+        HEADER,
         stop_after_shards=stop_after_shards,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")

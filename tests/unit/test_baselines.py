@@ -132,11 +132,19 @@ def test_term_diversity_counts_distinct_terms_and_units_sharing_a_top_term() -> 
 
 
 def _summary(units: int, tests: int, significant: int, database: str = "hpo") -> pl.DataFrame:
-    return pl.DataFrame({
-        "database": [database], "statistic": ["hypergeometric" if database != "string" else "string_network"],
-        "n_units": [units], "n_terms": [10], "n_tests": [tests], "n_tested_pairs": [tests],
-        "n_significant": [significant], "n_units_significant": [significant], "background_size": [200],
-    })  # fmt: skip
+    return pl.DataFrame(
+        {
+            "database": [database],
+            "statistic": ["hypergeometric" if database != "string" else "string_network"],
+            "n_units": [units],
+            "n_terms": [10],
+            "n_tests": [tests],
+            "n_tested_pairs": [tests],
+            "n_significant": [significant],
+            "n_units_significant": [significant],
+            "background_size": [200],
+        }
+    )
 
 
 def test_compare_divides_by_units_tested_and_says_null_where_nothing_was_testable() -> None:

@@ -46,10 +46,12 @@ def test_p_values_equal_fisher_exact_to_1e9_relative() -> None:
     far = rng.random(overlap.size) < 0.33
     overlap[far] = np.minimum(draws, successes)[far]
     ours = np.exp(hypergeom_log_sf(overlap, population, successes, draws))
-    reference = np.array([
-        fisher_exact([[k, n - k], [K - k, N - K - n + k]], alternative="greater").pvalue
-        for k, N, K, n in zip(overlap, population, successes, draws, strict=True)
-    ])  # fmt: skip
+    reference = np.array(
+        [
+            fisher_exact([[k, n - k], [K - k, N - K - n + k]], alternative="greater").pvalue
+            for k, N, K, n in zip(overlap, population, successes, draws, strict=True)
+        ]
+    )
     positive = reference > 0
     assert np.max(np.abs(ours[positive] - reference[positive]) / reference[positive]) < 1e-9
     assert reference[positive].min() < 1e-30  # the tail was really exercised
@@ -174,10 +176,14 @@ def test_universe_term_bounds_and_min_overlap() -> None:
 def test_gene_set_is_the_top_genes_then_those_the_database_annotates() -> None:
     genes = [f"ENSG{i:011d}" for i in range(100)]
     annotated = genes[::2]  # the database knows every other gene
-    annotations = pl.DataFrame({
-        "ensembl_id": annotated, "term_id": [f"T:{i % 5}" for i in range(50)],
-        "term_name": ["t"] * 50, "term_kind": ["phenotype"] * 50,
-    })  # fmt: skip
+    annotations = pl.DataFrame(
+        {
+            "ensembl_id": annotated,
+            "term_id": [f"T:{i % 5}" for i in range(50)],
+            "term_name": ["t"] * 50,
+            "term_kind": ["phenotype"] * 50,
+        }
+    )
     unit_genes = pl.DataFrame({"feature": [0] * 100, "ensembl_id": genes, "score": np.arange(100, 0, -1.0)})
     unit_genes = unit_genes.with_columns(rank=pl.int_range(1, 101).cast(pl.Int64))
     settings = EnrichmentSettings(gene_set_size=20, min_overlap=1, max_term_fraction=0.5)  # 50-gene universe
@@ -189,10 +195,14 @@ def test_gene_set_is_the_top_genes_then_those_the_database_annotates() -> None:
 
 def test_inheritance_terms_and_unmapped_rows_are_left_out() -> None:
     genes, annotations = _world(seed=4, n_terms=20)
-    extra = pl.DataFrame({
-        "ensembl_id": [genes[0]] * 6 + [None], "term_id": ["HP:0000006"] * 6 + ["T:none"],
-        "term_name": ["Autosomal dominant inheritance"] * 6 + ["x"], "term_kind": ["inheritance"] * 6 + ["phenotype"],
-    })  # fmt: skip
+    extra = pl.DataFrame(
+        {
+            "ensembl_id": [genes[0]] * 6 + [None],
+            "term_id": ["HP:0000006"] * 6 + ["T:none"],
+            "term_name": ["Autosomal dominant inheritance"] * 6 + ["x"],
+            "term_kind": ["inheritance"] * 6 + ["phenotype"],
+        }
+    )
     result = enrich(_planted(genes, annotations, "T:0000"), genes, {"toy": pl.concat([annotations, extra])})
     assert not result.table["term_id"].is_in(["HP:0000006", "T:none"]).any()
 
@@ -374,10 +384,16 @@ def test_string_goes_through_the_network_statistic_with_finite_or_null_ratios() 
     clique = [(a, b) for a in range(8) for b in range(8) if a != b]  # unit 0's genes, densely linked
     scattered = [(int(a), int(b)) for a, b in rng.integers(8, 40, (80, 2)) if a != b]
     rows = [
-        {"ensembl_id": genes[a], "term_id": f"STRING:9606.P{b}", "term_name": f"N{b}",
-         "term_kind": "interaction", "source_gene_id": f"N{a}", "score": 0.9}
+        {
+            "ensembl_id": genes[a],
+            "term_id": f"STRING:9606.P{b}",
+            "term_name": f"N{b}",
+            "term_kind": "interaction",
+            "source_gene_id": f"N{a}",
+            "score": 0.9,
+        }
         for a, b in clique + scattered + [(b, a) for a, b in scattered]
-    ]  # fmt: skip
+    ]
     string = pl.DataFrame(rows)
     unit_genes = pl.DataFrame({"feature": [0] * 8 + [1] * 8, "ensembl_id": genes[:8] + genes[50:58]})
     unit_genes = unit_genes.with_columns(score=pl.lit(1.0), rank=pl.lit(1, dtype=pl.Int64))

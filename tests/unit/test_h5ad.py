@@ -208,10 +208,24 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, DatasetOptions, str]]:
 
 
 BAD_CASES = [
-    "missing", "not hdf5", "suffix", "truncated", "nan", "negative", "no ensembl column", "not ensembl",
-    "duplicate ensembl", "duplicate symbol", "cell type key", "all empty", "no cells", "missing layer",
-    "missing raw", "unknown matrix", "no X",
-]  # fmt: skip
+    "missing",
+    "not hdf5",
+    "suffix",
+    "truncated",
+    "nan",
+    "negative",
+    "no ensembl column",
+    "not ensembl",
+    "duplicate ensembl",
+    "duplicate symbol",
+    "cell type key",
+    "all empty",
+    "no cells",
+    "missing layer",
+    "missing raw",
+    "unknown matrix",
+    "no X",
+]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)

@@ -42,8 +42,13 @@ def test_resolution_statuses(gene_resolver: GeneResolver) -> None:
     assert frame["query"].to_list() == ["TP53", "A1BGAS", "FLJ23569", "c21orf58", "NOT_A_GENE"]
     status = dict(zip(frame["query"], frame["status"], strict=True))
     matched = dict(zip(frame["query"], frame["matched_by"], strict=True))
-    assert status == {"TP53": "mapped", "A1BGAS": "mapped", "FLJ23569": "mapped", "c21orf58": "mapped",
-                      "NOT_A_GENE": "unmapped"}  # fmt: skip
+    assert status == {
+        "TP53": "mapped",
+        "A1BGAS": "mapped",
+        "FLJ23569": "mapped",
+        "c21orf58": "mapped",
+        "NOT_A_GENE": "unmapped",
+    }
     assert matched["A1BGAS"] == "prev_symbol" and matched["FLJ23569"] == "alias_symbol"
     assert matched["c21orf58"] == "symbol_upper"
     report = resolution.report
@@ -72,7 +77,10 @@ def test_other_id_kinds(gene_resolver: GeneResolver) -> None:
         return dict(zip(frame["query"], frame["ensembl_id"], strict=True))
 
     assert mapped(["7157", "NCBIGene:672", "999999999"], "entrez") == {
-        "7157": "ENSG00000141510", "NCBIGene:672": "ENSG00000012048", "999999999": None}  # fmt: skip
+        "7157": "ENSG00000141510",
+        "NCBIGene:672": "ENSG00000012048",
+        "999999999": None,
+    }
     assert mapped(["HGNC:5", "5"], "hgnc") == {"HGNC:5": "ENSG00000121410", "5": "ENSG00000121410"}
     assert mapped(["P04637", "P04217-2"], "uniprot") == {
         "P04637": "ENSG00000141510",
@@ -124,8 +132,11 @@ def test_finalise_maps_collapses_and_reports(gene_resolver: GeneResolver) -> Non
     with pytest.raises(SchemaError, match="term_id"):
         finalise(RawAnnotations(raw.drop("term_id"), "entrez", "v1", "t"), "testdb", gene_resolver)
     with pytest.raises(PayloadError, match="none of the source's genes mapped"):
-        finalise(RawAnnotations(raw.with_columns(pl.lit("nope").alias("gene_id")), "symbol", "v1", "t"), "x",
-                 gene_resolver)  # fmt: skip
+        finalise(
+            RawAnnotations(raw.with_columns(pl.lit("nope").alias("gene_id")), "symbol", "v1", "t"),
+            "x",
+            gene_resolver,
+        )
 
 
 def test_diff_counts_rows_and_genes() -> None:

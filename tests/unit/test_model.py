@@ -119,10 +119,17 @@ def test_hub_spec_downloads_once_then_loads_from_the_cache(tmp_path: Path, spec:
     repo = tmp_path / "repo"
     published_model_folder(repo / "70m-model", GENES)
     sources = tmp_path / "sources.yaml"
-    sources.write_text(yaml.safe_dump({"models": {
-        "hub_repo": "tahoebio/Tahoe-x1", "revision": "main",
-        "sizes": {"tahoe-x1-70m": {"subfolder": "70m-model", "n_layers": 2, "d_model": 32}},
-    }}))  # fmt: skip
+    sources.write_text(
+        yaml.safe_dump(
+            {
+                "models": {
+                    "hub_repo": "tahoebio/Tahoe-x1",
+                    "revision": "main",
+                    "sizes": {"tahoe-x1-70m": {"subfolder": "70m-model", "n_layers": 2, "d_model": 32}},
+                }
+            }
+        )
+    )
     env = {
         **os.environ,
         "HF_HOME": str(tmp_path / "hf"),

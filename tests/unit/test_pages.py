@@ -16,25 +16,90 @@ from sae_genomics_core.viz.pages import PagesUnavailable, build_feature_pages, c
 
 def _warehouse(path: Path, with_enrichment: bool = True) -> Path:
     tables = {
-        "feature_stats": pl.DataFrame({"dataset": "d", "layer": 0, "feature": [0, 1, 2], "fire_count": [5, 0, 9],
-                                       "frequency": [0.1, 0.0, 0.2], "mean_activation": 1.0, "max_activation": 2.0, "n_cells_active": [3, 0, 4]}),
-        "feature_genes": pl.DataFrame({"dataset": "d", "layer": 0, "feature": [0, 0, 2], "rank": [1, 2, 1], "symbol": ["LYZ", None, "CD3E"],
-                                       "ensembl_id": ["ENSG00000090382", "ENSG00000000001", "ENSG00000198851"], "score": [3.0, 2.0, 1.0],
-                                       "specificity": [4.0, 3.0, 2.0], "n_tokens": [5, 4, 3]}),
-        "feature_cells": pl.DataFrame({"dataset": "d", "layer": 0, "feature": [0], "cell_index": [7], "cell_id": ["AAAC-1"], "max_activation": [2.0], "rank": [1]}),
+        "feature_stats": pl.DataFrame(
+            {
+                "dataset": "d",
+                "layer": 0,
+                "feature": [0, 1, 2],
+                "fire_count": [5, 0, 9],
+                "frequency": [0.1, 0.0, 0.2],
+                "mean_activation": 1.0,
+                "max_activation": 2.0,
+                "n_cells_active": [3, 0, 4],
+            }
+        ),
+        "feature_genes": pl.DataFrame(
+            {
+                "dataset": "d",
+                "layer": 0,
+                "feature": [0, 0, 2],
+                "rank": [1, 2, 1],
+                "symbol": ["LYZ", None, "CD3E"],
+                "ensembl_id": ["ENSG00000090382", "ENSG00000000001", "ENSG00000198851"],
+                "score": [3.0, 2.0, 1.0],
+                "specificity": [4.0, 3.0, 2.0],
+                "n_tokens": [5, 4, 3],
+            }
+        ),
+        "feature_cells": pl.DataFrame(
+            {
+                "dataset": "d",
+                "layer": 0,
+                "feature": [0],
+                "cell_index": [7],
+                "cell_id": ["AAAC-1"],
+                "max_activation": [2.0],
+                "rank": [1],
+            }
+        ),
         "cells": pl.DataFrame({"dataset": "d", "cell_index": [7], "cell_type": ["CD14+ Monocyte"]}),
-        "feature_cell_types": pl.DataFrame({"dataset": "d", "layer": 0, "feature": [0], "cell_type": ["CD14+ Monocyte"], "mean_activation": [1.0],
-                                            "frac_active": [0.5], "log2_fold_change": [2.0], "log2_fold_change_lower": [1.5], "q_value": [0.001],
-                                            "test_unit": ["cell"], "n_units": [40]}),
-        "feature_histograms": pl.DataFrame({"dataset": "d", "layer": 0, "feature": [0, 0], "bin": [0, 19], "bin_start": [0.0, 1.9], "bin_end": [0.1, 2.0], "n_cells": [1, 2]}),
-    }  # fmt: skip
+        "feature_cell_types": pl.DataFrame(
+            {
+                "dataset": "d",
+                "layer": 0,
+                "feature": [0],
+                "cell_type": ["CD14+ Monocyte"],
+                "mean_activation": [1.0],
+                "frac_active": [0.5],
+                "log2_fold_change": [2.0],
+                "log2_fold_change_lower": [1.5],
+                "q_value": [0.001],
+                "test_unit": ["cell"],
+                "n_units": [40],
+            }
+        ),
+        "feature_histograms": pl.DataFrame(
+            {
+                "dataset": "d",
+                "layer": 0,
+                "feature": [0, 0],
+                "bin": [0, 19],
+                "bin_start": [0.0, 1.9],
+                "bin_end": [0.1, 2.0],
+                "n_cells": [1, 2],
+            }
+        ),
+    }
     if with_enrichment:
-        tables["enrichment"] = pl.DataFrame({
-            "dataset": "d", "layer": 0, "feature": [0, 0], "database": ["hpo", "hpo"], "term_id": ["HP:0002715", "HP:0000001"],
-            "term_name": ["Abnormality of the immune system", "All"], "overlap": [3, 1], "feature_set_size": [20, 20], "term_size": [3, 500],
-            "odds_ratio": [float("inf"), 1.0], "log10_p_value": [-8.0, 0.0], "q_value": [1e-6, 1.0], "significant": [True, False],
-            "most_specific": [True, None], "overlap_genes": [["LYZ", "S100A8", "S100A9"], None],
-        })  # fmt: skip
+        tables["enrichment"] = pl.DataFrame(
+            {
+                "dataset": "d",
+                "layer": 0,
+                "feature": [0, 0],
+                "database": ["hpo", "hpo"],
+                "term_id": ["HP:0002715", "HP:0000001"],
+                "term_name": ["Abnormality of the immune system", "All"],
+                "overlap": [3, 1],
+                "feature_set_size": [20, 20],
+                "term_size": [3, 500],
+                "odds_ratio": [float("inf"), 1.0],
+                "log10_p_value": [-8.0, 0.0],
+                "q_value": [1e-6, 1.0],
+                "significant": [True, False],
+                "most_specific": [True, None],
+                "overlap_genes": [["LYZ", "S100A8", "S100A9"], None],
+            }
+        )
     with duckdb.connect(str(path)) as connection:
         for name, frame in tables.items():
             connection.register("frame", frame.to_arrow())
@@ -94,12 +159,26 @@ def test_script_breaking_text_in_the_data_is_escaped(tmp_path: Path, text: str) 
 
 def test_every_database_keeps_its_best_rows_on_the_page(tmp_path: Path) -> None:
     warehouse = _warehouse(tmp_path / "w.duckdb")
-    many_hpo = pl.DataFrame({
-        "dataset": "d", "layer": 0, "feature": 2, "database": "hpo", "term_id": [f"HP:{i:07d}" for i in range(20)],
-        "term_name": "t", "overlap": 2, "feature_set_size": 20, "term_size": 10, "odds_ratio": 2.0,
-        "log10_p_value": [-3.0 + 0.1 * i for i in range(20)], "q_value": 0.5, "significant": [i < 8 for i in range(20)],
-        "most_specific": None, "overlap_genes": None,
-    }, schema_overrides={"most_specific": pl.Boolean, "overlap_genes": pl.List(pl.String)})  # fmt: skip
+    many_hpo = pl.DataFrame(
+        {
+            "dataset": "d",
+            "layer": 0,
+            "feature": 2,
+            "database": "hpo",
+            "term_id": [f"HP:{i:07d}" for i in range(20)],
+            "term_name": "t",
+            "overlap": 2,
+            "feature_set_size": 20,
+            "term_size": 10,
+            "odds_ratio": 2.0,
+            "log10_p_value": [-3.0 + 0.1 * i for i in range(20)],
+            "q_value": 0.5,
+            "significant": [i < 8 for i in range(20)],
+            "most_specific": None,
+            "overlap_genes": None,
+        },
+        schema_overrides={"most_specific": pl.Boolean, "overlap_genes": pl.List(pl.String)},
+    )
     string = many_hpo.head(1).with_columns(  # weaker than every HPO row, still shown: its own database
         database=pl.lit("string"), term_id=pl.lit("STRING:within-set-edges"), log10_p_value=pl.lit(-0.1)
     )

@@ -45,8 +45,16 @@ def synthetic_dictionary(n_tokens: int, d_in: int = 32, n_atoms: int = 64, per_t
 
 def _small(**overrides) -> SaeTrainingConfig:
     # warm-up and dead window left to scale with the run (resolve_schedule)
-    values = {"expansion_factor": 4, "k": 4, "training_tokens": 200_000, "batch_size": 1024,
-              "log_every_steps": 25, "eval_tokens": 4000, "stats_tokens": 8000, "seed": 3}  # fmt: skip
+    values = {
+        "expansion_factor": 4,
+        "k": 4,
+        "training_tokens": 200_000,
+        "batch_size": 1024,
+        "log_every_steps": 25,
+        "eval_tokens": 4000,
+        "stats_tokens": 8000,
+        "seed": 3,
+    }
     return SaeTrainingConfig(**{**values, **overrides})
 
 
@@ -208,8 +216,16 @@ def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
 
     tokens, _ = synthetic_dictionary(8_000, seed=2)
     outcome = train_sae(TensorSource(tokens, 1000), _small(training_tokens=20_000))
-    provenance = {"model_id": "tiny-random(seed=0)", "revision": None, "random_weights": True, "layer": 2,
-                  "hook": "resid_post", "dataset": "d", "dataset_checksum": "sha256:x", "seed": 3}  # fmt: skip
+    provenance = {
+        "model_id": "tiny-random(seed=0)",
+        "revision": None,
+        "random_weights": True,
+        "layer": 2,
+        "hook": "resid_post",
+        "dataset": "d",
+        "dataset_checksum": "sha256:x",
+        "seed": 3,
+    }
     directory = tmp_path / "ckpt"
     save_checkpoint(directory, outcome, provenance)
     assert isinstance(SAE.load_from_disk(str(directory)), SAE)  # plain sae-lens can read it
