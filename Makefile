@@ -51,7 +51,7 @@ browser:
 test: $(STAMP) $(REF_STAMP) lint browser
 	SAE_GENOMICS_HOME=$$(mktemp -d) && DAGSTER_HOME=$$SAE_GENOMICS_HOME/dagster && mkdir -p $$DAGSTER_HOME \
 	  && cp dagster.yaml $$DAGSTER_HOME/ && export SAE_GENOMICS_HOME DAGSTER_HOME \
-	  && $(BIN)/dagster definitions validate -m sae_genomics_dagster.definitions
+	  && VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg check defs
 	$(BIN)/python -m pytest
 
 ui: $(STAMP)

@@ -46,6 +46,16 @@ class Environment:
         )
 
 
+def sae_device() -> str:
+    """Where SAEs train and encode: $SAE_GENOMICS_SAE_DEVICE, or auto (CUDA when available)."""
+    configured = Environment.read().sae_device
+    if configured != AUTO:
+        return configured
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def secret(name: str) -> str | None:
     """An API key from the environment variable `name` (None when unset); never logged or stored."""
     return os.environ.get(name) or None

@@ -117,9 +117,9 @@ def _materialize(home: Home, name: str, sae_tokens: int | None = None, train_sae
     """Run the dataset pipeline, then train the SAE of every extracted layer, in-process on the home's instance."""
     import dagster as dg
 
+    from sae_genomics_core.artefacts import ArtefactStore
     from sae_genomics_dagster.definitions import build_definitions
     from sae_genomics_dagster.instance import get_instance
-    from sae_genomics_dagster.sensors import extracted_layers
 
     instance = get_instance(home)
     defs = build_definitions(home)
@@ -130,7 +130,7 @@ def _materialize(home: Home, name: str, sae_tokens: int | None = None, train_sae
     sae_config = {} if sae_tokens is None else {"training_tokens": sae_tokens}
     run_config = {"ops": {"sae_checkpoint": {"config": sae_config}}}
     sae_job = defs.resolve_job_def("sae_pipeline")
-    for layer in extracted_layers(home, name):
+    for layer in ArtefactStore(home.artefacts).extracted_layers(name):
         key = dg.MultiPartitionKey({"dataset": name, "layer": str(layer)})
         if not _execute(sae_job, key, instance, run_config):
             return 1

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from sae_genomics_core.activations.settings import STORAGE_DTYPE_NAMES, ExtractionSettings
-from sae_genomics_core.config import DEFAULT_MODEL, Home
+from sae_genomics_core.artefacts import ArtefactStore
+from sae_genomics_core.config import Home
 from sae_genomics_core.data.registry import Registry
+from sae_genomics_core.model.choice import ModelChoice
 from sae_genomics_core.model.hooks import HOOKS
+
+
+class ArtefactsResource(dg.ConfigurableResource):
+    """Where activations, SAE checkpoints, charts and pages are kept (`$SAE_GENOMICS_HOME/artefacts` by
+    default; any fsspec URL later) and which of them is current: the core ArtefactStore."""
+
+    root: str
+
+    @property
+    def store(self) -> ArtefactStore:
+        return ArtefactStore(self.root)
 
 
 class HomeResource(dg.ConfigurableResource):
@@ -29,25 +41,25 @@ class HomeResource(dg.ConfigurableResource):
         return Registry(self.home)
 
 
-# the core defaults of extraction (`layers` has none: the resource's None means every layer)
 EXTRACTION = {field.name: field.default for field in dataclasses.fields(ExtractionSettings)}
+MODEL = {field.name: field.default for field in dataclasses.fields(ModelChoice)}
 
 
 class ModelResource(dg.ConfigurableResource):
     """Which tahoe-x1 to run and how. Weights load lazily, inside the asset that needs them."""
 
     spec: str = Field(
-        default=DEFAULT_MODEL,
+        default=MODEL["spec"],
         description="tahoe-x1-70m, tahoe-x1-1.3b, tahoe-x1-3b, dir:<path>, random-init:<one of those> (the "
         "architecture with seeded random weights: the baseline for a real-weights run) or tiny-random (random "
         "weights, offline demo)",
     )
-    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:<i>")
+    device: str = Field(default=MODEL["device"], description="auto, cpu, cuda or cuda:<i>")
     batch_size: int = Field(default=EXTRACTION["batch_size"], description="cells per forward pass")
     max_length: int | None = Field(
         default=EXTRACTION["max_length"], description="tokens per cell incl. <cls>; None: the model's"
     )
-    layers: list[int] | None = Field(default=None, description="layers to extract; None: all")
+    layers: list[int] | None = Field(default=EXTRACTION["layers"], description="layers to extract; None: all")
     hooks: list[str] = Field(default=list(EXTRACTION["hooks"]), description=f"of {', '.join(HOOKS)}")
     storage_dtype: str = Field(
         default=EXTRACTION["storage_dtype"], description=f"{', '.join(STORAGE_DTYPE_NAMES)} on disk"
@@ -61,40 +73,17 @@ class ModelResource(dg.ConfigurableResource):
         description="seeds tiny-random and random-init weights and per-cell gene sampling",
     )
     drug: str | None = Field(
-        default=None,
+        default=MODEL["drug"],
         description="run with the drug token at position 1 (3B model): pad, a drug name from the model folder's "
         "drug_to_id.json (e.g. the DMSO control); None leaves it out, as upstream's default",
     )
 
-    def resolved_device(self) -> str:
-        import torch
+    def choice(self) -> ModelChoice:
+        return ModelChoice(spec=self.spec, device=self.device, drug=self.drug)
 
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise dg.Failure(
-                description=f"device {self.device!r} was asked for but CUDA is not available; use device: cpu or auto"
-            )
-        return self.device
-
-    def load(self, gene_keys_source: Any, device: str) -> Any:
-        from sae_genomics_core.model.load import TINY_RANDOM, load_model
-
-        genes = None
-        if self.spec == TINY_RANDOM:
-            genes = [
-                e or s
-                for e, s in zip(
-                    gene_keys_source["ensembl_id"].to_list(),
-                    gene_keys_source["symbol"].to_list(),
-                    strict=True,
-                )
-            ]
-        return load_model(self.spec, dataset_genes=genes, device=device, seed=self.seed, drug=self.drug)
-
-    def settings(self, n_layers: int) -> Any:
+    def settings(self) -> ExtractionSettings:
         return ExtractionSettings(
-            layers=tuple(self.layers if self.layers is not None else range(n_layers)),
+            layers=tuple(self.layers) if self.layers is not None else None,
             hooks=tuple(self.hooks),
             batch_size=self.batch_size,
             max_length=self.max_length,

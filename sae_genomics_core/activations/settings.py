@@ -3,7 +3,7 @@ Dagster model resource derives from them). No torch import, so the Dagster defin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sae_genomics_core.model.hooks import HOOKS
 
@@ -14,7 +14,7 @@ STORAGE_DTYPE_NAMES = ("bfloat16", "float16", "float32")
 
 @dataclass(frozen=True, kw_only=True)
 class ExtractionSettings:
-    layers: tuple[int, ...]
+    layers: tuple[int, ...] | None = None  # None: every layer of the model
     hooks: tuple[str, ...] = DEFAULT_HOOKS
     batch_size: int = 16
     max_length: int | None = None  # None: the model's collator max_length
@@ -23,7 +23,13 @@ class ExtractionSettings:
     seed: int = 0
     compute_dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
 
+    def for_model(self, n_layers: int) -> ExtractionSettings:
+        """These settings with the layers spelled out (None: all of the model's)."""
+        return self if self.layers is not None else replace(self, layers=tuple(range(n_layers)))
+
     def validate(self, n_layers: int) -> None:
+        if self.layers is None:
+            raise ValueError("layers unset: call for_model(n_layers) first")
         bad_layers = [layer for layer in self.layers if not 0 <= layer < n_layers]
         if not self.layers or bad_layers:
             raise ValueError(f"layers {list(self.layers)} are not all within 0..{n_layers - 1} of the model")

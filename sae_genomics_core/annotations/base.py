@@ -21,7 +21,8 @@ import yaml
 from sae_genomics_core.annotations.errors import MissingApiKey, PayloadError, SchemaError
 from sae_genomics_core.annotations.http import HttpClient
 from sae_genomics_core.annotations.identifiers import ID_KINDS, GeneResolver, IdKind, ResolutionReport
-from sae_genomics_core.config import Environment, secret
+from sae_genomics_core.config import secret
+from sae_genomics_core.external import snapshots_dir, sources_file
 
 Mode = Literal["live", "file", "snapshot"]
 MODES: tuple[Mode, ...] = ("live", "file", "snapshot")
@@ -50,18 +51,6 @@ RAW_OPTIONAL: dict[str, pl.DataType] = {
     "evidence": pl.String(),
 }
 EVIDENCE_KEEP = 10  # evidence strings kept per gene × term (n_evidence counts them all)
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
-def sources_file() -> Path:
-    return Environment.read().sources_file or repo_root() / "external" / "sources.yaml"
-
-
-def snapshots_dir() -> Path:
-    return Environment.read().snapshots_dir or repo_root() / "external" / "snapshots"
 
 
 @dataclass(frozen=True)
@@ -209,6 +198,15 @@ def finalise(
     default_term_kind: str | None = None,
 ) -> Annotations:
     """Map ids to Ensembl, report what did not map, collapse to one row per (ensembl_id, term_id)."""
+    frame = _complete_raw(raw, database, default_term_kind)
+    mapped, report = _map_to_ensembl(frame, database, resolver)
+    stamped = retrieved_at or datetime.now(UTC)
+    table = _collapse(mapped, database, raw.source_version, stamped)
+    return Annotations(table, report, raw.source_version, raw.origin, raw.frame.height)
+
+
+def _complete_raw(raw: RawAnnotations, database: str, default_term_kind: str | None) -> pl.DataFrame:
+    """The raw rows with every RAW_OPTIONAL column, typed, without rows lacking a gene or a term."""
     frame = raw.frame
     require_columns(frame, RAW_REQUIRED, database, "the parsed annotations")
     for name, dtype in RAW_OPTIONAL.items():
@@ -225,7 +223,13 @@ def finalise(
         raise PayloadError(
             f"{database}: the source gave no annotation rows ({raw.origin}); refusing an empty table"
         )
+    return frame
 
+
+def _map_to_ensembl(
+    frame: pl.DataFrame, database: str, resolver: GeneResolver
+) -> tuple[pl.DataFrame, ResolutionReport]:
+    """The rows whose gene id maps to Ensembl (with ensembl_id, hgnc_symbol), and the report of all ids."""
     mapped_parts, reports = [], []
     for kind in frame.get_column("gene_id_kind").unique().sort().to_list():
         if kind not in ID_KINDS:
@@ -241,9 +245,12 @@ def finalise(
     mapped = pl.concat(mapped_parts, how="diagonal_relaxed")
     if mapped.height == 0:
         raise PayloadError(f"{database}: none of the source's genes mapped to Ensembl ({report.summary()})")
+    return mapped, report
 
-    stamped = retrieved_at or datetime.now(UTC)
-    table = (
+
+def _collapse(mapped: pl.DataFrame, database: str, source_version: str, stamped: datetime) -> pl.DataFrame:
+    """One row per (ensembl_id, term_id) in ANNOTATION_SCHEMA, stamped with database, version and time."""
+    return (
         mapped.group_by("ensembl_id", "term_id")
         .agg(
             pl.col("hgnc_symbol").drop_nulls().first().alias("symbol"),
@@ -263,7 +270,7 @@ def finalise(
         .with_columns(
             pl.lit(database).alias("database"),
             pl.when(pl.col("evidence") == "").then(None).otherwise(pl.col("evidence")).alias("evidence"),
-            pl.lit(raw.source_version).alias("source_version"),
+            pl.lit(source_version).alias("source_version"),
             pl.lit(stamped).dt.replace_time_zone("UTC").alias("retrieved_at")
             if stamped.tzinfo is None
             else pl.lit(stamped).alias("retrieved_at"),
@@ -271,7 +278,6 @@ def finalise(
         .select([pl.col(name).cast(dtype) for name, dtype in ANNOTATION_SCHEMA.items()])
         .sort("ensembl_id", "term_id")
     )
-    return Annotations(table, report, raw.source_version, raw.origin, raw.frame.height)
 
 
 def _merge_reports(reports: list[ResolutionReport]) -> ResolutionReport:

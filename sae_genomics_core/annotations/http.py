@@ -341,12 +341,7 @@ class HttpClient:
         target = self.cache_dir / name
         meta_path = target.with_name(target.name + ".meta.json")
         meta = json.loads(meta_path.read_text()) if meta_path.exists() and target.exists() else None
-        headers = {}
-        if meta and meta.get("etag"):
-            headers["If-None-Match"] = meta["etag"]
-        if meta and meta.get("last_modified"):
-            headers["If-Modified-Since"] = meta["last_modified"]
-        response = self._request("GET", url, headers=headers, stream=True)
+        response = self._request("GET", url, headers=_conditional_headers(meta), stream=True)
         with response, _cut_at_deadline(response, self.deadline):
             if response.status_code == 304 and meta:
                 return Download(
@@ -359,34 +354,43 @@ class HttpClient:
                     meta["fetched_at"],
                 )
             self._check(response, url)
-            partial = target.with_name(target.name + f".part-{os.getpid()}")
-            digest, size = hashlib.sha256(), 0
-            try:
-                with open(partial, "wb") as handle:
-                    for chunk in _chunks(response, self, url):
-                        handle.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
-                expected_size = response.headers.get("Content-Length")
-                # with Content-Encoding the header counts compressed bytes; only compare plain bodies
-                if (
-                    expected_size
-                    and not response.headers.get("Content-Encoding")
-                    and int(expected_size) != size
-                ):
-                    raise HttpError(
-                        f"{self.service}: download of {self.redact(url)} truncated ({size} of {expected_size} "
-                        "bytes); try again"
-                    )
-                sha256 = digest.hexdigest()
-                if expected_sha256 and sha256 != expected_sha256:
-                    raise HttpError(
-                        f"{self.service}: checksum mismatch for {self.redact(url)} (got {sha256[:12]}…, expected "
-                        f"{expected_sha256[:12]}…); the file changed or was corrupted: try again"
-                    )
-                os.replace(partial, target)
-            finally:
-                partial.unlink(missing_ok=True)
+            sha256, size = self._save_body(response, url, target, expected_sha256)
+        return self._record(response, url, target, meta_path, sha256, size)
+
+    def _save_body(
+        self, response: requests.Response, url: str, target: Path, expected_sha256: str | None
+    ) -> tuple[str, int]:
+        """Stream the body to a temporary file, check its length and checksum, then move it to `target`."""
+        partial = target.with_name(target.name + f".part-{os.getpid()}")
+        digest, size = hashlib.sha256(), 0
+        try:
+            with open(partial, "wb") as handle:
+                for chunk in _chunks(response, self, url):
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+            expected_size = response.headers.get("Content-Length")
+            # with Content-Encoding the header counts compressed bytes; only compare plain bodies
+            if expected_size and not response.headers.get("Content-Encoding") and int(expected_size) != size:
+                raise HttpError(
+                    f"{self.service}: download of {self.redact(url)} truncated ({size} of {expected_size} "
+                    "bytes); try again"
+                )
+            sha256 = digest.hexdigest()
+            if expected_sha256 and sha256 != expected_sha256:
+                raise HttpError(
+                    f"{self.service}: checksum mismatch for {self.redact(url)} (got {sha256[:12]}…, expected "
+                    f"{expected_sha256[:12]}…); the file changed or was corrupted: try again"
+                )
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return sha256, size
+
+    def _record(
+        self, response: requests.Response, url: str, target: Path, meta_path: Path, sha256: str, size: int
+    ) -> Download:
+        """Write what the server said about the new file beside it (the next conditional GET sends it)."""
         fetched_at = datetime.now(UTC).isoformat(timespec="seconds")
         record = {
             "url": self.redact(url),
@@ -400,6 +404,16 @@ class HttpClient:
         meta_partial.write_text(json.dumps(record, indent=1))
         os.replace(meta_partial, meta_path)
         return Download(target, sha256, size, record["etag"], record["last_modified"], False, fetched_at)
+
+
+def _conditional_headers(meta: dict[str, Any] | None) -> dict[str, str]:
+    """If-None-Match / If-Modified-Since from the cached copy's record (none without a cached copy)."""
+    headers: dict[str, str] = {}
+    if meta and meta.get("etag"):
+        headers["If-None-Match"] = meta["etag"]
+    if meta and meta.get("last_modified"):
+        headers["If-Modified-Since"] = meta["last_modified"]
+    return headers
 
 
 def _failure(error: BaseException) -> tuple[str, str]:

@@ -198,55 +198,153 @@ def inspect_h5ad(
     problems: list[Problem] = []
     notes: list[str] = []
 
+    scan = _read_dataset(path, options, problems, notes, max_cells=max_cells, chunk_cells=chunk_cells)
+    value_kind = _check_values(scan.stats, scan.source, problems, notes, uns_log1p=scan.uns_log1p)
+    n_empty = _check_empty_cells(scan.stats, scan.source, scan.scan_rows, problems, notes)
+    if problems:
+        raise DatasetError(path, problems)
+
+    n_duplicate_cells = int(scan.cell_ids.duplicated().sum())
+    if n_duplicate_cells:
+        notes.append(f"{n_duplicate_cells} cell ids are duplicated; cells are keyed by cell_index.")
+    genes = scan.genes.with_columns(
+        pl.Series("n_cells_expressed", scan.stats.cells_per_gene.astype(np.int64))
+    )
+    report = ValidationReport(
+        path=str(path),
+        matrix_source=scan.source,
+        n_cells=scan.n_cells,
+        n_genes=scan.n_genes,
+        value_kind=value_kind,
+        max_value=float(scan.stats.max_value),
+        gene_id_source=scan.gene_id_source,
+        symbol_source=scan.symbol_source,
+        n_genes_with_ensembl=int(genes["ensembl_id"].is_not_null().sum()),
+        n_empty_cells=n_empty,
+        n_duplicate_cell_ids=n_duplicate_cells,
+        cell_type_key=scan.cell_type_key,
+        n_cell_types=int(pl.Series(scan.cell_types, dtype=pl.String).drop_nulls().n_unique()),
+        cells_scanned=scan.scan_rows,
+        looks_like_gene_subset=scan.looks_like_gene_subset,
+        n_stored_zeros=scan.stats.n_stored_zeros,
+        sample_key=scan.sample_key,
+        n_samples=int(pl.Series(scan.samples, dtype=pl.String).drop_nulls().n_unique()),
+        warnings=notes,
+    )
+    return DatasetTables(cells=_cell_table(scan, value_kind), genes=genes, report=report)
+
+
+@dataclass
+class _Scan:
+    """What one pass over an open .h5ad yields, before the checks of its values."""
+
+    source: str
+    n_cells: int
+    n_genes: int
+    genes: pl.DataFrame
+    gene_id_source: str
+    symbol_source: str | None
+    looks_like_gene_subset: bool
+    cell_ids: pd.Index
+    cell_types: list[str | None]
+    cell_type_key: str | None
+    samples: list[str | None]
+    sample_key: str | None
+    scan_rows: int
+    stats: _MatrixStats
+    uns_log1p: bool
+
+
+def _read_dataset(
+    path: Path,
+    options: DatasetOptions,
+    problems: list[Problem],
+    notes: list[str],
+    *,
+    max_cells: int | None,
+    chunk_cells: int,
+) -> _Scan:
+    """Choose the matrix, read genes, cell types and samples, and stream the matrix once."""
     adata = _open_backed(path)
     try:
         matrix, var, source = _select_matrix(adata, path, options)
         n_cells, n_genes = int(adata.n_obs), int(var.shape[0])
-        if matrix is None:
-            raise DatasetError(
-                path,
-                [
-                    Problem(
-                        f"the file has no matrix {source}",
-                        f"write the counts into it, or choose another with --matrix ({MATRIX_CHOICES})",
-                    )
-                ],
-            )
-        if n_cells == 0 or n_genes == 0:
-            raise DatasetError(
-                path,
-                [
-                    Problem(
-                        f"the matrix {source} is empty ({n_cells} cells × {n_genes} genes)",
-                        "export a dataset that has cells and genes",
-                    )
-                ],
-            )
-
+        _require_matrix(path, matrix, source, n_cells, n_genes)
         genes, gene_id_source, symbol_source = _gene_table(var, options, problems, notes)
         subset_note = _gene_subset_note(adata, var, source, n_genes)
         if subset_note is not None:
             notes.append(subset_note)
         cell_types, cell_type_key = _cell_types(adata.obs, options, problems, notes)
         samples, sample_key = _samples(adata.obs, options, problems, notes)
-
         scan_rows = n_cells if max_cells is None else min(n_cells, max_cells)
-        try:
-            stats = _scan_matrix(matrix, scan_rows, n_genes, chunk_cells)
-        except (OSError, KeyError, ValueError) as error:  # truncated or corrupt data inside a readable file
-            raise DatasetError(
-                path,
-                [
-                    Problem(
-                        f"{source} cannot be read ({type(error).__name__}: {error})",
-                        "re-export the file with adata.write_h5ad(...)",
-                    )
-                ],
-            ) from error
+        stats = _scan_readable(path, matrix, source, scan_rows, n_genes, chunk_cells)
         uns_log1p = "log1p" in adata.uns
     finally:
         _close(adata)
+    return _Scan(
+        source=source,
+        n_cells=n_cells,
+        n_genes=n_genes,
+        genes=genes,
+        gene_id_source=gene_id_source,
+        symbol_source=symbol_source,
+        looks_like_gene_subset=subset_note is not None,
+        cell_ids=pd.Index(adata.obs_names.astype(str)),  # obs stays in memory once the file is closed
+        cell_types=cell_types,
+        cell_type_key=cell_type_key,
+        samples=samples,
+        sample_key=sample_key,
+        scan_rows=scan_rows,
+        stats=stats,
+        uns_log1p=uns_log1p,
+    )
 
+
+def _require_matrix(path: Path, matrix: Any, source: str, n_cells: int, n_genes: int) -> None:
+    """A missing or empty matrix stops validation at once: nothing else can be checked."""
+    if matrix is None:
+        raise DatasetError(
+            path,
+            [
+                Problem(
+                    f"the file has no matrix {source}",
+                    f"write the counts into it, or choose another with --matrix ({MATRIX_CHOICES})",
+                )
+            ],
+        )
+    if n_cells == 0 or n_genes == 0:
+        raise DatasetError(
+            path,
+            [
+                Problem(
+                    f"the matrix {source} is empty ({n_cells} cells × {n_genes} genes)",
+                    "export a dataset that has cells and genes",
+                )
+            ],
+        )
+
+
+def _scan_readable(
+    path: Path, matrix: Any, source: str, scan_rows: int, n_genes: int, chunk_cells: int
+) -> _MatrixStats:
+    try:
+        return _scan_matrix(matrix, scan_rows, n_genes, chunk_cells)
+    except (OSError, KeyError, ValueError) as error:  # truncated or corrupt data inside a readable file
+        raise DatasetError(
+            path,
+            [
+                Problem(
+                    f"{source} cannot be read ({type(error).__name__}: {error})",
+                    "re-export the file with adata.write_h5ad(...)",
+                )
+            ],
+        ) from error
+
+
+def _check_values(
+    stats: _MatrixStats, source: str, problems: list[Problem], notes: list[str], *, uns_log1p: bool
+) -> str:
+    """Problems with the values (non-finite, negative), notes on what they look like; the value kind."""
     if stats.n_nonfinite:
         problems.append(
             Problem(
@@ -284,6 +382,13 @@ def inspect_h5ad(
             "token, so they become tokens with expression bin 1, as upstream. If they are artefacts of "
             "an export, remove them (adata.X.eliminate_zeros()) and register the file again."
         )
+    return value_kind
+
+
+def _check_empty_cells(
+    stats: _MatrixStats, source: str, scan_rows: int, problems: list[Problem], notes: list[str]
+) -> int:
+    """Cells with no expressed gene: a problem when every scanned cell is empty, else a note; their count."""
     n_empty = int((stats.genes_per_cell[:scan_rows] == 0).sum())
     if n_empty == scan_rows:
         problems.append(
@@ -296,51 +401,22 @@ def inspect_h5ad(
         notes.append(
             f"{n_empty} cells have no expressed gene; they are kept in `cells` and skipped by the model."
         )
+    return n_empty
 
-    if problems:
-        raise DatasetError(path, problems)
 
-    cell_ids = pd.Index(adata.obs_names.astype(str))
-    n_duplicate_cells = int(cell_ids.duplicated().sum())
-    if n_duplicate_cells:
-        notes.append(f"{n_duplicate_cells} cell ids are duplicated; cells are keyed by cell_index.")
-
-    totals = stats.expm1_per_cell if value_kind == "log1p" else stats.sum_per_cell
-    cells = pl.DataFrame(
+def _cell_table(scan: _Scan, value_kind: str) -> pl.DataFrame:
+    totals = scan.stats.expm1_per_cell if value_kind == "log1p" else scan.stats.sum_per_cell
+    return pl.DataFrame(
         {
-            "cell_index": np.arange(n_cells, dtype=np.int64),
-            "cell_id": cell_ids.to_numpy(dtype=object),
-            "cell_type": cell_types,
-            "n_genes_expressed": stats.genes_per_cell.astype(np.int32),
+            "cell_index": np.arange(scan.n_cells, dtype=np.int64),
+            "cell_id": scan.cell_ids.to_numpy(dtype=object),
+            "cell_type": scan.cell_types,
+            "n_genes_expressed": scan.stats.genes_per_cell.astype(np.int32),
             "total_counts": totals.astype(np.float64),
-            "sample": samples,
+            "sample": scan.samples,
         },
         schema_overrides={"cell_id": pl.String, "cell_type": pl.String, "sample": pl.String},
     )
-    genes = genes.with_columns(pl.Series("n_cells_expressed", stats.cells_per_gene.astype(np.int64)))
-
-    report = ValidationReport(
-        path=str(path),
-        matrix_source=source,
-        n_cells=n_cells,
-        n_genes=n_genes,
-        value_kind=value_kind,
-        max_value=float(stats.max_value),
-        gene_id_source=gene_id_source,
-        symbol_source=symbol_source,
-        n_genes_with_ensembl=int(genes["ensembl_id"].is_not_null().sum()),
-        n_empty_cells=n_empty,
-        n_duplicate_cell_ids=n_duplicate_cells,
-        cell_type_key=cell_type_key,
-        n_cell_types=int(pl.Series(cell_types, dtype=pl.String).drop_nulls().n_unique()),
-        cells_scanned=scan_rows,
-        looks_like_gene_subset=subset_note is not None,
-        n_stored_zeros=stats.n_stored_zeros,
-        sample_key=sample_key,
-        n_samples=int(pl.Series(samples, dtype=pl.String).drop_nulls().n_unique()),
-        warnings=notes,
-    )
-    return DatasetTables(cells=cells, genes=genes, report=report)
 
 
 # -- opening and choosing the matrix ---------------------------------------------------------------
@@ -561,62 +637,12 @@ def _ensembl_share(values: pd.Series) -> float:
 def _gene_table(
     var: pd.DataFrame, options: DatasetOptions, problems: list[Problem], notes: list[str]
 ) -> tuple[pl.DataFrame, str, str | None]:
+    """The genes table (without n_cells_expressed), the gene id's source and the symbol column."""
     columns = ["index", *map(str, var.columns)]
-    listed = ", ".join(columns)
-
-    ensembl_column = options.ensembl_column
-    if ensembl_column is not None:
-        if ensembl_column not in columns:
-            problems.append(
-                Problem(f"--ensembl-column '{ensembl_column}' is not a var column", f"use one of: {listed}")
-            )
-            ensembl_column = None
-        elif (share := _ensembl_share(_column_values(var, ensembl_column))) < 0.5:
-            example = ", ".join(_column_values(var, ensembl_column).astype(str).head(3))
-            problems.append(
-                Problem(
-                    f"var column '{ensembl_column}' does not hold Ensembl gene ids ({share:.0%} look like "
-                    f"ENSG…; e.g. {example})",
-                    "pass the column that holds Ensembl ids with --ensembl-column, or leave it out to use gene "
-                    "symbols (they are mapped to Ensembl through HGNC)",
-                )
-            )
-            ensembl_column = None
-    else:
-        for candidate in ("index", *ENSEMBL_COLUMN_CANDIDATES):
-            if (
-                candidate in columns
-                and _ensembl_share(_column_values(var, candidate)) >= ENSEMBL_DETECT_SHARE
-            ):
-                ensembl_column = candidate
-                break
-
-    symbol_column = options.symbol_column
-    if symbol_column is not None and symbol_column not in columns:
-        problems.append(
-            Problem(f"--symbol-column '{symbol_column}' is not a var column", f"use one of: {listed}")
-        )
-        symbol_column = None
-    elif symbol_column is None:
-        symbol_column = next((c for c in SYMBOL_COLUMN_CANDIDATES if c in columns), None)
-        if symbol_column is None and ensembl_column != "index":
-            symbol_column = "index"
-
+    ensembl_column = _ensembl_column(var, options.ensembl_column, columns, problems)
+    symbol_column = _symbol_column(options.symbol_column, ensembl_column, columns, problems)
     feature_names = var.index.astype(str).to_numpy(dtype=object)
-    ensembl: list[str | None] = [None] * len(var)
-    if ensembl_column is not None:
-        raw_ids = _column_values(var, ensembl_column).astype("string").fillna("").to_numpy(dtype=object)
-        n_not_ensembl = 0
-        for i, value in enumerate(raw_ids):
-            if ENSEMBL_ID.match(value) and not value.endswith("_PAR_Y"):
-                ensembl[i] = strip_ensembl_version(value)
-            else:
-                n_not_ensembl += 1
-        if n_not_ensembl:
-            notes.append(
-                f"{n_not_ensembl} genes in '{ensembl_column}' have no usable Ensembl id (empty, "
-                "not ENSG… or a _PAR_Y copy); they cannot reach the model vocab."
-            )
+    ensembl = _ensembl_ids(var, ensembl_column, notes)
     symbols: list[str | None] = [None] * len(var)
     if symbol_column is not None:
         symbol_values = _column_values(var, symbol_column).astype("string").fillna("").to_numpy(dtype=object)
@@ -636,18 +662,7 @@ def _gene_table(
         key = pd.Series(ensembl, dtype="string")
 
     _unnamed_genes(feature_names, ensembl, symbols, problems)
-    duplicated = key[key.duplicated(keep=False) & key.notna()]
-    if not duplicated.empty:
-        examples = ", ".join(sorted(set(duplicated.astype(str)))[:5])
-        problems.append(
-            Problem(
-                f"{duplicated.nunique()} gene ids occur more than once ({gene_id_source}; e.g. {examples})",
-                "sum the duplicated genes into one column each, or drop the copies "
-                "(adata = adata[:, ~adata.var_names.duplicated()]); for symbols, --ensembl-column with an "
-                "Ensembl column avoids the clash",
-            )
-        )
-
+    _duplicate_genes(key, gene_id_source, problems)
     genes = pl.DataFrame(
         {
             "gene_index": np.arange(len(var), dtype=np.int64),
@@ -659,6 +674,89 @@ def _gene_table(
         schema_overrides={"feature_name": pl.String, "ensembl_id": pl.String, "symbol": pl.String},
     )
     return genes, gene_id_source, None if symbol_column is None else symbol_column
+
+
+def _ensembl_column(
+    var: pd.DataFrame, chosen: str | None, columns: list[str], problems: list[Problem]
+) -> str | None:
+    """The var column of Ensembl ids: the one asked for when it holds them, else the first that does."""
+    if chosen is None:
+        return next(
+            (
+                candidate
+                for candidate in ("index", *ENSEMBL_COLUMN_CANDIDATES)
+                if candidate in columns
+                and _ensembl_share(_column_values(var, candidate)) >= ENSEMBL_DETECT_SHARE
+            ),
+            None,
+        )
+    if chosen not in columns:
+        problems.append(
+            Problem(f"--ensembl-column '{chosen}' is not a var column", f"use one of: {', '.join(columns)}")
+        )
+        return None
+    if (share := _ensembl_share(_column_values(var, chosen))) < 0.5:
+        example = ", ".join(_column_values(var, chosen).astype(str).head(3))
+        problems.append(
+            Problem(
+                f"var column '{chosen}' does not hold Ensembl gene ids ({share:.0%} look like "
+                f"ENSG…; e.g. {example})",
+                "pass the column that holds Ensembl ids with --ensembl-column, or leave it out to use gene "
+                "symbols (they are mapped to Ensembl through HGNC)",
+            )
+        )
+        return None
+    return chosen
+
+
+def _symbol_column(
+    chosen: str | None, ensembl_column: str | None, columns: list[str], problems: list[Problem]
+) -> str | None:
+    """The var column of gene symbols: the one asked for, else a known name, else var_names."""
+    if chosen is not None and chosen not in columns:
+        problems.append(
+            Problem(f"--symbol-column '{chosen}' is not a var column", f"use one of: {', '.join(columns)}")
+        )
+        return None
+    if chosen is None:
+        chosen = next((c for c in SYMBOL_COLUMN_CANDIDATES if c in columns), None)
+        if chosen is None and ensembl_column != "index":
+            chosen = "index"
+    return chosen
+
+
+def _ensembl_ids(var: pd.DataFrame, ensembl_column: str | None, notes: list[str]) -> list[str | None]:
+    """Each gene's Ensembl id without its version (None: no column, or not a usable id)."""
+    ensembl: list[str | None] = [None] * len(var)
+    if ensembl_column is None:
+        return ensembl
+    raw_ids = _column_values(var, ensembl_column).astype("string").fillna("").to_numpy(dtype=object)
+    n_not_ensembl = 0
+    for i, value in enumerate(raw_ids):
+        if ENSEMBL_ID.match(value) and not value.endswith("_PAR_Y"):
+            ensembl[i] = strip_ensembl_version(value)
+        else:
+            n_not_ensembl += 1
+    if n_not_ensembl:
+        notes.append(
+            f"{n_not_ensembl} genes in '{ensembl_column}' have no usable Ensembl id (empty, "
+            "not ENSG… or a _PAR_Y copy); they cannot reach the model vocab."
+        )
+    return ensembl
+
+
+def _duplicate_genes(key: pd.Series, gene_id_source: str, problems: list[Problem]) -> None:
+    duplicated = key[key.duplicated(keep=False) & key.notna()]
+    if not duplicated.empty:
+        examples = ", ".join(sorted(set(duplicated.astype(str)))[:5])
+        problems.append(
+            Problem(
+                f"{duplicated.nunique()} gene ids occur more than once ({gene_id_source}; e.g. {examples})",
+                "sum the duplicated genes into one column each, or drop the copies "
+                "(adata = adata[:, ~adata.var_names.duplicated()]); for symbols, --ensembl-column with an "
+                "Ensembl column avoids the clash",
+            )
+        )
 
 
 def _unnamed_genes(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -39,6 +40,9 @@ from sae_genomics_core.enrichment.hypergeom import (
 from sae_genomics_core.enrichment.ontology import OntologyTables
 from sae_genomics_core.enrichment.settings import EnrichmentSettings
 from sae_genomics_core.errors import InputError, SettingsError
+
+if TYPE_CHECKING:  # imported where used: it loads numba
+    from sae_genomics_core.enrichment.network import Network
 
 NETWORK_DATABASES = ("string",)
 NETWORK_TERM_ID = "STRING:within-set-edges"
@@ -227,6 +231,15 @@ def _ancestor_kind(rows: pl.DataFrame) -> str:
     return str(kinds.mode().sort().first()) if kinds.len() else "term"
 
 
+@dataclass(frozen=True)
+class _TestedTerms:
+    """The terms of one database that are tested, over the gene sets' gene columns."""
+
+    info: pl.DataFrame  # term_column, term_id, term_name, term_kind, size (genes in the universe)
+    members: pl.DataFrame  # a tested term's genes: ensembl_id, term_id, ..., term_column, column
+    matrix: sp.csc_matrix  # genes × terms, 0/1
+
+
 def _hypergeometric(
     database: str,
     unit_genes: pl.DataFrame,
@@ -240,30 +253,73 @@ def _hypergeometric(
     universe = sorted(set(terms_long["ensembl_id"].to_list())) if settings.annotated_only else background
     candidates = background if settings.gene_set_scope == "background" else None
     sets = gene_sets(unit_genes, universe, settings, candidates)
+    population = len(universe)
+    terms = _tested_terms(terms_long, sets.genes, settings, population)
+    notes["max_term_size"] = settings.term_size_limit(population)
+    n_units, n_terms = sets.features.size, terms.info.height
+    n_tests = n_units * n_terms
+    table = _hypergeometric_pairs(database, sets, terms, population, n_tests, settings)
+    n_tested_pairs, n_significant = table.height, int(table["significant"].sum())
+    n_units_significant = table.filter("significant")["feature"].n_unique()
+    table = _flag_most_specific(table, ontology, settings)  # may drop rows: count before
+    table = _with_overlap_genes(table, unit_genes, sets, terms.members)
+    summary = DatabaseSummary(
+        database=database,
+        statistic="hypergeometric",
+        n_units=n_units,
+        n_terms=n_terms,
+        n_tests=n_tests,
+        n_tested_pairs=n_tested_pairs,
+        n_significant=n_significant,
+        n_units_significant=n_units_significant,
+        background_size=population,
+        notes=notes,
+        design=NullDesign(
+            sets.features, sets.sizes, terms.info["size"].to_numpy(), population, settings.min_overlap
+        ),
+    )
+    return table.select(list(ENRICHMENT_SCHEMA)).cast(ENRICHMENT_SCHEMA), summary  # type: ignore[arg-type]
+
+
+def _tested_terms(
+    terms_long: pl.DataFrame, genes: np.ndarray, settings: EnrichmentSettings, population: int
+) -> _TestedTerms:
+    """Terms within the size bounds, numbered in term_id order, and their genes as a matrix over `genes`."""
     sizes = terms_long.group_by("term_id").len()
     kept = sizes.filter(
-        pl.col("len").is_between(settings.min_term_size, settings.term_size_limit(len(universe)))
+        pl.col("len").is_between(settings.min_term_size, settings.term_size_limit(population))
     )
-    term_info = (
+    info = (
         terms_long.filter(pl.col("term_id").is_in(kept["term_id"].implode()))
         .group_by("term_id")
         .agg(pl.col("term_name").first(), pl.col("term_kind").first(), pl.len().alias("size"))
         .sort("term_id")
         .with_row_index("term_column")
     )
-    members = terms_long.join(term_info.select("term_id", "term_column"), on="term_id").join(
-        _column_index(sets.genes), on="ensembl_id"
+    members = terms_long.join(info.select("term_id", "term_column"), on="term_id").join(
+        _column_index(genes), on="ensembl_id"
     )
-    annotation = sp.csc_matrix(
+    matrix = sp.csc_matrix(
         (
             np.ones(members.height, dtype=np.int32),
             (members["column"].to_numpy(), members["term_column"].to_numpy()),
         ),
-        shape=(sets.genes.size, term_info.height),
+        shape=(genes.size, info.height),
     )
-    n_units, n_terms, population = sets.features.size, term_info.height, len(universe)
-    notes["max_term_size"] = settings.term_size_limit(population)
-    overlaps = (sets.members @ annotation).tocoo()
+    return _TestedTerms(info=info, members=members, matrix=matrix)
+
+
+def _hypergeometric_pairs(
+    database: str,
+    sets: GeneSets,
+    terms: _TestedTerms,
+    population: int,
+    n_tests: int,
+    settings: EnrichmentSettings,
+) -> pl.DataFrame:
+    """One row per unit × term pair with overlap ≥ min_overlap: its exact p-value and its BH q-value
+    within all `n_tests` pairs (the untested ones count as p = 1)."""
+    overlaps = (sets.members @ terms.matrix).tocoo()
     tested = overlaps.data >= settings.min_overlap
     unit_row, term_col, overlap = (
         overlaps.row[tested],
@@ -271,17 +327,16 @@ def _hypergeometric(
         overlaps.data[tested].astype(np.int64),
     )
     set_size = sets.sizes[unit_row].astype(np.int64)
-    term_size = term_info["size"].to_numpy()[term_col].astype(np.int64)
+    term_size = terms.info["size"].to_numpy()[term_col].astype(np.int64)
     log_p = hypergeom_log_sf(overlap, population, term_size, set_size)
-    n_tests = n_units * n_terms
     q_values = bh_q_values(np.exp(log_p), n_tests)
     table = pl.DataFrame(
         {
             "feature": sets.features[unit_row],
             "database": [database] * unit_row.size,
-            "term_id": term_info["term_id"].to_numpy()[term_col],
-            "term_name": term_info["term_name"].to_numpy()[term_col],
-            "term_kind": term_info["term_kind"].to_numpy()[term_col],
+            "term_id": terms.info["term_id"].to_numpy()[term_col],
+            "term_name": terms.info["term_name"].to_numpy()[term_col],
+            "term_kind": terms.info["term_kind"].to_numpy()[term_col],
             "statistic": ["hypergeometric"] * unit_row.size,
             "overlap": overlap,
             "feature_set_size": set_size,
@@ -295,27 +350,7 @@ def _hypergeometric(
         },
         schema_overrides={"term_id": pl.String, "term_name": pl.String, "term_kind": pl.String},
     )
-    table = table.with_columns(significant=pl.col("q_value") <= settings.fdr)
-    n_tested_pairs, n_significant = table.height, int(table["significant"].sum())
-    n_units_significant = table.filter("significant")["feature"].n_unique()
-    table = _flag_most_specific(table, ontology, settings)  # may drop rows: count before
-    table = _with_overlap_genes(table, unit_genes, sets, members)
-    summary = DatabaseSummary(
-        database=database,
-        statistic="hypergeometric",
-        n_units=n_units,
-        n_terms=n_terms,
-        n_tests=n_tests,
-        n_tested_pairs=n_tested_pairs,
-        n_significant=n_significant,
-        n_units_significant=n_units_significant,
-        background_size=population,
-        notes=notes,
-        design=NullDesign(
-            sets.features, sets.sizes, term_info["size"].to_numpy(), population, settings.min_overlap
-        ),
-    )
-    return table.select(list(ENRICHMENT_SCHEMA)).cast(ENRICHMENT_SCHEMA), summary  # type: ignore[arg-type]
+    return table.with_columns(significant=pl.col("q_value") <= settings.fdr)
 
 
 def _flag_most_specific(
@@ -388,52 +423,17 @@ def _network(
     settings: EnrichmentSettings,
 ) -> tuple[pl.DataFrame, DatabaseSummary]:
     from sae_genomics_core.annotations.string_db import score_basis
-    from sae_genomics_core.enrichment.network import MAX_PERMUTATIONS, Network, network_enrichment
+    from sae_genomics_core.enrichment.network import MAX_PERMUTATIONS, network_enrichment
 
     # what the STRING scores were made from (channels, or combined_score), recorded with every row
     basis = score_basis(
         frame["source_version"].drop_nulls().unique() if "source_version" in frame.columns else []
     )
     sets = gene_sets(unit_genes, background, settings)
-    index = _column_index(sets.genes)
-    edges = (
-        network_edges(frame, settings.min_network_score)
-        .join(index.rename({"ensembl_id": "ensembl_a", "column": "a"}), on="ensembl_a")
-        .join(index.rename({"ensembl_id": "ensembl_b", "column": "b"}), on="ensembl_b")
-    )
-    network = Network.from_edges(len(background), edges["a"].to_numpy(), edges["b"].to_numpy())
+    network = _string_network(frame, sets.genes, len(background), settings)
     result = network_enrichment(network, sets.members, seed=settings.seed)
-    rows = result["unit"].to_numpy()
-    q_values = bh_q_values(result["p_value"].to_numpy(), max(result.height, 1))
-    p_values = result["p_value"].to_numpy()
-    table = pl.DataFrame(
-        {
-            "feature": sets.features[rows],
-            "database": [database] * rows.size,
-            "term_id": [NETWORK_TERM_ID] * rows.size,
-            "term_name": [
-                f"edges within the gene set (STRING score ≥ {settings.min_network_score:g}; {basis})"
-            ]
-            * rows.size,
-            "term_kind": ["network"] * rows.size,
-            "statistic": ["string_network"] * rows.size,
-            "overlap": result["observed_edges"].to_numpy(),
-            "feature_set_size": result["set_size"].to_numpy(),
-            "term_size": np.full(rows.size, network.n_edges, dtype=np.int64),
-            "background_size": np.full(rows.size, len(background), dtype=np.int64),
-            "expected_overlap": result["expected_edges"].to_numpy(),
-            "odds_ratio": result["ratio"].to_numpy(),
-            "p_value": p_values,
-            "log10_p_value": np.log10(np.maximum(p_values, np.finfo(float).tiny)),
-            "q_value": q_values,
-        }
-    )
-    table = table.with_columns(
-        pl.col("odds_ratio").fill_nan(None),  # no edge expected and none seen: no ratio, not NaN
-        significant=pl.col("q_value") <= settings.fdr,
-        most_specific=pl.lit(None, dtype=pl.Boolean),
-        overlap_genes=pl.lit(None, dtype=pl.List(pl.String)),
-    )
+    term_name = f"edges within the gene set (STRING score ≥ {settings.min_network_score:g}; {basis})"
+    table = _network_rows(database, term_name, sets, result, network.n_edges, len(background), settings)
     summary = DatabaseSummary(
         database=database,
         statistic="string_network",
@@ -453,6 +453,61 @@ def _network(
         },
     )
     return table.select(list(ENRICHMENT_SCHEMA)).cast(ENRICHMENT_SCHEMA), summary  # type: ignore[arg-type]
+
+
+def _string_network(
+    frame: pl.DataFrame, genes: np.ndarray, n_genes: int, settings: EnrichmentSettings
+) -> Network:
+    """The STRING edges between background genes, as a graph over the gene sets' gene columns."""
+    from sae_genomics_core.enrichment.network import Network
+
+    index = _column_index(genes)
+    edges = (
+        network_edges(frame, settings.min_network_score)
+        .join(index.rename({"ensembl_id": "ensembl_a", "column": "a"}), on="ensembl_a")
+        .join(index.rename({"ensembl_id": "ensembl_b", "column": "b"}), on="ensembl_b")
+    )
+    return Network.from_edges(n_genes, edges["a"].to_numpy(), edges["b"].to_numpy())
+
+
+def _network_rows(
+    database: str,
+    term_name: str,
+    sets: GeneSets,
+    result: pl.DataFrame,
+    n_edges: int,
+    background_size: int,
+    settings: EnrichmentSettings,
+) -> pl.DataFrame:
+    """`network_enrichment`'s rows in the enrichment table's terms, BH over the units."""
+    rows = result["unit"].to_numpy()
+    q_values = bh_q_values(result["p_value"].to_numpy(), max(result.height, 1))
+    p_values = result["p_value"].to_numpy()
+    table = pl.DataFrame(
+        {
+            "feature": sets.features[rows],
+            "database": [database] * rows.size,
+            "term_id": [NETWORK_TERM_ID] * rows.size,
+            "term_name": [term_name] * rows.size,
+            "term_kind": ["network"] * rows.size,
+            "statistic": ["string_network"] * rows.size,
+            "overlap": result["observed_edges"].to_numpy(),
+            "feature_set_size": result["set_size"].to_numpy(),
+            "term_size": np.full(rows.size, n_edges, dtype=np.int64),
+            "background_size": np.full(rows.size, background_size, dtype=np.int64),
+            "expected_overlap": result["expected_edges"].to_numpy(),
+            "odds_ratio": result["ratio"].to_numpy(),
+            "p_value": p_values,
+            "log10_p_value": np.log10(np.maximum(p_values, np.finfo(float).tiny)),
+            "q_value": q_values,
+        }
+    )
+    return table.with_columns(
+        pl.col("odds_ratio").fill_nan(None),  # no edge expected and none seen: no ratio, not NaN
+        significant=pl.col("q_value") <= settings.fdr,
+        most_specific=pl.lit(None, dtype=pl.Boolean),
+        overlap_genes=pl.lit(None, dtype=pl.List(pl.String)),
+    )
 
 
 def evidence_sources(derived_from: Mapping[str, Sequence[str]]) -> dict[str, str]:

@@ -140,51 +140,86 @@ def network_enrichment(
     units = np.flatnonzero(size >= 2)
     indicator = indicator[units]
     observed = _observed_edges(network.adjacency, indicator)
-    method = np.full(units.size, settings["method"], dtype=object)
-    draws = np.zeros(units.size, dtype=np.int64)
-
     if settings["method"] == "chung_lu":
-        expected = _chung_lu_expected(network, indicator)
-        p_value = np.where(observed > 0, stats.poisson.sf(observed - 1, expected), 1.0)
+        null = _chung_lu_null(network, indicator, observed)
     else:
-        bins = degree_bins(network.degree, settings["degree_ratio"], settings["min_bin_genes"])
-        null = _BinNull(network.adjacency, bins)
-        counts = _bin_counts(indicator, bins, null.n_bins)
-        expected, variance = null.moments(counts)
-        if settings["method"] == "permutation":
-            p_value = _permutation_p(network, indicator, bins, observed, settings["n_permutations"], seed)
-            draws[:] = settings["n_permutations"]
-        else:
-            p_value = _moment_matched_sf(observed, expected, variance)
-            method[:] = "moments"
-        if settings["method"] == "adaptive":
-            refine = np.flatnonzero(p_value < settings["refine_below"])
-            p_value[refine], draws[refine] = _sequential_p(
-                network,
-                indicator[refine],
-                bins,
-                observed[refine],
-                seeds=[(seed, int(u)) for u in units[refine]],
-                cap=settings["max_permutations"],
-                stop=settings["min_exceedances"],
-            )
-            method[refine] = "monte_carlo"
-
+        null = _degree_class_null(network, indicator, units, observed, settings, seed)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(expected > 0, observed / expected, np.nan)
+        ratio = np.where(null.expected > 0, observed / null.expected, np.nan)
     return pl.DataFrame(
         {
             "unit": units.astype(np.int64),
             "set_size": size[units].astype(np.int64),
             "observed_edges": observed.astype(np.int64),
-            "expected_edges": expected.astype(np.float64),
+            "expected_edges": null.expected.astype(np.float64),
             "ratio": ratio,
-            "p_value": np.clip(p_value, 0.0, 1.0).astype(np.float64),
-            "p_value_method": method.astype(str).tolist(),
-            "null_draws": draws,
+            "p_value": np.clip(null.p_value, 0.0, 1.0).astype(np.float64),
+            "p_value_method": null.method.astype(str).tolist(),
+            "null_draws": null.draws,
         },
         schema=RESULT_SCHEMA,
     ).with_columns(pl.col("ratio").fill_nan(None))
+
+
+@dataclass(frozen=True)
+class _UnitNull:
+    """Per unit: the null's expected edge count, the p-value, how it was computed and the null sets drawn."""
+
+    expected: np.ndarray
+    p_value: np.ndarray
+    method: np.ndarray  # object array of method names: the adaptive refinement overwrites some
+    draws: np.ndarray
+
+
+def _chung_lu_null(network: Network, indicator: sp.csr_matrix, observed: np.ndarray) -> _UnitNull:
+    expected = _chung_lu_expected(network, indicator)
+    p_value = np.where(observed > 0, stats.poisson.sf(observed - 1, expected), 1.0)
+    n_units = indicator.shape[0]
+    return _UnitNull(
+        expected, p_value, np.full(n_units, "chung_lu", dtype=object), np.zeros(n_units, dtype=np.int64)
+    )
+
+
+def _degree_class_null(
+    network: Network,
+    indicator: sp.csr_matrix,
+    units: np.ndarray,
+    observed: np.ndarray,
+    settings: dict[str, Any],
+    seed: int,
+) -> _UnitNull:
+    """The degree-class null: its exact mean, and p by permutation or the moment-matched tail (the
+    "adaptive" method redoes the small tails by sequential Monte Carlo)."""
+    bins = degree_bins(network.degree, settings["degree_ratio"], settings["min_bin_genes"])
+    null = _BinNull(network.adjacency, bins)
+    expected, variance = null.moments(_bin_counts(indicator, bins, null.n_bins))
+    if settings["method"] == "permutation":
+        n_permutations = settings["n_permutations"]
+        return _UnitNull(
+            expected,
+            _permutation_p(network, indicator, bins, observed, n_permutations, seed),
+            np.full(units.size, "permutation", dtype=object),
+            np.full(units.size, n_permutations, dtype=np.int64),
+        )
+    result = _UnitNull(
+        expected,
+        _moment_matched_sf(observed, expected, variance),
+        np.full(units.size, "moments", dtype=object),
+        np.zeros(units.size, dtype=np.int64),
+    )
+    if settings["method"] == "adaptive":
+        refine = np.flatnonzero(result.p_value < settings["refine_below"])
+        result.p_value[refine], result.draws[refine] = _sequential_p(
+            network,
+            indicator[refine],
+            bins,
+            observed[refine],
+            seeds=[(seed, int(u)) for u in units[refine]],
+            cap=settings["max_permutations"],
+            stop=settings["min_exceedances"],
+        )
+        result.method[refine] = "monte_carlo"
+    return result
 
 
 def _settings(options: dict[str, Any]) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from sae_genomics_core.config import Environment
 from sae_genomics_core.errors import SaeGenomicsError
+from sae_genomics_core.external import sources_file
 
 MODEL_FILES = ("vocab.json", "model_config.yml", "collator_config.yml", "model.safetensors")
 HUB_SPECS = ("tahoe-x1-70m", "tahoe-x1-1.3b", "tahoe-x1-3b")
@@ -21,11 +21,6 @@ CONFIG_FILES = ("vocab.json", "model_config.yml", "collator_config.yml")  # all 
 
 class ModelUnavailable(SaeGenomicsError, RuntimeError):
     """The weights cannot be had here; the message lists every way to provide them."""
-
-
-def sources_file() -> Path:
-    configured = Environment.read().sources_file
-    return configured or Path(__file__).resolve().parents[2] / "external" / "sources.yaml"
 
 
 def model_sources(path: Path | None = None) -> dict[str, Any]:

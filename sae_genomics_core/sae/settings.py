@@ -4,7 +4,7 @@ them). Light on purpose: no torch import, so the Dagster definitions load fast."
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sae_genomics_core.errors import SettingsError
@@ -65,3 +65,18 @@ class SaeTrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SaeStageSettings:
+    """The SAE stage of one dataset × layer: which activations it trains on, how, and what its checks ask."""
+
+    hook: str = "resid_post"  # must have been extracted
+    k: int | None = None  # active latents per token; None: by the model (default_k)
+    training: SaeTrainingConfig = field(default_factory=SaeTrainingConfig)
+    explained_variance_floor: float = 0.7  # check: held-out explained variance at least this
+    dead_fraction_ceiling: float = 0.1  # check: at most this fraction of latents never fire
+
+    def training_for(self, random_weights: bool) -> SaeTrainingConfig:
+        """The training config of a run on activations of a model with (or without) random weights."""
+        return replace(self.training, k=self.k if self.k is not None else default_k(random_weights))

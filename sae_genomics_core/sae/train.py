@@ -15,6 +15,8 @@
   stream; 0 until one window has passed); the final `dead_fraction` is measured after training by a
   streaming pass over every token (held-out and training): a latent is dead if it never fires.
   Resumable from periodic state.
+
+`SaeTrainer` holds one run (its steps, logging and saved state); `train_sae` builds one and fits it.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
 from sae_genomics_core.sae.settings import SaeTrainingConfig
+
+if TYPE_CHECKING:
+    from sae_lens.saes.sae import TrainStepOutput
 
 logger = logging.getLogger(__name__)
 
@@ -323,6 +328,213 @@ def full_pass_dead_fractions(
     }
 
 
+class SaeTrainer:
+    """One training run on `source`: the SAE, its optimiser and LR schedule, and the AuxK firing bookkeeping.
+
+    Construction seeds torch, fits the normalizer and initialises the SAE; with `state_path`, state is saved
+    every `state_every_steps` and an existing state file is resumed from. `on_log` receives each log row.
+    """
+
+    def __init__(
+        self,
+        source: TokenSource,
+        config: SaeTrainingConfig,
+        *,
+        state_path: Path | None = None,
+        on_log: Callable[[dict[str, float]], None] | None = None,
+    ) -> None:
+        torch.manual_seed(config.seed)
+        self.source, self.config, self.state_path, self.on_log = source, config, state_path, on_log
+        self.d_in = source.d_in
+        d_sae = self.d_in * config.expansion_factor
+        self.schedule = resolve_schedule(config)
+        for note in self.schedule.warnings:
+            logger.warning(note)
+            warnings.warn(note, RuntimeWarning, stacklevel=3)  # at the caller of train_sae
+        self.notes = list(self.schedule.warnings)
+        self._eval_raw = source.eval_tokens(config.eval_tokens)
+        stats_sample = _take(
+            source.train_batches(config.batch_size, seed=config.seed + 10_000), config.stats_tokens
+        )
+        normalizer, self.gamma = Normalizer.fit(stats_sample)
+        self.sae = build_sae(self.d_in, config)
+        _initialise(self.sae, normalizer(stats_sample[:4096]).to(config.device), config.b_dec_init)
+        self.optimizer = torch.optim.Adam(
+            self.sae.parameters(), lr=config.learning_rate(d_sae), betas=(0.9, 0.999)
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.schedule, config.lr_end_fraction)
+        )
+        self.tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=config.device)
+        # firing counts since the last log row, for its dense fraction
+        self.fires_in_window = torch.zeros(d_sae, dtype=torch.long, device=config.device)
+        self.window_tokens = 0
+        self.n_training_steps, self.tokens_seen, self.auxk_steps = 0, 0, 0
+        self.epoch, self.batches_in_epoch = 0, 0
+        self.log: list[dict[str, float]] = []
+        self.resumed_from_step = 0
+        self.last_aux = 0.0
+        self._use_normalizer(normalizer)
+        if state_path is not None and state_path.exists():
+            self.load_state(state_path)
+
+    def fit(self, stop_after_steps: int | None = None) -> TrainingOutcome:
+        """Train to the end of the schedule; `stop_after_steps` ends early (as a crash would)."""
+        total_steps = self.schedule.total_steps
+        while self.n_training_steps < total_steps:
+            for raw in self._epoch_batches():
+                if self.n_training_steps >= total_steps:
+                    break
+                self.step(raw)
+                self.batches_in_epoch += 1
+                done = self.n_training_steps
+                if done % self.config.log_every_steps == 0 or done == total_steps:
+                    self._log_metrics()
+                if self.state_path is not None and done % self.config.state_every_steps == 0:
+                    self.save_state(self.state_path)
+                if stop_after_steps is not None and done - self.resumed_from_step >= stop_after_steps:
+                    return self._outcome(self.log[-1] if self.log else {})  # a simulated crash
+            else:
+                self.epoch += 1
+                self.batches_in_epoch = 0
+        return self._outcome(self._final_metrics())
+
+    def step(self, raw: torch.Tensor) -> TrainStepOutput:
+        """One optimisation step on a batch of raw tokens; AuxK sees the latents silent for the dead window."""
+        from sae_lens.saes.sae import TrainStepInput
+
+        x = self.normalizer(raw.to(self.config.device))
+        dead_mask = self.tokens_since_fired >= self.schedule.dead_window_tokens
+        self.auxk_steps += int(bool(dead_mask.any()))
+        output = self.sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=x,
+                coefficients={},
+                dead_neuron_mask=dead_mask,
+                n_training_steps=self.n_training_steps,
+                is_logging_step=False,
+            )
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        _remove_parallel_gradient(self.sae)
+        torch.nn.utils.clip_grad_norm_(self.sae.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self._after_step(output.feature_acts)
+        self.last_aux = float(output.losses.get("auxiliary_reconstruction_loss", torch.tensor(0.0)).detach())
+        self.n_training_steps += 1
+        self.tokens_seen += x.shape[0]
+        return output
+
+    def save_state(self, path: Path) -> None:
+        """Everything a resumed run needs, written atomically (a crash mid-write keeps the previous state)."""
+        tmp = path.with_suffix(".tmp")
+        torch.save(
+            {
+                "config": self.config.to_dict(),
+                "d_in": self.d_in,
+                "sae": self.sae.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "mean": self.normalizer.mean,
+                "scale": self.normalizer.scale,
+                "tokens_since_fired": self.tokens_since_fired.cpu(),
+                "log": self.log,
+                "step": self.n_training_steps,
+                "tokens_seen": self.tokens_seen,
+                "epoch": self.epoch,
+                "batches_in_epoch": self.batches_in_epoch,
+                "auxk_steps": self.auxk_steps,
+                "rng": torch.get_rng_state(),
+            },
+            tmp,
+        )
+        os.replace(tmp, path)
+
+    def load_state(self, path: Path) -> None:
+        """Resume from a state `save_state` wrote for a run with the same settings."""
+        saved = torch.load(path, weights_only=False)
+        if saved["config"] != self.config.to_dict() or saved["d_in"] != self.d_in:
+            raise ValueError(f"{path} belongs to a run with other settings; remove it to start afresh")
+        self.sae.load_state_dict(saved["sae"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self._use_normalizer(Normalizer(saved["mean"], saved["scale"]))
+        self.tokens_since_fired = saved["tokens_since_fired"].to(self.config.device)
+        self.log = saved["log"]
+        self.n_training_steps, self.tokens_seen = saved["step"], saved["tokens_seen"]
+        self.epoch, self.batches_in_epoch = saved["epoch"], saved["batches_in_epoch"]
+        self.auxk_steps = saved["auxk_steps"]
+        torch.set_rng_state(saved["rng"])
+        self.resumed_from_step = self.n_training_steps
+
+    def _use_normalizer(self, normalizer: Normalizer) -> None:
+        self.normalizer = normalizer
+        self.eval_tokens = normalizer(self._eval_raw).to(self.config.device)
+
+    def _epoch_batches(self) -> Iterator[torch.Tensor]:
+        """This epoch's batches, less those a resumed run already consumed."""
+        batches = self.source.train_batches(self.config.batch_size, seed=self.config.seed + self.epoch)
+        for _ in range(self.batches_in_epoch):
+            next(batches, None)
+        return batches
+
+    @torch.no_grad()
+    def _after_step(self, feature_acts: torch.Tensor) -> None:
+        """Decoder rows back to unit norm; the AuxK dead window and the dense window advance by one batch."""
+        self.sae.W_dec.data /= self.sae.W_dec.data.norm(dim=1, keepdim=True)
+        fired = (feature_acts > 0).sum(dim=0)
+        self.tokens_since_fired += feature_acts.shape[0]
+        self.tokens_since_fired[fired > 0] = 0
+        self.fires_in_window += fired
+        self.window_tokens += feature_acts.shape[0]
+
+    def _log_metrics(self) -> None:
+        """Held-out metrics and the windowed dead and dense fractions, then a fresh dense window."""
+        silent_for_window = self.tokens_since_fired >= self.schedule.dead_window_tokens
+        firing_rate = self.fires_in_window.float() / max(1, self.window_tokens)
+        row = {
+            "step": self.n_training_steps,
+            "tokens_seen": self.tokens_seen,
+            **evaluate(self.sae, self.eval_tokens),
+            "dead_fraction": float(silent_for_window.float().mean()),  # the final one is from a full pass
+            "dense_fraction": float((firing_rate > self.config.dense_threshold).float().mean()),
+            "aux_loss": self.last_aux,
+            "lr": float(self.scheduler.get_last_lr()[0]),
+        }
+        self.log.append(row)
+        self.fires_in_window.zero_()
+        self.window_tokens = 0
+        if self.on_log is not None:
+            self.on_log(row)
+
+    def _final_metrics(self) -> dict[str, float]:
+        """The last log row, with the dead fraction measured by a full pass over every token."""
+        last = self.log[-1]
+        return {
+            **last,
+            "dead_fraction_window": last["dead_fraction"],
+            **full_pass_dead_fractions(self.sae, self.source, self.normalizer, self.config.batch_size),
+            "dead_window_tokens": self.schedule.dead_window_tokens,
+            "warmup_steps": self.schedule.warmup_steps,
+            "auxk_steps": self.auxk_steps,
+        }
+
+    def _outcome(self, final: dict[str, float]) -> TrainingOutcome:
+        return TrainingOutcome(
+            self.sae,
+            self.normalizer,
+            self.log,
+            final,
+            self.gamma,
+            self.n_training_steps,
+            self.tokens_seen,
+            self.resumed_from_step,
+            self.notes,
+        )
+
+
 def train_sae(
     source: TokenSource,
     config: SaeTrainingConfig,
@@ -335,155 +547,8 @@ def train_sae(
 
     `stop_after_steps` ends the run early (as a crash would), for tests of resumption.
     """
-    from sae_lens.saes.sae import TrainStepInput
-
-    torch.manual_seed(config.seed)
-    d_in = source.d_in
-    d_sae = d_in * config.expansion_factor
-    schedule = resolve_schedule(config)
-    for note in schedule.warnings:
-        logger.warning(note)
-        warnings.warn(note, RuntimeWarning, stacklevel=2)
-    total_steps, dead_window = schedule.total_steps, schedule.dead_window_tokens
-    notes = list(schedule.warnings)
-    eval_raw = source.eval_tokens(config.eval_tokens)
-    stats_sample = _take(
-        source.train_batches(config.batch_size, seed=config.seed + 10_000), config.stats_tokens
-    )
-    normalizer, gamma = Normalizer.fit(stats_sample)
-    sae = build_sae(d_in, config)
-    _initialise(sae, normalizer(stats_sample[:4096]).to(config.device), config.b_dec_init)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(d_sae), betas=(0.9, 0.999))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, config.lr_end_fraction))
-    tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=config.device)
-    fires_in_window = torch.zeros(d_sae, dtype=torch.long, device=config.device)
-    window_tokens = 0
-    step, tokens_seen, epoch, batches_in_epoch, auxk_steps = 0, 0, 0, 0, 0
-    log: list[dict[str, float]] = []
-    resumed_from = 0
-    if state_path is not None and state_path.exists():
-        saved = torch.load(state_path, weights_only=False)
-        if saved["config"] != config.to_dict() or saved["d_in"] != d_in:
-            raise ValueError(f"{state_path} belongs to a run with other settings; remove it to start afresh")
-        sae.load_state_dict(saved["sae"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        normalizer = Normalizer(saved["mean"], saved["scale"])
-        tokens_since_fired, log = saved["tokens_since_fired"].to(config.device), saved["log"]
-        step, tokens_seen, epoch, batches_in_epoch, auxk_steps = (
-            saved["step"],
-            saved["tokens_seen"],
-            saved["epoch"],
-            saved["batches_in_epoch"],
-            saved["auxk_steps"],
-        )
-        torch.set_rng_state(saved["rng"])
-        resumed_from = step
-    eval_tokens = normalizer(eval_raw).to(config.device)
-    last_aux = 0.0
-
-    def save_state() -> None:
-        if state_path is None:
-            return
-        tmp = state_path.with_suffix(".tmp")
-        torch.save(
-            {
-                "config": config.to_dict(),
-                "d_in": d_in,
-                "sae": sae.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "mean": normalizer.mean,
-                "scale": normalizer.scale,
-                "tokens_since_fired": tokens_since_fired.cpu(),
-                "log": log,
-                "step": step,
-                "tokens_seen": tokens_seen,
-                "epoch": epoch,
-                "batches_in_epoch": batches_in_epoch,
-                "auxk_steps": auxk_steps,
-                "rng": torch.get_rng_state(),
-            },
-            tmp,
-        )
-        os.replace(tmp, state_path)
-
-    while step < total_steps:
-        batches = source.train_batches(config.batch_size, seed=config.seed + epoch)
-        for _ in range(batches_in_epoch):  # resuming: skip what this epoch already consumed
-            next(batches, None)
-        for raw in batches:
-            if step >= total_steps:
-                break
-            x = normalizer(raw.to(config.device))
-            dead_mask = tokens_since_fired >= dead_window
-            auxk_steps += int(bool(dead_mask.any()))
-            output = sae.training_forward_pass(
-                TrainStepInput(
-                    sae_in=x,
-                    coefficients={},
-                    dead_neuron_mask=dead_mask,
-                    n_training_steps=step,
-                    is_logging_step=False,
-                )
-            )
-            optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
-            _remove_parallel_gradient(sae)
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                sae.W_dec.data /= sae.W_dec.data.norm(dim=1, keepdim=True)
-                fired = (output.feature_acts > 0).sum(dim=0)
-                tokens_since_fired += x.shape[0]
-                tokens_since_fired[fired > 0] = 0
-                fires_in_window += fired
-                window_tokens += x.shape[0]
-            last_aux = float(output.losses.get("auxiliary_reconstruction_loss", torch.tensor(0.0)).detach())
-            step += 1
-            batches_in_epoch += 1
-            tokens_seen += x.shape[0]
-            if step % config.log_every_steps == 0 or step == total_steps:
-                row = {
-                    "step": step,
-                    "tokens_seen": tokens_seen,
-                    **evaluate(sae, eval_tokens),
-                    "dead_fraction": float(
-                        (tokens_since_fired >= dead_window).float().mean()
-                    ),  # windowed estimate
-                    "dense_fraction": float(
-                        (fires_in_window.float() / max(1, window_tokens) > config.dense_threshold)
-                        .float()
-                        .mean()
-                    ),
-                    "aux_loss": last_aux,
-                    "lr": float(scheduler.get_last_lr()[0]),
-                }
-                log.append(row)
-                fires_in_window.zero_()
-                window_tokens = 0
-                if on_log is not None:
-                    on_log(row)
-            if step % config.state_every_steps == 0:
-                save_state()
-            if stop_after_steps is not None and step - resumed_from >= stop_after_steps:  # a simulated crash
-                partial = log[-1] if log else {}
-                return TrainingOutcome(
-                    sae, normalizer, log, partial, gamma, step, tokens_seen, resumed_from, notes
-                )
-        else:
-            epoch += 1
-            batches_in_epoch = 0
-    final = {
-        **log[-1],
-        "dead_fraction_window": log[-1]["dead_fraction"],
-        **full_pass_dead_fractions(sae, source, normalizer, config.batch_size),
-        "dead_window_tokens": dead_window,
-        "warmup_steps": schedule.warmup_steps,
-        "auxk_steps": auxk_steps,
-    }
-    return TrainingOutcome(sae, normalizer, log, final, gamma, step, tokens_seen, resumed_from, notes)
+    trainer = SaeTrainer(source, config, state_path=state_path, on_log=on_log)
+    return trainer.fit(stop_after_steps=stop_after_steps)
 
 
 def _take(batches: Iterator[torch.Tensor], n: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,49 @@ class PagesUnavailable(SaeGenomicsError, ValueError):
     """The feature tables of this dataset × layer are not there yet."""
 
 
+# what a page shows, by key of the page data; every query takes (dataset, layer)
+_REQUIRED_QUERIES = {  # the feature tables, there whenever feature_stats has the layer
+    "stats": "select feature, fire_count, frequency, mean_activation, max_activation, n_cells_active "
+    "from feature_stats where dataset = ? and layer = ? order by feature",
+    "genes": "select feature, rank, coalesce(symbol, ensembl_id) as gene, ensembl_id, score, specificity, n_tokens "
+    f"from feature_genes where dataset = ? and layer = ? and rank <= {TOP_GENES} order by feature, rank",
+    "cells": "select fc.feature, fc.rank, fc.cell_id, c.cell_type, fc.max_activation from feature_cells fc "
+    "left join cells c on c.dataset = fc.dataset and c.cell_index = fc.cell_index "
+    f"where fc.dataset = ? and fc.layer = ? and fc.rank <= {TOP_CELLS} order by fc.feature, fc.rank",
+    "cell_types": "select feature, cell_type, mean_activation, frac_active, log2_fold_change, log2_fold_change_lower, "
+    "q_value, test_unit, n_units "
+    "from feature_cell_types where dataset = ? and layer = ? order by feature, q_value",
+}
+_OPTIONAL_QUERIES = {  # key: (the table it needs, else the page shows none, query)
+    "histograms": (
+        "feature_histograms",
+        "select feature, bin_start, bin_end, n_cells from feature_histograms where dataset = ? and layer = ? order by feature, bin",
+    ),
+    "enrichment": (
+        "enrichment",
+        "select feature, database, term_id, term_name, overlap, feature_set_size, term_size, odds_ratio, "
+        "log10_p_value, q_value, significant, most_specific, overlap_genes from ("
+        "  select *, row_number() over (partition by feature, database order by log10_p_value) as position "
+        "  from enrichment where dataset = ? and layer = ?"
+        f") where position <= {TERMS_PER_DATABASE} or significant order by feature, log10_p_value",
+    ),
+    "baselines": (
+        "enrichment_baselines",
+        "select database, method, n_units, n_units_tested, n_units_significant, fraction_significant "
+        "from enrichment_baselines where dataset = ? and layer = ? order by database, method",
+    ),
+    "sae": (
+        "sae_checkpoints",
+        "select hook, d_in, d_sae, k, explained_variance, dead_fraction, model_id, random_weights "
+        "from sae_checkpoints where dataset = ? and layer = ?",
+    ),
+}
+
+_ALL_QUERIES = " ".join([*_REQUIRED_QUERIES.values(), *(sql for _, sql in _OPTIONAL_QUERIES.values())])
+# the tables the pages read, in query order (the orchestrator makes the pages depend on exactly these)
+PAGE_TABLES = tuple(dict.fromkeys(re.findall(r"\b(?:from|join) ([a-z_]+)", _ALL_QUERIES)))
+
+
 def _frame(
     connection: duckdb.DuckDBPyConnection, sql: str, params: list[Any], tables: set[str], needs: str
 ) -> pl.DataFrame | None:
@@ -49,83 +93,33 @@ def collect(warehouse: Path, dataset: str, layer: int) -> dict[str, Any]:
     with connect_read_only(Path(warehouse)) as connection:
         tables = table_names(connection)
         key = [dataset, layer]
-        if (
-            "feature_stats" not in tables
-            or not connection.execute(
-                "select count(*) from feature_stats where dataset = ? and layer = ?", key
-            ).fetchone()[0]
-        ):  # type: ignore[index]
-            raise PagesUnavailable(
-                f"no feature_stats for {dataset} layer {layer}: materialise the feature tables first"
-            )
-        stats = connection.execute(
-            "select feature, fire_count, frequency, mean_activation, max_activation, n_cells_active "
-            "from feature_stats where dataset = ? and layer = ? order by feature",
-            key,
-        ).pl()
-        genes = connection.execute(
-            f"select feature, rank, coalesce(symbol, ensembl_id) as gene, ensembl_id, score, specificity, n_tokens "
-            f"from feature_genes where dataset = ? and layer = ? and rank <= {TOP_GENES} order by feature, rank",
-            key,
-        ).pl()
-        cells = connection.execute(
-            f"select fc.feature, fc.rank, fc.cell_id, c.cell_type, fc.max_activation from feature_cells fc "
-            f"left join cells c on c.dataset = fc.dataset and c.cell_index = fc.cell_index "
-            f"where fc.dataset = ? and fc.layer = ? and fc.rank <= {TOP_CELLS} order by fc.feature, fc.rank",
-            key,
-        ).pl()
-        cell_types = connection.execute(
-            "select feature, cell_type, mean_activation, frac_active, log2_fold_change, log2_fold_change_lower, "
-            "q_value, test_unit, n_units "
-            "from feature_cell_types where dataset = ? and layer = ? order by feature, q_value",
-            key,
-        ).pl()
-        histograms = _frame(
-            connection,
-            "select feature, bin_start, bin_end, n_cells from feature_histograms where dataset = ? and layer = ? order by feature, bin",
-            key,
-            tables,
-            "feature_histograms",
-        )
-        enrichment = _frame(
-            connection,
-            "select feature, database, term_id, term_name, overlap, feature_set_size, term_size, odds_ratio, "
-            "log10_p_value, q_value, significant, most_specific, overlap_genes from ("
-            "  select *, row_number() over (partition by feature, database order by log10_p_value) as position "
-            "  from enrichment where dataset = ? and layer = ?"
-            f") where position <= {TERMS_PER_DATABASE} or significant order by feature, log10_p_value",
-            key,
-            tables,
-            "enrichment",
-        )
-        baselines = _frame(
-            connection,
-            "select database, method, n_units, n_units_tested, n_units_significant, fraction_significant "
-            "from enrichment_baselines where dataset = ? and layer = ? order by database, method",
-            key,
-            tables,
-            "enrichment_baselines",
-        )
-        sae = _frame(
-            connection,
-            "select hook, d_in, d_sae, k, explained_variance, dead_fraction, model_id, random_weights "
-            "from sae_checkpoints where dataset = ? and layer = ?",
-            key,
-            tables,
-            "sae_checkpoints",
-        )
+        _require_feature_stats(connection, tables, dataset, layer)
+        frames: dict[str, pl.DataFrame | None] = {
+            name: connection.execute(sql, key).pl() for name, sql in _REQUIRED_QUERIES.items()
+        }
+        for name, (needs, sql) in _OPTIONAL_QUERIES.items():
+            frames[name] = _frame(connection, sql, key, tables, needs)
+    sae = frames.pop("sae")
     return {
         "dataset": dataset,
         "layer": layer,
         "sae": sae.row(0, named=True) if sae is not None and sae.height else {},
-        "stats": _columns(stats),
-        "genes": _columns(genes),
-        "cells": _columns(cells),
-        "cell_types": _columns(cell_types),
-        "histograms": _columns(histograms),
-        "enrichment": _columns(enrichment),
-        "baselines": _columns(baselines),
+        **{name: _columns(frame) for name, frame in frames.items()},
     }
+
+
+def _require_feature_stats(
+    connection: duckdb.DuckDBPyConnection, tables: set[str], dataset: str, layer: int
+) -> None:
+    if (
+        "feature_stats" not in tables
+        or not connection.execute(
+            "select count(*) from feature_stats where dataset = ? and layer = ?", [dataset, layer]
+        ).fetchone()[0]
+    ):  # type: ignore[index]
+        raise PagesUnavailable(
+            f"no feature_stats for {dataset} layer {layer}: materialise the feature tables first"
+        )
 
 
 def _columns(frame: pl.DataFrame | None) -> dict[str, list[Any]]:

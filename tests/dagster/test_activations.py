@@ -1,16 +1,16 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
 
+from sae_genomics_core.artefacts import ArtefactStore
 from sae_genomics_core.config import Home
 from sae_genomics_core.data.registry import Registry
 from sae_genomics_dagster.definitions import build_definitions
-from sae_genomics_dagster.jobs import dataset_pipeline_job
+from sae_genomics_dagster.defs.datasets.jobs import dataset_pipeline_job
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_pipeline_extracts_and_catalogues_activations(
     assert metadata["layers"] == [0, 1, 2, 3] and metadata["hooks"] == ["resid_post", "mlp_out"]
     assert metadata["n_tokens"] > 0 and metadata["tokens_per_second"] > 0
     path = Path(metadata["path"])
-    assert json.loads((path.parent / "CURRENT.json").read_text())["path"] == str(path)
+    assert ArtefactStore(home.artefacts).current_activations_folder("chr21") == path
 
     with duckdb.connect(str(home.warehouse), read_only=True) as connection:
         rows = connection.execute(

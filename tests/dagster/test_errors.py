@@ -12,7 +12,7 @@ import pytest
 
 import sae_genomics_core
 from sae_genomics_core.errors import SaeGenomicsError, SettingsError
-from sae_genomics_dagster.assets.common import user_errors
+from sae_genomics_dagster.common import user_errors
 
 
 def _core_exceptions() -> dict[str, type]:

@@ -11,7 +11,7 @@ from sae_genomics_core.data.h5ad import DatasetOptions
 from sae_genomics_core.data.registry import Registry
 from sae_genomics_core.warehouse.schema import columns
 from sae_genomics_dagster.definitions import build_definitions
-from sae_genomics_dagster.jobs import dataset_pipeline_job
+from sae_genomics_dagster.defs.datasets.jobs import dataset_pipeline_job
 from tests.conftest import counts, write_h5ad
 
 

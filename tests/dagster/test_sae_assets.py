@@ -6,11 +6,13 @@ import dagster as dg
 import duckdb
 import pytest
 
+from sae_genomics_core.artefacts import ArtefactStore
 from sae_genomics_core.config import Home
 from sae_genomics_core.data.registry import Registry
 from sae_genomics_core.sae.checkpoint import load_checkpoint
 from sae_genomics_dagster.definitions import build_definitions
-from sae_genomics_dagster.sensors import build_sae_after_ingest_sensor
+from sae_genomics_dagster.defs.sae.sensors import train_saes_after_activations
+from sae_genomics_dagster.resources import ArtefactsResource
 
 # the dead window and warm-up are left to scale with the run (60k tokens, far below the old 1M window)
 SMALL = {"training_tokens": 60_000, "batch_size": 2048}
@@ -80,9 +82,7 @@ def _never_fire(loaded, batches) -> float:
 
 
 def test_dead_fraction_is_the_full_pass_value_and_the_check_uses_it(trained) -> None:
-    import json
 
-    from sae_genomics_core.activations.store import ActivationStore
     from sae_genomics_core.sae.train import StoreSource
 
     home, instance, _, result = trained
@@ -92,8 +92,7 @@ def test_dead_fraction_is_the_full_pass_value_and_the_check_uses_it(trained) -> 
             "where dataset = 'chr21' and layer = 1"
         ).fetchone()
     loaded = load_checkpoint(Path(uri.removeprefix("file://")))
-    pointer = home.artefacts / "activations" / "chr21" / "CURRENT.json"
-    store = ActivationStore(Path(json.loads(pointer.read_text())["path"]))
+    store = ArtefactStore(home.artefacts).current_activations("chr21")
     held_out = StoreSource(store, 1, "resid_post", 0.1, loaded.provenance["seed"]).held_out_cells
     # brute force, independent of training: every token of the store, then the held-out cells' tokens
     assert dead == pytest.approx(_never_fire(loaded, store.iter_batches(1, "resid_post", 4096)))
@@ -147,8 +146,7 @@ def test_a_hook_that_was_not_extracted_fails_clearly(trained) -> None:
 
 
 def test_finished_ingest_requests_one_sae_run_per_extracted_layer(trained) -> None:
-    home, instance, defs, _ = trained
-    sae_job = defs.resolve_job_def("sae_pipeline")
+    home, instance, _, _ = trained
     runs = instance.get_runs(filters=dg.RunsFilter(job_name="dataset_pipeline"))
     run = runs[0]
     success = next(
@@ -159,8 +157,9 @@ def test_finished_ingest_requests_one_sae_run_per_extracted_layer(trained) -> No
         dagster_instance=instance,
         dagster_run=run,
         dagster_event=success,
+        resources={"artefacts": ArtefactsResource(root=str(home.artefacts))},
     )
-    requests = build_sae_after_ingest_sensor(home, sae_job)(context)
+    requests = train_saes_after_activations(context)
     assert sorted(r.partition_key for r in requests) == [f"chr21|{layer}" for layer in range(4)]
 
 
@@ -215,13 +214,10 @@ def test_feature_tables_are_written_and_the_summary_view_reads_them(trained) -> 
 
 
 def test_a_checkpoint_for_another_layer_is_refused(trained) -> None:
-    import shutil
-
     home, instance, defs, _ = trained
     # point layer 3's SAE at layer 1's checkpoint, as a mistaken copy would
-    source, target = home.artefacts / "sae" / "chr21" / "L1", home.artefacts / "sae" / "chr21" / "L3"
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copy(source / "CURRENT.json", target / "CURRENT.json")
+    store = ArtefactStore(home.artefacts)
+    store.publish_checkpoint("chr21", 3, store.require_checkpoint("chr21", 1))
     result = defs.resolve_job_def("sae_pipeline").execute_in_process(
         partition_key=dg.MultiPartitionKey({"dataset": "chr21", "layer": "3"}),
         instance=instance,

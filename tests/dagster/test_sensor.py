@@ -10,8 +10,8 @@ import pytest
 
 from sae_genomics_core.config import Home
 from sae_genomics_core.data.registry import Registry
-from sae_genomics_dagster.resources import ModelResource
-from sae_genomics_dagster.sensors import build_incoming_sensor
+from sae_genomics_dagster.defs.datasets.sensors import incoming_h5ad
+from sae_genomics_dagster.resources import HomeResource, ModelResource
 from tests.conftest import counts, write_h5ad
 from tests.unit.test_registry import late_nan_h5ad, one_gene_vocab_model
 
@@ -31,11 +31,9 @@ def instance() -> dg.DagsterInstance:
 def _tick(
     home: Home, instance: dg.DagsterInstance, cursor: str | None = None, spec: str = "tiny-random"
 ) -> dg.SensorResult:
-    sensor = build_incoming_sensor(home)
-    context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"model": ModelResource(spec=spec)}
-    )
-    return sensor(context)
+    resources = {"home": HomeResource(root=str(home.root)), "model": ModelResource(spec=spec)}
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    return incoming_h5ad(context)
 
 
 def test_a_dropped_file_is_registered_and_requested(

@@ -1,0 +1,26 @@
+"""Stage runner: the feature explorer of one dataset × layer, a self-contained HTML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sae_genomics_core.artefacts import ArtefactStore
+from sae_genomics_core.pipeline.result import Log, StageResult, Url, default_log
+
+
+def run_pages(
+    dataset: str, layer: int, store: ArtefactStore, warehouse: Path, log: Log | None = None
+) -> StageResult:
+    from sae_genomics_core.viz.pages import build_feature_pages
+
+    log = log or default_log()
+    result = build_feature_pages(warehouse, dataset, layer, store.pages(dataset, layer))
+    log.info(f"feature pages: {result.path} ({result.n_features} features, {result.n_bytes / 1e6:.1f} MB)")
+    return StageResult(
+        summary={
+            "path": result.path,
+            "open": Url(result.path.as_uri()),
+            "features": result.n_features,
+            "size_mb": round(result.n_bytes / 1e6, 2),
+        }
+    )

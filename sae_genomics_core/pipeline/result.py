@@ -1,0 +1,52 @@
+"""What a stage runner returns: its tables, a plain summary for the run's metadata, and its checks."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import polars as pl
+
+
+class Markdown(str):
+    """A summary value meant to be rendered (a table, a chart image), not shown as text."""
+
+
+class Url(str):
+    """A summary value that is a link to open."""
+
+
+class Log(Protocol):
+    """Where a runner reports progress: a `logging.Logger`, or the orchestrator's run log."""
+
+    def info(self, msg: str) -> Any: ...
+
+    def warning(self, msg: str) -> Any: ...
+
+
+def default_log() -> Log:
+    return logging.getLogger("sae_genomics")
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """The verdict of a quality check on what a stage produced; `blocking` False makes a failure a warning."""
+
+    name: str
+    passed: bool
+    description: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    blocking: bool = True
+
+
+@dataclass
+class StageResult:
+    """Tables by name, a summary of the whole stage, one summary per table, and the checks' verdicts.
+    `skipped` says why a stage produced nothing when that is not a failure."""
+
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    table_summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checks: list[CheckOutcome] = field(default_factory=list)
+    skipped: str | None = None

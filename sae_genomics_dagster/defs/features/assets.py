@@ -1,0 +1,106 @@
+"""Feature analysis [dataset × layer]: SAE features tied to genes, cells and cell types, as DuckDB tables.
+
+Runner: sae_genomics_core.pipeline.features.run_features.
+"""
+
+from collections.abc import Iterator
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from sae_genomics_core.config import sae_device
+from sae_genomics_core.features.settings import AssociationSettings
+from sae_genomics_core.pipeline.features import run_features
+from sae_genomics_dagster.common import BY_DATASET_LAYER, OWNERS, dataset_layer, metadata, user_errors
+from sae_genomics_dagster.io_manager import table_metadata
+from sae_genomics_dagster.partitions import dataset_layer as partitions
+from sae_genomics_dagster.resources import ArtefactsResource, HomeResource
+
+GROUP = "features"
+ASSOCIATION = AssociationSettings()  # the core defaults
+
+
+class FeatureConfig(dg.Config):
+    """Run config of the feature tables; every default is the core one (AssociationSettings)."""
+
+    top_genes: int = Field(
+        default=ASSOCIATION.top_genes, description="genes kept per feature in feature_genes"
+    )
+    top_cells: int = Field(
+        default=ASSOCIATION.top_cells, description="cells kept per feature in feature_cells"
+    )
+    min_gene_tokens: int = Field(
+        default=ASSOCIATION.min_gene_tokens, description="a gene needs this many firing tokens to be ranked"
+    )
+    batch_tokens: int = Field(default=ASSOCIATION.batch_tokens, description="tokens encoded at once")
+
+    def settings(self) -> AssociationSettings:
+        return AssociationSettings(
+            top_genes=self.top_genes,
+            top_cells=self.top_cells,
+            min_gene_tokens=self.min_gene_tokens,
+            batch_tokens=self.batch_tokens,
+            device=sae_device(),
+        )
+
+
+def _spec(name: str, description: str) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        name,
+        description=description,
+        group_name=GROUP,
+        kinds={"duckdb", "polars"},
+        owners=OWNERS,
+        metadata=BY_DATASET_LAYER,
+        deps=["sae_checkpoint", "activations", "cells", "genes"],
+    )
+
+
+@dg.multi_asset(
+    specs=[
+        _spec(
+            "feature_stats",
+            "Per feature: fire count, frequency, mean and max activation, cells active. Table `feature_stats`.",
+        ),
+        _spec(
+            "feature_genes",
+            "Per feature: top genes by specificity (lift shrunk by empirical Bayes) with score = Σ activation × "
+            "expression bin. Table `feature_genes`.",
+        ),
+        _spec("feature_cells", "Per feature: top cells by max activation. Table `feature_cells`."),
+        _spec(
+            "feature_cell_types",
+            "Per feature × cell type: a cell's mean activation over its tokens, type vs rest by Welch's t "
+            "(cells) or a paired t over samples (pseudobulk), log2 FC with its lower bound, BH q. "
+            "Table `feature_cell_types`.",
+        ),
+        _spec(
+            "feature_histograms",
+            "Per feature: its active cells binned by (max) activation, 20 equal bins from 0 to its maximum; "
+            "the feature pages' activation histograms. Table `feature_histograms`.",
+        ),
+    ],
+    can_subset=False,  # the five tables are written together, in one transaction
+    ins={"cells": dg.AssetIn(), "genes": dg.AssetIn()},
+    partitions_def=partitions,
+    pool="gpu",
+)
+def feature_tables(
+    context: dg.AssetExecutionContext,
+    config: FeatureConfig,
+    home: HomeResource,
+    artefacts: ArtefactsResource,
+    cells: pl.DataFrame,
+    genes: pl.DataFrame,
+) -> Iterator[dg.MaterializeResult]:
+    dataset, layer = dataset_layer(context)
+    with user_errors():
+        result = run_features(
+            dataset, layer, artefacts.store, home.home.warehouse, cells, genes, config.settings()
+        )
+    for name, frame in result.tables.items():
+        summary = {**result.table_summaries.get(name, {}), **result.summary}
+        yield dg.MaterializeResult(
+            asset_key=name, metadata={**table_metadata(name, frame, partitioned=True), **metadata(summary)}
+        )
