@@ -105,6 +105,7 @@ def run_features(
     charts = _Charts(store, dataset, layer)
     return StageResult(
         tables=frames,
+        written=True,
         summary=derived_from,
         table_summaries={
             "feature_stats": _stats_summary(tables, charts),

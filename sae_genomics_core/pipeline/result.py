@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import polars as pl
@@ -50,3 +51,12 @@ class StageResult:
     table_summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
     checks: list[CheckOutcome] = field(default_factory=list)
     skipped: str | None = None
+    written: bool = False  # the runner wrote its tables itself (several in one transaction)
+
+    def save(self, warehouse: Path, **partition: Any) -> None:
+        """Write the tables to the warehouse, replacing the partition's rows (no partition: whole tables),
+        as the orchestrator's IO manager does: for a run without Dagster."""
+        from sae_genomics_core.warehouse.writer import replace_partition
+
+        if self.tables and not self.written:
+            replace_partition(warehouse, self.tables, partition)

@@ -68,7 +68,7 @@ def replace_partition(
     partition: Mapping[str, Any],
     after: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> None:
-    """Replace the `partition` rows (column → value) of several tables in one transaction, so readers
+    """Replace the `partition` rows (column → value; none: every row) of several tables in one transaction, so readers
     never see some tables new and others old; `after` runs inside it (e.g. refreshing a view).
 
     Tables and columns missing so far are created first, in a transaction of their own: DuckDB will not
@@ -76,7 +76,8 @@ def replace_partition(
     with warehouse_writer(database) as connection:
         for table, frame in frames.items():
             _ensure_columns(connection, table, frame)
-    where = " and ".join(f'"{column}" = ?' for column in partition)
+    # no partition columns: the tables are replaced whole
+    where = " and ".join(f'"{column}" = ?' for column in partition) or "true"
     with warehouse_writer(database) as connection:
         for table, frame in frames.items():
             connection.execute(f'delete from "{table}" where {where}', list(partition.values()))
