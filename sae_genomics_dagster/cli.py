@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sae_genomics_core.cli import add_core_commands, add_dataset_options, dataset_options, run
 from sae_genomics_core.config import HOME_ENV, MODEL_ENV, SNAPSHOTS_ENV, SOURCES_ENV, Home
@@ -368,7 +369,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     add_core_commands(commands)
+    _add_dataset_commands(commands)
+    _add_annotate_command(commands)
 
+    init = commands.add_parser("init", help="create the home and install the Dagster instance config")
+    init.set_defaults(handler=_cmd_init)
+
+    ui = commands.add_parser("ui", help="start `dagster dev` (webserver and daemon) on the home")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(handler=_cmd_ui)
+    return parser
+
+
+def _add_dataset_commands(commands: Any) -> None:
+    """register, unregister, datasets, materialize and demo."""
     register = commands.add_parser("register", help="register an .h5ad as a dataset partition and ingest it")
     register.add_argument("path")
     register.add_argument("--name", help="dataset key (default: the file stem, sanitised)")
@@ -405,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(demo)
     demo.set_defaults(handler=_cmd_demo)
 
+
+def _add_annotate_command(commands: Any) -> None:
     annotate = commands.add_parser(
         "annotate",
         help="refresh gene_identifiers and the annotation databases now (as their schedules would)",
@@ -420,15 +437,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --mode file and one --only DB: the downloaded file (repeat for several)",
     )
     annotate.set_defaults(handler=_cmd_annotate)
-
-    init = commands.add_parser("init", help="create the home and install the Dagster instance config")
-    init.set_defaults(handler=_cmd_init)
-
-    ui = commands.add_parser("ui", help="start `dagster dev` (webserver and daemon) on the home")
-    ui.add_argument("--host", default="127.0.0.1")
-    ui.add_argument("--port", type=int, default=3000)
-    ui.set_defaults(handler=_cmd_ui)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -448,7 +448,9 @@ def _network(
             "edges": network.n_edges,
             "score": basis,
             # "monte_carlo": p-values below the tail's refine threshold, redone by sequential Monte Carlo
-            "p_value_methods": dict(result["p_value_method"].value_counts().iter_rows()),
+            "p_value_methods": dict(
+                result["p_value_method"].value_counts().sort("p_value_method").iter_rows()
+            ),
             "monte_carlo_at_cap": int((result["null_draws"] >= MAX_PERMUTATIONS).sum()),
         },
     )

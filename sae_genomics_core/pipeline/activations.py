@@ -54,7 +54,6 @@ def run_activations(
 ) -> StageResult:
     """Run the model over the dataset, write the activations under their content key and publish them."""
     from sae_genomics_core.activations.extract import extract_activations
-    from sae_genomics_core.model.tokenize import TOKENIZER_VERSION
 
     log = log or default_log()
     with open_matrix(entry.path, entry.options) as opened:
@@ -62,16 +61,7 @@ def run_activations(
     device = model.resolved_device()
     loaded = model.load(genes, device, settings.seed)
     settings = settings.for_model(loaded.config.n_layers)
-    header = {
-        "dataset": entry.name,
-        "dataset_checksum": file_checksum(entry.path),
-        "model_id": loaded.model_id,
-        "revision": loaded.revision,
-        "random_weights": loaded.random_weights,
-        "tokenizer_version": TOKENIZER_VERSION,
-        # the HGNC mapping decides which genes become which tokens, so it is part of the identity
-        "gene_keys_sha256": hashlib.sha256(json.dumps(genes["ensembl_id"].to_list()).encode()).hexdigest(),
-    }
+    header = _header(entry, loaded, genes)
     folder = store.new_activations(entry.name, extraction_key(header, settings, device))
     if loaded.random_weights:
         use = (
@@ -89,34 +79,54 @@ def run_activations(
         genes=genes,
         progress=progress,
     )
+    store.publish_activations(entry.name, folder, result.store.manifest["checksum"])
+    return StageResult(summary=_summary(loaded, settings, device, folder, result))
+
+
+def _header(entry: DatasetEntry, loaded: Any, genes: pl.DataFrame) -> dict[str, Any]:
+    """What identifies an extraction's inputs (stored in its manifest, part of its content key)."""
+    from sae_genomics_core.model.tokenize import TOKENIZER_VERSION
+
+    return {
+        "dataset": entry.name,
+        "dataset_checksum": file_checksum(entry.path),
+        "model_id": loaded.model_id,
+        "revision": loaded.revision,
+        "random_weights": loaded.random_weights,
+        "tokenizer_version": TOKENIZER_VERSION,
+        # the HGNC mapping decides which genes become which tokens, so it is part of the identity
+        "gene_keys_sha256": hashlib.sha256(json.dumps(genes["ensembl_id"].to_list()).encode()).hexdigest(),
+    }
+
+
+def _summary(
+    loaded: Any, settings: ExtractionSettings, device: str, folder: Path, result: Any
+) -> dict[str, Any]:
     manifest = result.store.manifest
-    store.publish_activations(entry.name, folder, manifest["checksum"])
-    return StageResult(
-        summary={
-            "uri": folder.as_uri(),
-            "path": folder,
-            "checksum": manifest["checksum"],
-            "model_id": loaded.model_id,
-            "revision": str(loaded.revision),
-            "random_weights": loaded.random_weights,
-            "drug_token": str(loaded.drug_label),  # None: left out, as upstream's use_chem_inf=False
-            "device": device,
-            "layers": list(settings.layers or ()),
-            "hooks": list(settings.hooks),
-            "n_cells": result.n_cells,
-            "n_cells_skipped": result.n_cells_skipped,
-            "n_tokens": result.n_tokens,
-            "n_genes_in_vocab": result.n_genes_in_vocab,
-            "n_genes": result.n_genes,
-            "bytes": result.bytes,
-            "storage_dtype": settings.storage_dtype,
-            "max_length": manifest["max_length"],
-            "seconds": round(result.seconds, 2),
-            "tokens_per_second": round(result.tokens_per_second, 1),
-            "cells_per_second": round(result.cells_per_second, 2),
-            "resumed_from_cell": result.resumed_from_cell,
-        }
-    )
+    return {
+        "uri": folder.as_uri(),
+        "path": folder,
+        "checksum": manifest["checksum"],
+        "model_id": loaded.model_id,
+        "revision": str(loaded.revision),
+        "random_weights": loaded.random_weights,
+        "drug_token": str(loaded.drug_label),  # None: left out, as upstream's use_chem_inf=False
+        "device": device,
+        "layers": list(settings.layers or ()),
+        "hooks": list(settings.hooks),
+        "n_cells": result.n_cells,
+        "n_cells_skipped": result.n_cells_skipped,
+        "n_tokens": result.n_tokens,
+        "n_genes_in_vocab": result.n_genes_in_vocab,
+        "n_genes": result.n_genes,
+        "bytes": result.bytes,
+        "storage_dtype": settings.storage_dtype,
+        "max_length": manifest["max_length"],
+        "seconds": round(result.seconds, 2),
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "cells_per_second": round(result.cells_per_second, 2),
+        "resumed_from_cell": result.resumed_from_cell,
+    }
 
 
 def run_activation_sets(

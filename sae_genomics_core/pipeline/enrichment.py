@@ -113,18 +113,25 @@ def run_enrichment(
         tables={"enrichment": table},
         summary={
             **_dot_plot(store, dataset, layer, table),
-            "rows": table.height,
-            "background_genes": len(background),
-            "significant_pairs": int(table["significant"].sum()),
-            "features_with_a_significant_term": table.filter("significant")["feature"].n_unique(),
-            "per_database": Markdown(format_frame(summary, "table")),
-            "source_versions": annotations.versions,
-            "hpo_ontology": annotations.ontologies["hpo"].version
-            if "hpo" in annotations.ontologies
-            else "not propagated (no hpo_ontology)",
+            **_enrichment_summary(table, summary, len(background), annotations),
         },
         checks=[calibration_check(null)],
     )
+
+
+def _enrichment_summary(
+    table: pl.DataFrame, per_database: pl.DataFrame, n_background: int, annotations: _Annotations
+) -> dict[str, Any]:
+    hpo = annotations.ontologies.get("hpo")
+    return {
+        "rows": table.height,
+        "background_genes": n_background,
+        "significant_pairs": int(table["significant"].sum()),
+        "features_with_a_significant_term": table.filter("significant")["feature"].n_unique(),
+        "per_database": Markdown(format_frame(per_database, "table")),
+        "source_versions": annotations.versions,
+        "hpo_ontology": hpo.version if hpo is not None else "not propagated (no hpo_ontology)",
+    }
 
 
 def _with_sources(table: pl.DataFrame, versions: dict[str, str]) -> pl.DataFrame:
