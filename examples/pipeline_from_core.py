@@ -8,7 +8,7 @@ from pathlib import Path
 from sae_genomics_core import pipeline
 from sae_genomics_core.activations.settings import ExtractionSettings
 from sae_genomics_core.annotations.store import read_table
-from sae_genomics_core.artefacts import ArtefactStore
+from sae_genomics_core.artefacts import artefact_store
 from sae_genomics_core.config import Home
 from sae_genomics_core.data.h5ad import DatasetOptions
 from sae_genomics_core.data.registry import Registry
@@ -22,7 +22,7 @@ DATASET, LAYER = "notebook", 1
 
 def main(h5ad: str, home_dir: str, cell_type_key: str | None = None) -> None:
     home = Home(Path(home_dir)).ensure()
-    store, warehouse = ArtefactStore(home.artefacts), home.warehouse
+    store, warehouse = artefact_store(home), home.warehouse
     snapshot = pipeline.RefreshSettings(mode="snapshot")
     pipeline.refresh_gene_identifiers(snapshot, warehouse, home.cache).save(warehouse)
     entry, _ = Registry(home).register(h5ad, DATASET, DatasetOptions(cell_type_key=cell_type_key))

@@ -15,6 +15,8 @@ SAE_DEVICE_ENV = "SAE_GENOMICS_SAE_DEVICE"  # where SAEs train and encode
 ANNOTATION_MODE_ENV = "SAE_GENOMICS_ANNOTATION_MODE"  # default mode of annotation refreshes
 SOURCES_ENV = "SAE_GENOMICS_SOURCES"  # another external/sources.yaml
 SNAPSHOTS_ENV = "SAE_GENOMICS_SNAPSHOTS"  # another folder of database snapshots
+ARTEFACTS_ENV = "SAE_GENOMICS_ARTEFACTS"  # the artefact root: a folder or any fsspec URL (s3://bucket/prefix)
+ARTEFACT_CACHE_ENV = "SAE_GENOMICS_ARTEFACT_CACHE_GB"  # the local replica of a remote artefact root
 DEFAULT_MODEL = "tiny-random"
 AUTO = "auto"
 
@@ -29,6 +31,8 @@ class Environment:
     annotation_mode: str = "live"
     sources_file: Path | None = None
     snapshots_dir: Path | None = None
+    artefacts_root: str | None = None  # None: the home's artefacts/ folder
+    artefact_cache_gb: float = 50.0
 
     @classmethod
     def read(cls) -> Environment:
@@ -43,7 +47,22 @@ class Environment:
             annotation_mode=os.environ.get(ANNOTATION_MODE_ENV) or "live",
             sources_file=path(SOURCES_ENV),
             snapshots_dir=path(SNAPSHOTS_ENV),
+            artefacts_root=os.environ.get(ARTEFACTS_ENV) or None,
+            artefact_cache_gb=_number(ARTEFACT_CACHE_ENV, cls.artefact_cache_gb),
         )
+
+
+def _number(name: str, default: float) -> float:
+    from sae_genomics_core.errors import SettingsError
+
+    text = os.environ.get(name)
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise SettingsError(f"${name} is {text!r}", fix=f"set {name} to a positive number, or unset it")
+    return value
 
 
 def sae_device() -> str:

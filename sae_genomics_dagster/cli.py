@@ -118,7 +118,7 @@ def _materialize(home: Home, name: str, sae_tokens: int | None = None, train_sae
     """Run the dataset pipeline, then train the SAE of every extracted layer, in-process on the home's instance."""
     import dagster as dg
 
-    from sae_genomics_core.artefacts import ArtefactStore
+    from sae_genomics_core.artefacts import artefact_store
     from sae_genomics_dagster.definitions import build_definitions
     from sae_genomics_dagster.instance import get_instance
 
@@ -131,7 +131,7 @@ def _materialize(home: Home, name: str, sae_tokens: int | None = None, train_sae
     sae_config = {} if sae_tokens is None else {"training_tokens": sae_tokens}
     run_config = {"ops": {"sae_checkpoint": {"config": sae_config}}}
     sae_job = defs.resolve_job_def("sae_pipeline")
-    for layer in ArtefactStore(home.artefacts).extracted_layers(name):
+    for layer in artefact_store(home).extracted_layers(name):
         key = dg.MultiPartitionKey({"dataset": name, "layer": str(layer)})
         if not _execute(sae_job, key, instance, run_config):
             return 1

@@ -25,7 +25,11 @@ def build_definitions(home: Home | None = None) -> dg.Definitions:
     stages = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
     resources = {
         "home": HomeResource(root=str(home.root)),
-        "artefacts": ArtefactsResource(root=str(home.artefacts)),
+        "artefacts": ArtefactsResource(
+            root=environment.artefacts_root or str(home.artefacts),
+            cache=str(home.cache / "artefacts"),
+            cache_gb=environment.artefact_cache_gb,
+        ),
         "warehouse": WarehouseIOManager(database=str(home.warehouse), schema="main"),
         "model": ModelResource(spec=environment.model, device=environment.device),
     }

@@ -10,21 +10,24 @@ from pydantic import Field
 
 from sae_genomics_core.activations.settings import STORAGE_DTYPE_NAMES, ExtractionSettings
 from sae_genomics_core.artefacts import ArtefactStore
-from sae_genomics_core.config import Home
+from sae_genomics_core.config import Environment, Home
 from sae_genomics_core.data.registry import Registry
 from sae_genomics_core.model.choice import ModelChoice
 from sae_genomics_core.model.hooks import HOOKS
 
 
 class ArtefactsResource(dg.ConfigurableResource):
-    """Where activations, SAE checkpoints, charts and pages are kept (`$SAE_GENOMICS_HOME/artefacts` by
-    default; any fsspec URL later) and which of them is current: the core ArtefactStore."""
+    """Where activations, SAE checkpoints, charts and pages are kept (`$SAE_GENOMICS_HOME/artefacts`, or
+    $SAE_GENOMICS_ARTEFACTS: any fsspec URL) and which of them is current: the core ArtefactStore."""
 
     root: str
+    cache: str | None = Field(default=None, description="local replica of a remote root (the stages' files)")
+    cache_gb: float = Field(default=Environment.artefact_cache_gb, description="the replica's size budget")
 
     @property
     def store(self) -> ArtefactStore:
-        return ArtefactStore(self.root)
+        cache = Path(self.cache) if self.cache else None
+        return ArtefactStore(self.root, cache=cache, cache_bytes=int(self.cache_gb * 2**30))
 
 
 class HomeResource(dg.ConfigurableResource):

@@ -100,3 +100,12 @@ SNAPSHOTS = TESTS_DIR.parent / "external" / "snapshots"
 def gene_resolver() -> GeneResolver:
 
     return GeneResolver.from_hgnc_file(SNAPSHOTS / "hgnc" / "hgnc_complete_set.txt.gz")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 server (SeaweedFS) on 127.0.0.1 for the session."""
+    from tests.servers import seaweedfs
+
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server

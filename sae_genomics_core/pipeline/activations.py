@@ -80,7 +80,7 @@ def run_activations(
         progress=progress,
     )
     store.publish_activations(entry.name, folder, result.store.manifest["checksum"])
-    return StageResult(summary=_summary(loaded, settings, device, folder, result))
+    return StageResult(summary=_summary(loaded, settings, device, store.uri(folder), result))
 
 
 def _header(entry: DatasetEntry, loaded: Any, genes: pl.DataFrame) -> dict[str, Any]:
@@ -100,12 +100,12 @@ def _header(entry: DatasetEntry, loaded: Any, genes: pl.DataFrame) -> dict[str, 
 
 
 def _summary(
-    loaded: Any, settings: ExtractionSettings, device: str, folder: Path, result: Any
+    loaded: Any, settings: ExtractionSettings, device: str, uri: str, result: Any
 ) -> dict[str, Any]:
     manifest = result.store.manifest
     return {
-        "uri": folder.as_uri(),
-        "path": folder,
+        "uri": uri,
+        "path": result.store.root,
         "checksum": manifest["checksum"],
         "model_id": loaded.model_id,
         "revision": str(loaded.revision),
@@ -147,7 +147,7 @@ def run_activation_sets(
             "n_tokens": manifest["n_tokens"],
             "d_model": manifest["widths"][f"L{layer}.{hook}"],
             "dtype": manifest["dtype"],
-            "uri": (activations.root / f"L{layer}.{hook}").as_uri(),
+            "uri": store.uri(activations.root / f"L{layer}.{hook}"),
             "checksum": manifest["checksum"],
             "model_id": manifest["model_id"],
             "revision": manifest["revision"],

@@ -15,11 +15,12 @@ def run_pages(
 
     log = log or default_log()
     result = build_feature_pages(warehouse, dataset, layer, store.pages(dataset, layer))
+    store.publish_pages(dataset, layer)
     log.info(f"feature pages: {result.path} ({result.n_features} features, {result.n_bytes / 1e6:.1f} MB)")
     return StageResult(
         summary={
             "path": result.path,
-            "open": Url(result.path.as_uri()),
+            "open": Url(store.uri(result.path)),
             "features": result.n_features,
             "size_mb": round(result.n_bytes / 1e6, 2),
         }

@@ -70,7 +70,7 @@ def run_sae(
     final = outcome.final
     return StageResult(
         summary={
-            "uri": checkpoint.as_uri(),
+            "uri": store.uri(checkpoint),
             "path": checkpoint,
             "hook": settings.hook,
             "d_in": source.d_in,
@@ -163,7 +163,7 @@ def run_sae_tables(dataset: str, layer: int, store: ArtefactStore) -> StageResul
             name: final[name]
             for name in ("explained_variance", "mse", "l0", "dead_fraction", "dense_fraction")
         },
-        "uri": checkpoint.as_uri(),
+        "uri": store.uri(checkpoint),
         "model_id": provenance["model_id"],
         "random_weights": provenance["random_weights"],
         "gamma": provenance["gamma"],
