@@ -10,7 +10,7 @@ export DAGSTER_HOME := $(SAE_GENOMICS_HOME)/dagster
 UI_HOST ?= 127.0.0.1
 UI_PORT ?= 3000
 
-.PHONY: install demo test lint ui bench clean browser
+.PHONY: install demo test lint ui bench clean browser servers
 
 install: $(STAMP)
 
@@ -48,7 +48,15 @@ browser:
 	}
 	@$(CHROMIUM) --version
 
-test: $(STAMP) $(REF_STAMP) lint browser
+# The cluster-profile test starts real PostgreSQL and Redis servers (Debian's); installed here when absent.
+servers:
+	@command -v redis-server >/dev/null && { command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
+	  echo "installing Debian's redis-server and postgresql for the cluster-profile test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server postgresql >/dev/null; \
+	}
+
+test: $(STAMP) $(REF_STAMP) lint browser servers
 	SAE_GENOMICS_HOME=$$(mktemp -d) && DAGSTER_HOME=$$SAE_GENOMICS_HOME/dagster && mkdir -p $$DAGSTER_HOME \
 	  && cp dagster.yaml $$DAGSTER_HOME/ && export SAE_GENOMICS_HOME DAGSTER_HOME \
 	  && VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg check defs

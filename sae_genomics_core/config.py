@@ -4,7 +4,7 @@ takes from the environment, read here and nowhere else."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HOME_ENV = "SAE_GENOMICS_HOME"
@@ -17,6 +17,14 @@ SOURCES_ENV = "SAE_GENOMICS_SOURCES"  # another external/sources.yaml
 SNAPSHOTS_ENV = "SAE_GENOMICS_SNAPSHOTS"  # another folder of database snapshots
 ARTEFACTS_ENV = "SAE_GENOMICS_ARTEFACTS"  # the artefact root: a folder or any fsspec URL (s3://bucket/prefix)
 ARTEFACT_CACHE_ENV = "SAE_GENOMICS_ARTEFACT_CACHE_GB"  # the local replica of a remote artefact root
+PROFILE_ENV = "SAE_GENOMICS_PROFILE"  # local, cluster or kubernetes: where runs, steps and state live
+POSTGRES_URL_ENV = "SAE_GENOMICS_POSTGRES_URL"  # cluster profiles: postgresql+psycopg2://user:pw@host:port/db
+CELERY_BROKER_ENV = "SAE_GENOMICS_CELERY_BROKER"  # cluster profile: redis://host:port/0
+CELERY_BACKEND_ENV = "SAE_GENOMICS_CELERY_BACKEND"  # cluster profile: where step results go (redis://…/1)
+GPUS_ENV = "SAE_GENOMICS_GPUS"  # cluster profiles: GPUs in the cluster (the `gpu` pool's slots)
+K8S_GPU_CONFIG_ENV = "SAE_GENOMICS_K8S_GPU_CONFIG"  # kubernetes: JSON for the GPU steps' dagster-k8s/config
+LOGS_BUCKET_ENV = "SAE_GENOMICS_LOGS_BUCKET"  # cluster profiles: the bucket step logs go to
+PROFILES = ("local", "cluster", "kubernetes")
 DEFAULT_MODEL = "tiny-random"
 AUTO = "auto"
 
@@ -33,6 +41,13 @@ class Environment:
     snapshots_dir: Path | None = None
     artefacts_root: str | None = None  # None: the home's artefacts/ folder
     artefact_cache_gb: float = 50.0
+    profile: str = "local"
+    gpus: int = 1
+    k8s_gpu_config: str | None = None  # JSON; None: one nvidia.com/gpu per GPU step
+    # service URLs may hold passwords: kept out of repr (logs, tracebacks)
+    postgres_url: str | None = field(default=None, repr=False)
+    celery_broker: str | None = field(default=None, repr=False)
+    logs_bucket: str | None = None
 
     @classmethod
     def read(cls) -> Environment:
@@ -49,6 +64,12 @@ class Environment:
             snapshots_dir=path(SNAPSHOTS_ENV),
             artefacts_root=os.environ.get(ARTEFACTS_ENV) or None,
             artefact_cache_gb=_number(ARTEFACT_CACHE_ENV, cls.artefact_cache_gb),
+            profile=_choice(PROFILE_ENV, PROFILES),
+            gpus=int(_number(GPUS_ENV, cls.gpus)),
+            k8s_gpu_config=os.environ.get(K8S_GPU_CONFIG_ENV) or None,
+            postgres_url=os.environ.get(POSTGRES_URL_ENV) or None,
+            celery_broker=os.environ.get(CELERY_BROKER_ENV) or None,
+            logs_bucket=os.environ.get(LOGS_BUCKET_ENV) or None,
         )
 
 
@@ -62,6 +83,15 @@ def _number(name: str, default: float) -> float:
         value = -1.0
     if not 0 < value < float("inf"):
         raise SettingsError(f"${name} is {text!r}", fix=f"set {name} to a positive number, or unset it")
+    return value
+
+
+def _choice(name: str, choices: tuple[str, ...]) -> str:
+    from sae_genomics_core.errors import SettingsError
+
+    value = os.environ.get(name) or choices[0]
+    if value not in choices:
+        raise SettingsError(f"${name} is {value!r}", fix=f"set {name} to one of {', '.join(choices)}")
     return value
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_genomics_core.cli import add_core_commands, add_dataset_options, dataset_options, run
-from sae_genomics_core.config import HOME_ENV, MODEL_ENV, SNAPSHOTS_ENV, SOURCES_ENV, Home
+from sae_genomics_core.config import HOME_ENV, MODEL_ENV, SNAPSHOTS_ENV, SOURCES_ENV, Environment, Home
 from sae_genomics_core.data.h5ad import DatasetError, DatasetTables, ValidationReport
 from sae_genomics_core.data.registry import (
     QUICK_SCAN_CELLS,
@@ -37,13 +37,18 @@ def _execute(
     from sae_genomics_dagster.instance import run_failure_messages
     from sae_genomics_dagster.run_health import interruption, prepare_in_process_run
 
-    result = job.execute_in_process(  # type: ignore[attr-defined]
-        partition_key=partition_key,
-        instance=instance,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})},
-        tags=prepare_in_process_run(instance),  # type: ignore[arg-type]
-    )
+    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
+    tags = prepare_in_process_run(instance)  # type: ignore[arg-type]
+    if Environment.read().profile == "local":
+        result = job.execute_in_process(  # type: ignore[attr-defined]
+            partition_key=partition_key,
+            instance=instance,
+            raise_on_error=False,
+            run_config=run_config,
+            tags=tags,
+        )
+    else:
+        result = _execute_on_the_profiles_executor(job, partition_key, instance, run_config, tags)
     if doing := interruption(result):  # Ctrl-C / SIGTERM stops the command, not just this run
         print(f"interrupted run {result.run_id} while {doing}; it is marked failed", file=sys.stderr)
         raise SystemExit(130)
@@ -54,6 +59,22 @@ def _execute(
         return False
     print(f"{partition_key or job.name}: run {result.run_id} succeeded")  # type: ignore[attr-defined]
     return True
+
+
+def _execute_on_the_profiles_executor(
+    job: Any, partition_key: Any, instance: Any, run_config: dict, tags: dict
+) -> Any:
+    """Run `job` with the profile's executor (Celery, Kubernetes): its steps run elsewhere, so they rebuild
+    the job from its code pointer, this module's definitions."""
+    import dagster as dg
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    repository = ReconstructableRepository.for_module("sae_genomics_dagster.definitions", "defs")
+    if partition_key is not None:
+        tags = {**tags, **job.partitions_def.get_tags_for_partition_key(partition_key)}
+    return dg.execute_job(
+        repository.get_reconstructable_job(job.name), instance, run_config=run_config, tags=tags
+    )
 
 
 ONTOLOGY = "hpo_ontology"
@@ -114,7 +135,13 @@ def _annotate(home: Home, mode: str, only: Sequence[str] = (), files: Sequence[s
     return 1 if failed else 0
 
 
-def _materialize(home: Home, name: str, sae_tokens: int | None = None, train_saes: bool = True) -> int:
+def _materialize(
+    home: Home,
+    name: str,
+    sae_tokens: int | None = None,
+    train_saes: bool = True,
+    layers: list[int] | None = None,
+) -> int:
     """Run the dataset pipeline, then train the SAE of every extracted layer, in-process on the home's instance."""
     import dagster as dg
 
@@ -124,7 +151,8 @@ def _materialize(home: Home, name: str, sae_tokens: int | None = None, train_sae
 
     instance = get_instance(home)
     defs = build_definitions(home)
-    if not _execute(defs.resolve_job_def("dataset_pipeline"), name, instance):
+    model = {"resources": {"model": {"config": {"layers": layers}}}} if layers else {}
+    if not _execute(defs.resolve_job_def("dataset_pipeline"), name, instance, model):
         return 1
     if not train_saes:
         return 0
@@ -171,7 +199,7 @@ def _register(home: Home, path: str, name: str | None, args: argparse.Namespace,
     _print_registration(entry.name, entry.path, tables.report)
     if args.no_run:
         return 0
-    status = _materialize(home, entry.name, args.sae_tokens, not args.no_sae)
+    status = _materialize(home, entry.name, args.sae_tokens, not args.no_sae, args.layers)
     if status and is_new and tables.report.n_genes_in_vocab is None:  # the vocab was unreadable here
         return _undo_if_no_vocab(home, entry.name, tables, spec) or status
     if status and quick:
@@ -277,7 +305,7 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     except DatasetNotRegistered as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return _materialize(home, args.dataset, args.sae_tokens, not args.no_sae)
+    return _materialize(home, args.dataset, args.sae_tokens, not args.no_sae, args.layers)
 
 
 def demo_source_file() -> Path:
@@ -311,6 +339,19 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)  # before _home(): a refused command creates nothing
         return 2
     return _annotate(_home(), args.mode, args.only, args.file)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from sae_genomics_core.doctor import diagnose
+
+    environment = Environment.read()
+    print(f"profile: {environment.profile}")
+    findings = diagnose(_home(), environment)
+    for finding in findings:
+        print(f"{'ok ' if finding.ok else 'MISSING'} {finding.check}: {finding.detail}")
+        if not finding.ok:
+            print(f"        fix: {finding.fix}")
+    return 0 if all(finding.ok for finding in findings) else 1
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -359,6 +400,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sae-tokens", type=int, help="training tokens per SAE (default: the asset's config)"
     )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        metavar="L",
+        help="extract and train only these layers (default: the model resource's, all layers)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = commands.add_parser("init", help="create the home and install the Dagster instance config")
     init.set_defaults(handler=_cmd_init)
+
+    doctor = commands.add_parser("doctor", help="check the services of the profile ($SAE_GENOMICS_PROFILE)")
+    doctor.set_defaults(handler=_cmd_doctor)
 
     ui = commands.add_parser("ui", help="start `dagster dev` (webserver and daemon) on the home")
     ui.add_argument("--host", default="127.0.0.1")

@@ -10,10 +10,13 @@ import dagster as dg
 
 from sae_genomics_core.errors import SaeGenomicsError
 from sae_genomics_core.pipeline.result import CheckOutcome, Markdown, Url
+from sae_genomics_dagster.profiles import GPU_POOL as GPU_POOL  # the stages import it from here
+from sae_genomics_dagster.profiles import gpu_op_tags
 
 OWNERS = ["team:sae-genomics"]
 BY_DATASET = {"partition_expr": "dataset"}
 BY_DATASET_LAYER = {"partition_expr": {"dataset": "dataset", "layer": "layer"}}
+GPU_TAGS = gpu_op_tags()  # the steps on a GPU: the Celery gpu queue, a Kubernetes GPU request
 
 
 def table_out(description: str, group: str, partitioning: dict) -> dg.AssetOut:

@@ -12,6 +12,7 @@ import dagster as dg
 
 from sae_genomics_core.config import Environment, Home
 from sae_genomics_dagster.io_manager import WarehouseIOManager
+from sae_genomics_dagster.profiles import executor
 from sae_genomics_dagster.resources import ArtefactsResource, HomeResource, ModelResource
 from sae_genomics_dagster.run_health import die_with_parent
 
@@ -40,6 +41,7 @@ def build_definitions(home: Home | None = None) -> dg.Definitions:
         schedules=stages.schedules,
         sensors=stages.sensors,
         resources=resources,
+        executor=executor(environment),
     )
 
 

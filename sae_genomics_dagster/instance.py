@@ -8,22 +8,18 @@ from pathlib import Path
 
 import dagster as dg
 
-from sae_genomics_core.config import Home
+from sae_genomics_core.config import Environment, Home
 from sae_genomics_dagster.partitions import dataset_partitions
-
-_PACKAGE_DIR = Path(__file__).resolve().parent
+from sae_genomics_dagster.profiles import GPU_POOL, instance_template
 
 
 def instance_yaml_template() -> Path:
-    # in a wheel the file is packaged next to this module; in a source checkout it is at the repo root
-    for candidate in (_PACKAGE_DIR / "dagster.yaml", _PACKAGE_DIR.parent / "dagster.yaml"):
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError("dagster.yaml is missing from the installation; reinstall sae-genomics")
+    """The dagster.yaml of the configured profile ($SAE_GENOMICS_PROFILE)."""
+    return instance_template(Environment.read().profile)
 
 
 def prepare_home(home: Home) -> Home:
-    """Create the home layout, install dagster.yaml into it, and point DAGSTER_HOME there."""
+    """Create the home layout, install the profile's dagster.yaml into it, and point DAGSTER_HOME there."""
     home.ensure()
     template = instance_yaml_template()
     target = home.dagster_home / "dagster.yaml"
@@ -35,7 +31,11 @@ def prepare_home(home: Home) -> Home:
 
 def get_instance(home: Home) -> dg.DagsterInstance:
     prepare_home(home)
-    return dg.DagsterInstance.from_config(str(home.dagster_home))
+    instance = dg.DagsterInstance.from_config(str(home.dagster_home))
+    environment = Environment.read()
+    if environment.profile != "local":  # one slot of the `gpu` pool per GPU of the cluster
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, environment.gpus)
+    return instance
 
 
 def add_dataset_partition(instance: dg.DagsterInstance, name: str) -> None:

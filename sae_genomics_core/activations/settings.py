@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from sae_genomics_core.errors import SettingsError
 from sae_genomics_core.model.hooks import HOOKS
 
 # the residual stream and the MLP output: what SAEs are trained on; attn_out and mlp_hidden on request
@@ -32,11 +33,13 @@ class ExtractionSettings:
             raise ValueError("layers unset: call for_model(n_layers) first")
         bad_layers = [layer for layer in self.layers if not 0 <= layer < n_layers]
         if not self.layers or bad_layers:
-            raise ValueError(f"layers {list(self.layers)} are not all within 0..{n_layers - 1} of the model")
+            raise SettingsError(
+                f"layers {list(self.layers)} are not all within 0..{n_layers - 1} of the model"
+            )
         bad_hooks = set(self.hooks) - set(HOOKS)
         if not self.hooks or bad_hooks:
-            raise ValueError(f"hooks {sorted(bad_hooks) or '[]'} unknown; choose from {', '.join(HOOKS)}")
+            raise SettingsError(f"hooks {sorted(bad_hooks) or '[]'} unknown; choose from {', '.join(HOOKS)}")
         if self.storage_dtype not in STORAGE_DTYPE_NAMES:
-            raise ValueError(
+            raise SettingsError(
                 f"storage dtype {self.storage_dtype!r}: use one of {', '.join(STORAGE_DTYPE_NAMES)}"
             )

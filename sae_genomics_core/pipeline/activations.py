@@ -99,9 +99,7 @@ def _header(entry: DatasetEntry, loaded: Any, genes: pl.DataFrame) -> dict[str, 
     }
 
 
-def _summary(
-    loaded: Any, settings: ExtractionSettings, device: str, uri: str, result: Any
-) -> dict[str, Any]:
+def _summary(loaded: Any, settings: ExtractionSettings, device: str, uri: str, result: Any) -> dict[str, Any]:
     manifest = result.store.manifest
     return {
         "uri": uri,

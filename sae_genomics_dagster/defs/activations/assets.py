@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from sae_genomics_core.pipeline.activations import run_activation_sets, run_activations
-from sae_genomics_dagster.common import BY_DATASET, OWNERS, metadata, user_errors
+from sae_genomics_dagster.common import BY_DATASET, GPU_POOL, GPU_TAGS, OWNERS, metadata, user_errors
 from sae_genomics_dagster.partitions import dataset_partitions
 from sae_genomics_dagster.resources import ArtefactsResource, HomeResource, ModelResource
 
@@ -20,7 +20,8 @@ GROUP = "activations"
     group_name=GROUP,
     kinds={"torch", "numpy"},
     owners=OWNERS,
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
     description=(
         "Token activations of tahoe-x1 for every configured layer and hook point (mlp_out, resid_post, "
         "attn_out, mlp_hidden), from one forward pass per batch, streamed to shards under "

@@ -20,6 +20,8 @@ from sae_genomics_core.pipeline.enrichment import (
 )
 from sae_genomics_dagster.common import (
     BY_DATASET_LAYER,
+    GPU_POOL,
+    GPU_TAGS,
     OWNERS,
     check_result,
     dataset_layer,
@@ -244,7 +246,8 @@ def enrichment(
         "genes": dg.AssetIn(),
     },
     deps=[enrichment, "sae_checkpoint", "activations"],
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
     description="SAE features vs PCA directions (top axes by explained variance) vs random directions of the "
     "same activations, each baseline unit firing on as many tokens as the SAE feature of the same rank, all "
     "tied to genes by the same association and tested by the same enrichment: per database, the fraction of "

@@ -12,7 +12,15 @@ from pydantic import Field
 from sae_genomics_core.config import sae_device
 from sae_genomics_core.features.settings import AssociationSettings
 from sae_genomics_core.pipeline.features import run_features
-from sae_genomics_dagster.common import BY_DATASET_LAYER, OWNERS, dataset_layer, metadata, user_errors
+from sae_genomics_dagster.common import (
+    BY_DATASET_LAYER,
+    GPU_POOL,
+    GPU_TAGS,
+    OWNERS,
+    dataset_layer,
+    metadata,
+    user_errors,
+)
 from sae_genomics_dagster.io_manager import table_metadata
 from sae_genomics_dagster.partitions import dataset_layer as partitions
 from sae_genomics_dagster.resources import ArtefactsResource, HomeResource
@@ -84,7 +92,8 @@ def _spec(name: str, description: str) -> dg.AssetSpec:
     can_subset=False,  # the five tables are written together, in one transaction
     ins={"cells": dg.AssetIn(), "genes": dg.AssetIn()},
     partitions_def=partitions,
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
 )
 def feature_tables(
     context: dg.AssetExecutionContext,

@@ -12,6 +12,8 @@ from sae_genomics_core.pipeline.sae import DEAD_CHECK, EV_CHECK, run_sae, run_sa
 from sae_genomics_core.sae.settings import RANDOM_WEIGHTS_K, REAL_MODEL_K, SaeStageSettings, SaeTrainingConfig
 from sae_genomics_dagster.common import (
     BY_DATASET_LAYER,
+    GPU_POOL,
+    GPU_TAGS,
     OWNERS,
     check_result,
     dataset_layer,
@@ -86,7 +88,8 @@ class SaeConfig(dg.Config):
     group_name=GROUP,
     kinds={"torch", "safetensors"},
     owners=OWNERS,
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
     check_specs=[
         dg.AssetCheckSpec(
             EV_CHECK, asset="sae_checkpoint", description="held-out explained variance ≥ the configured floor"

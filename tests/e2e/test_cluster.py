@@ -1,0 +1,231 @@
+"""The cluster profile end to end on real servers on 127.0.0.1: PostgreSQL (run history), Redis (the Celery
+broker), SeaweedFS (artefacts and step logs on S3) and two Celery workers standing for two machines, one on
+the `gpu` queue and one on `default`. Two datasets materialise concurrently through the whole graph; the
+GPU steps run only on the gpu worker, and the tables equal those of a local run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+
+from tests.servers import S3Server, postgres, redis
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+GPU_STEPS = {"activations", "sae_checkpoint", "feature_tables", "enrichment_baselines"}
+TABLES = (
+    "cells",
+    "genes",
+    "activation_sets",
+    "sae_checkpoints",
+    "feature_genes",
+    "feature_cell_types",
+    "enrichment",
+)
+LOCATION_COLUMNS = {"uri", "created_at", "retrieved_at", "ingested_at", "source_path", "dataset"}
+RUN = ["--layers", "1", "--sae-tokens", "20000"]
+
+
+@dataclass(frozen=True)
+class Cluster:
+    environment: dict[str, str]
+    home: Path
+    logs_bucket: str
+    worker_logs: dict[str, Path]
+
+    def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "sae-genomics"), *args],
+            env=self.environment,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+def _start_worker(queue: str, environment: dict[str, str], log: Path) -> subprocess.Popen:
+    command = [
+        *(str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app"),
+        *("-y", str(REPO / "deploy" / "celery.yaml"), "-q", queue, "-n", queue),
+        *("--", "--concurrency=1"),
+    ]
+    process = subprocess.Popen(
+        command,
+        env=environment,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=REPO,
+    )
+    deadline = time.monotonic() + 90
+    while " ready." not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the {queue} worker did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.5)
+    return process
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[Cluster]:
+    folder = tmp_path_factory.mktemp("cluster")
+    artefacts, logs = f"artefacts-{uuid.uuid4().hex[:8]}", f"logs-{uuid.uuid4().hex[:8]}"
+    s3_server.bucket(artefacts)
+    s3_server.bucket(logs)
+    with postgres() as postgres_url, redis(folder / "redis") as broker:
+        home = folder / "home"
+        environment = {
+            **os.environ,
+            **s3_server.environment,
+            "SAE_GENOMICS_PROFILE": "cluster",
+            "SAE_GENOMICS_HOME": str(home),
+            "DAGSTER_HOME": str(home / "dagster"),
+            "SAE_GENOMICS_POSTGRES_URL": postgres_url,
+            "SAE_GENOMICS_CELERY_BROKER": f"{broker}/0",
+            "SAE_GENOMICS_CELERY_BACKEND": f"{broker}/1",
+            "SAE_GENOMICS_ARTEFACTS": f"s3://{artefacts}/sae-genomics",
+            "SAE_GENOMICS_LOGS_BUCKET": logs,
+            "SAE_GENOMICS_GPUS": "1",
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # the workers start `celery` from the venv
+        }
+        environment.pop("SAE_GENOMICS_MODEL", None)
+        init = subprocess.run(
+            [str(BIN / "sae-genomics"), "init"], env=environment, capture_output=True, text=True
+        )
+        assert init.returncode == 0, init.stderr
+        worker_logs = {queue: folder / f"{queue}.log" for queue in ("gpu", "default")}
+        workers = [_start_worker(queue, environment, log) for queue, log in worker_logs.items()]
+        try:
+            yield Cluster(environment, home, logs, worker_logs)
+        finally:
+            for worker in workers:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(timeout=30)
+
+
+def _tables(warehouse: Path, dataset: str) -> dict[str, pl.DataFrame]:
+    with duckdb.connect(str(warehouse), read_only=True) as connection:
+        frames = {
+            table: connection.execute(f"select * from {table} where dataset = ?", [dataset]).pl()
+            for table in TABLES
+        }
+    return {name: frame.drop(LOCATION_COLUMNS & set(frame.columns)) for name, frame in frames.items()}
+
+
+def _workers_by_step(cluster: Cluster) -> dict[str, set[str]]:
+    """Which Celery worker ran each step, from the runs' event logs in Postgres."""
+    os.environ["DAGSTER_HOME"] = cluster.environment["DAGSTER_HOME"]
+    previous = {name: os.environ.get(name) for name in ("SAE_GENOMICS_POSTGRES_URL",)}
+    os.environ["SAE_GENOMICS_POSTGRES_URL"] = cluster.environment["SAE_GENOMICS_POSTGRES_URL"]
+    try:
+        with dg.DagsterInstance.get() as instance:
+            workers: dict[str, set[str]] = {}
+            for record in instance.get_run_records():
+                for entry in instance.all_logs(
+                    record.dagster_run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT
+                ):
+                    data = entry.dagster_event.event_specific_data if entry.dagster_event else None
+                    worker = data.metadata.get("Celery worker") if data and data.metadata else None
+                    if worker is not None and entry.step_key:
+                        workers.setdefault(entry.step_key, set()).add(worker.value)
+            return workers
+    finally:
+        for name, value in previous.items():
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+
+
+def test_two_datasets_run_concurrently_on_celery_workers_like_a_local_run(
+    cluster: Cluster, demo_h5ad: Path, tmp_path: Path
+) -> None:
+    doctor = cluster.cli("doctor")
+    assert doctor.returncode == 0 and "2 worker(s) on default, gpu" in doctor.stdout, doctor.stdout
+    annotated = cluster.cli("annotate", "--mode", "snapshot", "--only", "hpo", "gencc")
+    assert annotated.returncode == 0, annotated.stderr[-3000:]
+    for name in ("d1", "d2"):
+        registered = cluster.cli(
+            "register", str(demo_h5ad), "--name", name, "--cell-type-key", "bulk_labels", "--no-run"
+        )
+        assert registered.returncode == 0, registered.stderr[-3000:]
+    started = time.monotonic()
+    runs = [
+        subprocess.Popen(
+            [str(BIN / "sae-genomics"), "materialize", name, *RUN],
+            env=cluster.environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("d1", "d2")
+    ]
+    outputs = [run.communicate(timeout=900) for run in runs]
+    cluster_seconds = time.monotonic() - started
+    for run, (_, stderr) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, stderr[-4000:]
+
+    # every step ran on a Celery worker, the GPU steps only on the gpu one
+    workers = _workers_by_step(cluster)
+    assert set(workers) >= GPU_STEPS
+    for step, names in workers.items():
+        # Celery names a worker <name>@<host>: the name is its queue here
+        assert {name.split("@")[0] for name in names} == {"gpu" if step in GPU_STEPS else "default"}, (
+            step,
+            names,
+        )
+
+    # artefacts and step logs on S3; the SQL command reads the tables
+    import s3fs
+
+    environment = cluster.environment
+    s3 = s3fs.S3FileSystem(
+        key=environment["AWS_ACCESS_KEY_ID"],
+        secret=environment["AWS_SECRET_ACCESS_KEY"],
+        client_kwargs={"endpoint_url": environment["AWS_ENDPOINT_URL"]},
+    )
+    root = cluster.environment["SAE_GENOMICS_ARTEFACTS"].removeprefix("s3://")
+    assert s3.exists(f"{root}/sae/d1/L1/CURRENT.json") and s3.exists(f"{root}/pages/d2/L1/index.html")
+    assert s3.find(f"{cluster.logs_bucket}/dagster-step-logs")
+    counted = cluster.cli("sql", "select dataset, count(*) as n from feature_genes group by all order by 1")
+    assert counted.returncode == 0 and "d1" in counted.stdout and "d2" in counted.stdout, counted.stderr
+
+    # the same data on the local profile gives the same tables
+    local_home = tmp_path / "local"
+    local = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SAE_GENOMICS_")},
+        "SAE_GENOMICS_HOME": str(local_home),
+        "DAGSTER_HOME": str(local_home / "dagster"),
+    }
+    seconds = {}
+    for args in (
+        ("annotate", "--mode", "snapshot", "--only", "hpo", "gencc"),
+        ("register", str(demo_h5ad), "--name", "d1", "--cell-type-key", "bulk_labels", *RUN),
+    ):
+        started = time.monotonic()
+        done = subprocess.run(
+            [str(BIN / "sae-genomics"), *args], env=local, capture_output=True, text=True, timeout=600
+        )
+        seconds[args[0]] = time.monotonic() - started
+        assert done.returncode == 0, done.stderr[-3000:]
+    on_cluster, here = (
+        _tables(cluster.home / "warehouse.duckdb", "d1"),
+        _tables(local_home / "warehouse.duckdb", "d1"),
+    )
+    twin = _tables(cluster.home / "warehouse.duckdb", "d2")
+    for table in TABLES:
+        assert on_cluster[table].height > 0, table
+        assert on_cluster[table].equals(here[table]), table
+        assert twin[table].equals(on_cluster[table]), table
+    # for benchmarks/RESULTS.md: the same 9 steps per dataset, local in-process vs on the Celery workers
+    print(
+        f"cluster: two datasets at once in {cluster_seconds:.1f} s; local: one in {seconds['register']:.1f} s"
+    )
