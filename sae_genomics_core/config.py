@@ -24,6 +24,10 @@ CELERY_BACKEND_ENV = "SAE_GENOMICS_CELERY_BACKEND"  # cluster profile: where ste
 GPUS_ENV = "SAE_GENOMICS_GPUS"  # cluster profiles: GPUs in the cluster (the `gpu` pool's slots)
 K8S_GPU_CONFIG_ENV = "SAE_GENOMICS_K8S_GPU_CONFIG"  # kubernetes: JSON for the GPU steps' dagster-k8s/config
 LOGS_BUCKET_ENV = "SAE_GENOMICS_LOGS_BUCKET"  # cluster profiles: the bucket step logs go to
+WAREHOUSE_ENV = "SAE_GENOMICS_WAREHOUSE"  # ducklake:postgres:<libpq settings>: the tables in DuckLake
+LAKE_DATA_ENV = "SAE_GENOMICS_LAKE_DATA"  # where DuckLake keeps its Parquet files (s3://bucket/prefix/)
+S3_ENDPOINT_ENV = "AWS_ENDPOINT_URL"  # a non-AWS S3 server (SeaweedFS, MinIO), as boto reads it
+S3_REGION_ENV = "AWS_REGION"
 PROFILES = ("local", "cluster", "kubernetes")
 DEFAULT_MODEL = "tiny-random"
 AUTO = "auto"
@@ -48,6 +52,10 @@ class Environment:
     postgres_url: str | None = field(default=None, repr=False)
     celery_broker: str | None = field(default=None, repr=False)
     logs_bucket: str | None = None
+    warehouse: str | None = field(default=None, repr=False)  # None: the home's warehouse.duckdb
+    lake_data: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
 
     @classmethod
     def read(cls) -> Environment:
@@ -70,6 +78,10 @@ class Environment:
             postgres_url=os.environ.get(POSTGRES_URL_ENV) or None,
             celery_broker=os.environ.get(CELERY_BROKER_ENV) or None,
             logs_bucket=os.environ.get(LOGS_BUCKET_ENV) or None,
+            warehouse=os.environ.get(WAREHOUSE_ENV) or None,
+            lake_data=os.environ.get(LAKE_DATA_ENV) or None,
+            s3_endpoint=os.environ.get(S3_ENDPOINT_ENV) or None,
+            s3_region=os.environ.get(S3_REGION_ENV) or cls.s3_region,
         )
 
 
@@ -129,7 +141,10 @@ class Home:
 
     @property
     def warehouse(self) -> Path:
-        return self.root / "warehouse.duckdb"
+        """The DuckDB file, or (with $SAE_GENOMICS_WAREHOUSE=ducklake:…) the lake's name as a path-like
+        string the warehouse functions recognise."""
+        configured = Environment.read().warehouse
+        return Path(configured) if configured else self.root / "warehouse.duckdb"
 
     @property
     def artefacts(self) -> Path:

@@ -20,6 +20,7 @@ from dagster._core.storage.db_io_manager import DbIOManager, DbTypeHandler, Tabl
 from dagster_duckdb.io_manager import DuckDbClient, DuckDBIOManager
 from pydantic import Field
 
+from sae_genomics_core.warehouse.lake import is_lake, retry_conflicts
 from sae_genomics_core.warehouse.schema import TABLES
 from sae_genomics_core.warehouse.writer import LOCK_TIMEOUT_S, warehouse_writer
 
@@ -124,8 +125,12 @@ class _InstanceAwareDbIOManager(DbIOManager):
     # DbIOManager resolves multi-partition keys with a dynamic dimension without the instance at hand
     # ("The instance is not available to load partitions"); give it the step's instance.
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
-        with dg.partition_loading_context(dynamic_partitions_store=context.step_context.instance):
-            super().handle_output(context, obj)
+        def write() -> None:
+            with dg.partition_loading_context(dynamic_partitions_store=context.step_context.instance):
+                super(_InstanceAwareDbIOManager, self).handle_output(context, obj)
+
+        # a DuckLake write that loses a commit race to another worker runs again, whole
+        retry_conflicts(write) if is_lake(context.resource_config["database"]) else write()
 
     def load_input(self, context: dg.InputContext) -> object:
         with dg.partition_loading_context(dynamic_partitions_store=context.instance):

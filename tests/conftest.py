@@ -109,3 +109,12 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
 
     with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server on 127.0.0.1 for the session; yields its SQLAlchemy URL (database dagster)."""
+    from tests.servers import postgres
+
+    with postgres() as url:
+        yield url

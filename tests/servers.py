@@ -224,3 +224,15 @@ def redis(folder: Path) -> Iterator[str]:
 
 def _is_listening(port: int) -> bool:
     return not _is_free(port)
+
+
+def new_database(postgres_url: str, name: str) -> str:
+    """Create database `name` on the server of `postgres_url`; its libpq settings (for DuckLake's catalog)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f'create database "{name}"'))
+    engine.dispose()
+    url = sqlalchemy.engine.make_url(postgres_url)
+    return f"dbname={name} host={url.host} port={url.port} user={url.username}"

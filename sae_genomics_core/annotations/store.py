@@ -11,6 +11,7 @@ import polars as pl
 from sae_genomics_core.annotations.base import GeneSet
 from sae_genomics_core.annotations.errors import AnnotationError
 from sae_genomics_core.annotations.identifiers import GeneResolver
+from sae_genomics_core.warehouse.lake import warehouse_exists
 from sae_genomics_core.warehouse.sql import connect_read_only, table_names
 
 ANNOTATION_PREFIX = "annotations_"
@@ -22,7 +23,7 @@ def _tables(connection: duckdb.DuckDBPyConnection) -> set[str]:
 
 def read_table(database: Path, table: str) -> pl.DataFrame | None:
     """A whole warehouse table, or None when the warehouse or the table does not exist yet."""
-    if not Path(database).exists():
+    if not warehouse_exists(database):
         return None
     with connect_read_only(Path(database)) as connection:
         if table not in _tables(connection):

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from sae_genomics_core.config import Home
 from sae_genomics_core.data.h5ad import DatasetError, DatasetOptions, DatasetTables, Problem, inspect_h5ad
 from sae_genomics_core.data.vocab_check import vocab_coverage
@@ -175,20 +177,24 @@ DATASET_TABLES = ("cells", "genes", "datasets")  # the rows ingest writes for a 
 
 def delete_dataset_rows(warehouse: Path, name: str) -> dict[str, int]:
     """Delete a dataset's ingest rows (cells, genes, datasets) in one transaction; rows deleted per table."""
-    from sae_genomics_core.warehouse.writer import warehouse_writer
+    from sae_genomics_core.warehouse.lake import warehouse_exists
+    from sae_genomics_core.warehouse.writer import write_transaction
 
-    if not warehouse.exists():
+    if not warehouse_exists(warehouse):
         return {}
-    deleted: dict[str, int] = {}
-    with warehouse_writer(warehouse) as connection:
+
+    def delete(connection: duckdb.DuckDBPyConnection) -> dict[str, int]:
         present = {
             row[0]
             for row in connection.execute(
                 "select table_name from information_schema.tables where table_type = 'BASE TABLE'"
             ).fetchall()
         }
+        deleted = {}
         for table in DATASET_TABLES:
             if table in present:
                 (count,) = connection.execute(f'delete from "{table}" where dataset = ?', [name]).fetchone()
                 deleted[table] = int(count)
-    return deleted
+        return deleted
+
+    return write_transaction(warehouse, delete)

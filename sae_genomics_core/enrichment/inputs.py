@@ -10,6 +10,7 @@ import polars as pl
 from sae_genomics_core.annotations.store import ANNOTATION_PREFIX, read_table
 from sae_genomics_core.enrichment.ontology import OntologyTables
 from sae_genomics_core.errors import InputError
+from sae_genomics_core.warehouse.lake import warehouse_exists
 from sae_genomics_core.warehouse.sql import connect_read_only, table_names
 
 ONTOLOGY_TABLE = "hpo_ontology"
@@ -39,7 +40,7 @@ def background_genes(genes: pl.DataFrame, vocab: Collection[str] | None = None) 
 
 def load_annotations(warehouse: Path) -> dict[str, pl.DataFrame]:
     """database → its annotations_<db> table, for every table present."""
-    if not Path(warehouse).exists():
+    if not warehouse_exists(warehouse):
         return {}
     with connect_read_only(Path(warehouse)) as connection:
         names = sorted(

@@ -22,7 +22,7 @@ from sae_genomics_core.model.choice import ModelChoice
 from sae_genomics_core.model.specs import RANDOM_INIT, TINY_RANDOM
 from sae_genomics_core.pipeline.result import Log, StageResult, default_log
 from sae_genomics_core.warehouse.vocab_coverage import record_vocab_coverage
-from sae_genomics_core.warehouse.writer import warehouse_writer
+from sae_genomics_core.warehouse.writer import write_transaction
 
 
 def dataset_genes(warehouse: Path, dataset: str, from_file: pl.DataFrame) -> pl.DataFrame:
@@ -162,8 +162,9 @@ def run_activation_sets(
     vocab = json.loads((activations.root / "vocab.json").read_text())
     # tiny-random's vocab holds the dataset's symbols too; every other model's holds Ensembl ids only
     symbols_too = str(manifest["model_id"]).startswith(TINY_RANDOM)
-    with warehouse_writer(str(warehouse)) as connection:
-        n_in_vocab = record_vocab_coverage(connection, dataset, vocab.keys(), symbols_too)
+    n_in_vocab = write_transaction(
+        warehouse, lambda connection: record_vocab_coverage(connection, dataset, vocab.keys(), symbols_too)
+    )
     log.info(f"{dataset}: {n_in_vocab} genes in the model vocab recorded in datasets and genes")
     table = pl.DataFrame(rows, schema_overrides={"revision": pl.String, "drug_token": pl.String})
     return StageResult(tables={"activation_sets": table})

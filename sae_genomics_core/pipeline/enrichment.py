@@ -20,7 +20,7 @@ from sae_genomics_core.pipeline.features import open_partition, refuse_stale
 from sae_genomics_core.pipeline.result import CheckOutcome, Log, Markdown, StageResult, default_log
 from sae_genomics_core.warehouse.sql import format_frame
 from sae_genomics_core.warehouse.views import create_feature_summary
-from sae_genomics_core.warehouse.writer import warehouse_writer
+from sae_genomics_core.warehouse.writer import write_transaction
 
 CALIBRATION_CHECK = "calibration"
 NO_ANNOTATIONS = (
@@ -156,8 +156,7 @@ def _dot_plot(store: ArtefactStore, dataset: str, layer: int, table: pl.DataFram
 
 def refresh_feature_summary(warehouse: Path) -> None:
     """Rebuild the `feature_summary` view once a new enrichment table is written."""
-    with warehouse_writer(str(warehouse)) as connection:
-        create_feature_summary(connection)
+    write_transaction(warehouse, create_feature_summary)
 
 
 def calibration_check(calibration: pl.DataFrame) -> CheckOutcome:

@@ -26,7 +26,9 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from sae_genomics_core.config import Environment
 from sae_genomics_core.errors import SaeGenomicsError
+from sae_genomics_core.warehouse.lake import connect_lake, is_lake
 
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 _REFUSALS = {
@@ -132,6 +134,8 @@ def check_read_only(sql: str) -> None:
 
 def connect_read_only(database: Path) -> duckdb.DuckDBPyConnection:
     """Open the warehouse read-only, without file access; retry briefly while a writer holds the lock."""
+    if is_lake(database):
+        return _connect_lake_read_only(database)
     if not database.exists():
         raise FileNotFoundError(
             f"no warehouse at {database}; materialise some assets first (e.g. `make demo`), or set "
@@ -148,6 +152,16 @@ def connect_read_only(database: Path) -> duckdb.DuckDBPyConnection:
                 ) from error
             time.sleep(0.5 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+def _connect_lake_read_only(database: Path) -> duckdb.DuckDBPyConnection:
+    """The lake attached read-only; then no file or network access but the lake's own data files."""
+    connection = connect_lake(database, read_only=True)
+    data = Environment.read().lake_data
+    connection.execute("set allowed_directories = [?]", [data])
+    connection.execute("set enable_external_access = false")
+    connection.execute("set lock_configuration = true")
+    return connection
 
 
 class _Watchdog:

@@ -13,12 +13,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import polars as pl
 from filelock import FileLock
 
+from sae_genomics_core.warehouse.lake import connect_lake, is_lake, retry_conflicts
+
+T = TypeVar("T")
 LOCK_TIMEOUT_S = 1800.0  # how long a write waits for the warehouse (a long SQL read holds it)
 
 
@@ -47,9 +50,11 @@ def warehouse_writer(
     database: str | Path, config: dict[str, Any] | None = None, timeout_s: float = LOCK_TIMEOUT_S
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection inside one transaction, committed when the block ends and rolled back
-    (keeping the previous rows) when it raises."""
-    with warehouse_lock(database, timeout_s):
-        connection = connect_when_free(database, config, timeout_s)
+    (keeping the previous rows) when it raises. A DuckLake needs no lock: its writers commit
+    concurrently, and one that loses a race raises a conflict (see `write_transaction`)."""
+    lake = is_lake(database)
+    with contextlib.nullcontext() if lake else warehouse_lock(database, timeout_s):
+        connection = connect_lake(database) if lake else connect_when_free(database, config, timeout_s)
         try:
             connection.execute("begin transaction")
             yield connection
@@ -60,6 +65,16 @@ def warehouse_writer(
             raise
         finally:
             connection.close()
+
+
+def write_transaction(database: str | Path, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+    """`work` inside one write transaction; on a DuckLake run again (whole) when it loses a commit race."""
+
+    def attempt() -> T:
+        with warehouse_writer(database) as connection:
+            return work(connection)
+
+    return retry_conflicts(attempt) if is_lake(database) else attempt()
 
 
 def replace_partition(
@@ -73,12 +88,15 @@ def replace_partition(
 
     Tables and columns missing so far are created first, in a transaction of their own: DuckDB will not
     commit an ALTER in the transaction that deleted the rows."""
-    with warehouse_writer(database) as connection:
+
+    def ensure_columns(connection: duckdb.DuckDBPyConnection) -> None:
         for table, frame in frames.items():
             _ensure_columns(connection, table, frame)
+
     # no partition columns: the tables are replaced whole
     where = " and ".join(f'"{column}" = ?' for column in partition) or "true"
-    with warehouse_writer(database) as connection:
+
+    def replace(connection: duckdb.DuckDBPyConnection) -> None:
         for table, frame in frames.items():
             connection.execute(f'delete from "{table}" where {where}', list(partition.values()))
             connection.register("incoming_frame", frame.to_arrow())
@@ -88,6 +106,9 @@ def replace_partition(
                 connection.unregister("incoming_frame")
         if after is not None:
             after(connection)
+
+    write_transaction(database, ensure_columns)
+    write_transaction(database, replace)
 
 
 def _ensure_columns(connection: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> None:

@@ -19,6 +19,7 @@ from sae_genomics_core.features.settings import AssociationSettings
 from sae_genomics_core.model.choice import ModelChoice
 from sae_genomics_core.pipeline.annotations import RefreshSettings
 from sae_genomics_core.sae.settings import SaeStageSettings, SaeTrainingConfig
+from sae_genomics_core.warehouse.lake import MaintenanceSettings
 from sae_genomics_dagster.defs.annotations.assets import AnnotationRefreshConfig
 from sae_genomics_dagster.defs.enrichment.assets import (
     BaselineConfig,
@@ -26,6 +27,7 @@ from sae_genomics_dagster.defs.enrichment.assets import (
     EnrichmentConfig,
 )
 from sae_genomics_dagster.defs.features.assets import FeatureConfig
+from sae_genomics_dagster.defs.maintenance.jobs import MaintenanceConfig
 from sae_genomics_dagster.defs.sae.assets import SaeConfig
 from sae_genomics_dagster.resources import ModelResource
 
@@ -38,6 +40,7 @@ CORE_OF: dict[type, list[type]] = {
     BaselineConfig: [EnrichmentSettings, AssociationSettings],
     ModelResource: [ExtractionSettings, ModelChoice],
     AnnotationRefreshConfig: [RefreshSettings],
+    MaintenanceConfig: [MaintenanceSettings],
 }
 DAGSTER_ONLY: set[type] = set()
 RENAMED = {"hpo_branch": lambda settings: dict(settings.term_roots).get("hpo", "")}

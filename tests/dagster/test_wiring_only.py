@@ -28,7 +28,9 @@ def _decorated_functions() -> list[tuple[Path, ast.FunctionDef]]:
 
 def test_the_defs_folder_has_a_folder_per_stage() -> None:
     stages = {path.name for path in DEFS.iterdir() if (path / "__init__.py").exists()}
-    assert stages == {"datasets", "activations", "sae", "features", "annotations", "enrichment", "reports"}
+    assert stages == {
+        *("datasets", "activations", "sae", "features", "annotations", "enrichment", "reports", "maintenance")
+    }
 
 
 @pytest.mark.parametrize("path,function", _decorated_functions(), ids=lambda v: getattr(v, "name", ""))

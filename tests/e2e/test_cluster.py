@@ -12,15 +12,16 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import polars as pl
 import pytest
 
-from tests.servers import S3Server, postgres, redis
+from sae_genomics_core.warehouse.sql import connect_read_only
+from tests.servers import S3Server, new_database, postgres, redis
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -80,9 +81,9 @@ def _start_worker(queue: str, environment: dict[str, str], log: Path) -> subproc
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[Cluster]:
     folder = tmp_path_factory.mktemp("cluster")
-    artefacts, logs = f"artefacts-{uuid.uuid4().hex[:8]}", f"logs-{uuid.uuid4().hex[:8]}"
-    s3_server.bucket(artefacts)
-    s3_server.bucket(logs)
+    artefacts, logs, lake = (f"{kind}-{uuid.uuid4().hex[:8]}" for kind in ("artefacts", "logs", "lake"))
+    for bucket in (artefacts, logs, lake):
+        s3_server.bucket(bucket)
     with postgres() as postgres_url, redis(folder / "redis") as broker:
         home = folder / "home"
         environment = {
@@ -97,6 +98,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> It
             "SAE_GENOMICS_ARTEFACTS": f"s3://{artefacts}/sae-genomics",
             "SAE_GENOMICS_LOGS_BUCKET": logs,
             "SAE_GENOMICS_GPUS": "1",
+            # the tables in DuckLake: its catalog in the same Postgres, its Parquet files on S3
+            "SAE_GENOMICS_WAREHOUSE": f"ducklake:postgres:{new_database(postgres_url, 'lake')}",
+            "SAE_GENOMICS_LAKE_DATA": f"s3://{lake}/tables/",
             "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # the workers start `celery` from the venv
         }
         environment.pop("SAE_GENOMICS_MODEL", None)
@@ -114,8 +118,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> It
                 worker.wait(timeout=30)
 
 
-def _tables(warehouse: Path, dataset: str) -> dict[str, pl.DataFrame]:
-    with duckdb.connect(str(warehouse), read_only=True) as connection:
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _tables(
+    warehouse: Path, dataset: str, environment: dict[str, str] | None = None
+) -> dict[str, pl.DataFrame]:
+    with _environment(environment or {}), connect_read_only(warehouse) as connection:
         frames = {
             table: connection.execute(f"select * from {table} where dataset = ?", [dataset]).pl()
             for table in TABLES
@@ -216,11 +233,13 @@ def test_two_datasets_run_concurrently_on_celery_workers_like_a_local_run(
         )
         seconds[args[0]] = time.monotonic() - started
         assert done.returncode == 0, done.stderr[-3000:]
+    lake = Path(cluster.environment["SAE_GENOMICS_WAREHOUSE"])
+    assert not (cluster.home / "warehouse.duckdb").exists()  # every table went to the lake
     on_cluster, here = (
-        _tables(cluster.home / "warehouse.duckdb", "d1"),
+        _tables(lake, "d1", cluster.environment),
         _tables(local_home / "warehouse.duckdb", "d1"),
     )
-    twin = _tables(cluster.home / "warehouse.duckdb", "d2")
+    twin = _tables(lake, "d2", cluster.environment)
     for table in TABLES:
         assert on_cluster[table].height > 0, table
         assert on_cluster[table].equals(here[table]), table

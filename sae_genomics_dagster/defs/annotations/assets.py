@@ -22,7 +22,7 @@ from sae_genomics_core.pipeline.annotations import (
     refresh_gene_identifiers,
     refresh_hpo_ontology,
 )
-from sae_genomics_core.warehouse.writer import warehouse_writer
+from sae_genomics_core.warehouse.writer import write_transaction
 from sae_genomics_dagster.common import OWNERS, metadata, user_errors
 from sae_genomics_dagster.resources import HomeResource
 
@@ -113,8 +113,7 @@ def annotation_asset(database: str, source: SourceConfig) -> dg.AssetsDefinition
             return
         yield dg.Output(result.tables[name], metadata=metadata(result.summary))
         # the table is written as the output is yielded; now the union view can include it
-        with warehouse_writer(str(warehouse)) as connection:
-            refresh_gene_annotations_view(connection)
+        write_transaction(warehouse, refresh_gene_annotations_view)
 
     return refresh_database
 
