@@ -28,6 +28,7 @@ WAREHOUSE_ENV = "SAE_GENOMICS_WAREHOUSE"  # ducklake:postgres:<libpq settings>: 
 LAKE_DATA_ENV = "SAE_GENOMICS_LAKE_DATA"  # where DuckLake keeps its Parquet files (s3://bucket/prefix/)
 S3_ENDPOINT_ENV = "AWS_ENDPOINT_URL"  # a non-AWS S3 server (SeaweedFS, MinIO), as boto reads it
 S3_REGION_ENV = "AWS_REGION"
+INCOMING_ENV = "SAE_GENOMICS_INCOMING"  # another folder (or s3://bucket/prefix/) the sensor watches for .h5ad
 PROFILES = ("local", "cluster", "kubernetes")
 DEFAULT_MODEL = "tiny-random"
 AUTO = "auto"
@@ -56,6 +57,7 @@ class Environment:
     lake_data: str | None = None
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
+    incoming: str | None = None  # None: the home's incoming/ folder
 
     @classmethod
     def read(cls) -> Environment:
@@ -82,6 +84,7 @@ class Environment:
             lake_data=os.environ.get(LAKE_DATA_ENV) or None,
             s3_endpoint=os.environ.get(S3_ENDPOINT_ENV) or None,
             s3_region=os.environ.get(S3_REGION_ENV) or cls.s3_region,
+            incoming=os.environ.get(INCOMING_ENV) or None,
         )
 
 

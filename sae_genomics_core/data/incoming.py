@@ -1,12 +1,17 @@
-"""The incoming/ folder: each new or changed .h5ad dropped there is registered (all-or-nothing)."""
+"""The incoming/ folder: each new or changed .h5ad dropped there is registered (all-or-nothing). The
+folder is the home's incoming/, or $SAE_GENOMICS_INCOMING: another folder or an object-storage prefix
+(s3://bucket/incoming/), whose files are copied into the home's cache before they are registered."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sae_genomics_core.config import Home
+from upath import UPath
+
+from sae_genomics_core.config import Environment, Home
 from sae_genomics_core.data.h5ad import DatasetError
 from sae_genomics_core.data.registry import Registry
 from sae_genomics_core.pipeline.result import Log, default_log
@@ -28,18 +33,18 @@ class IncomingScan:
 def register_incoming(
     home: Home, seen: dict[str, float], model_spec: str, log: Log | None = None
 ) -> IncomingScan:
-    """Register every settled .h5ad in incoming/ that changed since `seen`; a file that fails is logged and
-    left alone until it changes again, and leaves no entry."""
+    """Register every settled .h5ad in the incoming folder that changed since `seen`; a file that fails is
+    logged and left alone until it changes again, and leaves no entry."""
     log = log or default_log()
     registry = Registry(home)
     scan = IncomingScan(seen=dict(seen))
-    for path in _settled_changes(home.incoming, seen):
-        mtime = path.stat().st_mtime
-        scan.seen[path.name] = mtime
-        known = registry.find_by_path(path)
-        if known is not None and known.mtime == mtime:
-            continue  # registered from the shell already (with its own name and options)
+    for source, mtime in _settled_changes(incoming_folder(home), seen):
+        scan.seen[source.name] = mtime
         try:
+            path = _local_copy(home, source, mtime)
+            known = registry.find_by_path(path)
+            if known is not None and known.mtime == path.stat().st_mtime:
+                continue  # registered from the shell already (with its own name and options)
             entry, _ = registry.register(
                 path,
                 name=known.name if known else None,
@@ -49,21 +54,49 @@ def register_incoming(
             )
         except Exception as error:  # one bad file must not stop the others (nor be retried every time)
             log.warning(str(error))
-            scan.refused.append(f"{path.name} ({_why(error)})")
+            scan.refused.append(f"{source.name} ({_why(error)})")
             continue
         scan.registered.append((entry.name, mtime))
     return scan
 
 
-def _settled_changes(incoming: Path, seen: dict[str, float]) -> list[Path]:
+def incoming_folder(home: Home) -> UPath:
+    configured = Environment.read().incoming
+    return UPath(configured) if configured else UPath(home.incoming)
+
+
+def _modified(path: UPath) -> float:
+    if path.protocol in ("", "file", "local"):
+        return Path(path.path).stat().st_mtime
+    modified = path.fs.info(path.path).get("LastModified")
+    return modified.timestamp() if modified is not None else 0.0
+
+
+def _settled_changes(incoming: UPath, seen: dict[str, float]) -> list[tuple[UPath, float]]:
     """The .h5ad files that changed since `seen` and have not been written to for SETTLE_SECONDS."""
+    if not incoming.exists():
+        return []
     now = time.time()
-    files = sorted(incoming.glob("*.h5ad")) if incoming.exists() else []
+    files = [(path, _modified(path)) for path in sorted(incoming.glob("*.h5ad"), key=lambda p: p.name)]
     return [
-        path
-        for path in files
-        if seen.get(path.name) != (mtime := path.stat().st_mtime) and now - mtime >= SETTLE_SECONDS
+        (path, mtime)
+        for path, mtime in files
+        if seen.get(path.name) != mtime and now - mtime >= SETTLE_SECONDS
     ]
+
+
+def _local_copy(home: Home, source: UPath, mtime: float) -> Path:
+    """A local file is registered where it is; an object is copied into the home's cache first."""
+    if source.protocol in ("", "file", "local"):
+        return Path(source.path)
+    target = home.cache / "incoming" / source.name
+    if not target.exists() or target.stat().st_mtime != mtime:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".part")
+        source.fs.get_file(source.path, str(partial))
+        os.utime(partial, (mtime, mtime))
+        partial.replace(target)
+    return target
 
 
 def _why(error: Exception) -> str:

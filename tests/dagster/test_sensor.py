@@ -132,3 +132,30 @@ def test_a_file_with_no_gene_in_the_vocab_registers_nothing(
     assert result.run_requests == [] and result.dynamic_partitions_requests == []
     assert "vocab" in result.skip_reason.skip_message
     assert Registry(home).names() == []
+
+
+def test_the_sensor_can_watch_an_object_storage_prefix(
+    home: Home, instance: dg.DagsterInstance, demo_h5ad: Path, s3_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+
+    import s3fs
+
+    import sae_genomics_core.data.incoming as incoming
+
+    bucket = f"incoming-{uuid.uuid4().hex[:8]}"
+    s3_server.bucket(bucket)
+    for variable, value in s3_server.environment.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("SAE_GENOMICS_INCOMING", f"s3://{bucket}/drop/")
+    s3fs.S3FileSystem(**s3_server.storage_options).put_file(str(demo_h5ad), f"{bucket}/drop/pbmc s3.h5ad")
+    assert _tick(home, instance).run_requests == []  # just written: not settled yet
+    monkeypatch.setattr(incoming, "SETTLE_SECONDS", 0.0)
+    result = _tick(home, instance)
+    assert [r.partition_key for r in result.run_requests] == ["pbmc_s3"]
+    entry = Registry(home).get("pbmc_s3")
+    assert (
+        entry.path == home.cache / "incoming" / "pbmc s3.h5ad"
+        and entry.path.read_bytes() == demo_h5ad.read_bytes()
+    )
+    assert _tick(home, instance, cursor=result.cursor).run_requests == []  # unchanged: nothing again

@@ -44,7 +44,7 @@ class Cluster:
     environment: dict[str, str]
     home: Path
     logs_bucket: str
-    worker_logs: dict[str, Path]
+    workers: dict[str, subprocess.Popen]
 
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -108,12 +108,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> It
             [str(BIN / "sae-genomics"), "init"], env=environment, capture_output=True, text=True
         )
         assert init.returncode == 0, init.stderr
-        worker_logs = {queue: folder / f"{queue}.log" for queue in ("gpu", "default")}
-        workers = [_start_worker(queue, environment, log) for queue, log in worker_logs.items()]
+        workers = {
+            queue: _start_worker(queue, environment, folder / f"{queue}.log") for queue in ("gpu", "default")
+        }
         try:
-            yield Cluster(environment, home, logs, worker_logs)
+            yield Cluster(environment, home, logs, workers)
         finally:
-            for worker in workers:
+            for worker in workers.values():
                 os.killpg(worker.pid, signal.SIGKILL)
                 worker.wait(timeout=30)
 
@@ -140,26 +141,28 @@ def _tables(
     return {name: frame.drop(LOCATION_COLUMNS & set(frame.columns)) for name, frame in frames.items()}
 
 
+def _celery_steps(cluster: Cluster, partition: str | None = None) -> list[tuple[str, str]]:
+    """(step, Celery worker) of every step a worker started, from the runs' event logs in Postgres."""
+    with _environment(cluster.environment), dg.DagsterInstance.get() as instance:
+        filters = dg.RunsFilter(tags={"dagster/partition": partition}) if partition else None
+        started = []
+        for record in instance.get_run_records(filters=filters):
+            for entry in instance.all_logs(
+                record.dagster_run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT
+            ):
+                data = entry.dagster_event.event_specific_data if entry.dagster_event else None
+                worker = data.metadata.get("Celery worker") if data and data.metadata else None
+                if worker is not None and entry.step_key:
+                    started.append((entry.step_key, str(worker.value)))
+        return started
+
+
 def _workers_by_step(cluster: Cluster) -> dict[str, set[str]]:
-    """Which Celery worker ran each step, from the runs' event logs in Postgres."""
-    os.environ["DAGSTER_HOME"] = cluster.environment["DAGSTER_HOME"]
-    previous = {name: os.environ.get(name) for name in ("SAE_GENOMICS_POSTGRES_URL",)}
-    os.environ["SAE_GENOMICS_POSTGRES_URL"] = cluster.environment["SAE_GENOMICS_POSTGRES_URL"]
-    try:
-        with dg.DagsterInstance.get() as instance:
-            workers: dict[str, set[str]] = {}
-            for record in instance.get_run_records():
-                for entry in instance.all_logs(
-                    record.dagster_run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT
-                ):
-                    data = entry.dagster_event.event_specific_data if entry.dagster_event else None
-                    worker = data.metadata.get("Celery worker") if data and data.metadata else None
-                    if worker is not None and entry.step_key:
-                        workers.setdefault(entry.step_key, set()).add(worker.value)
-            return workers
-    finally:
-        for name, value in previous.items():
-            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+    """Which Celery worker ran each step."""
+    workers: dict[str, set[str]] = {}
+    for step, worker in _celery_steps(cluster):
+        workers.setdefault(step, set()).add(worker)
+    return workers
 
 
 def test_two_datasets_run_concurrently_on_celery_workers_like_a_local_run(
@@ -248,3 +251,45 @@ def test_two_datasets_run_concurrently_on_celery_workers_like_a_local_run(
     print(
         f"cluster: two datasets at once in {cluster_seconds:.1f} s; local: one in {seconds['register']:.1f} s"
     )
+
+
+def test_a_step_whose_worker_process_dies_runs_again_and_the_run_succeeds(
+    cluster: Cluster, demo_h5ad: Path
+) -> None:
+    import psutil
+
+    registered = cluster.cli(
+        "register", str(demo_h5ad), "--name", "d3", "--cell-type-key", "bulk_labels", "--no-run"
+    )
+    assert registered.returncode == 0, registered.stderr[-3000:]
+    run = subprocess.Popen(
+        [str(BIN / "sae-genomics"), "materialize", "d3", "--layers", "1", "--sae-tokens", "400000"],
+        env=cluster.environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while ("sae_checkpoint", "gpu") not in {(s, w.split("@")[0]) for s, w in _celery_steps(cluster, "d3|1")}:
+        assert run.poll() is None and time.monotonic() < deadline, "the SAE step never started"
+        time.sleep(0.3)
+    # the process running the step: a pool process of the gpu worker (dagster-celery CLI → celery → pool)
+    (celery,) = psutil.Process(cluster.workers["gpu"].pid).children()
+    pool = celery.children()
+    assert pool
+    for process in pool:
+        process.kill()
+    _, stderr = run.communicate(timeout=900)
+    assert run.returncode == 0, stderr[-4000:]
+    # the step ran again (a second start on the gpu worker) and left one result: no duplicate rows
+    starts = [step for step, _ in _celery_steps(cluster, "d3|1") if step == "sae_checkpoint"]
+    assert len(starts) == 2
+    with (
+        _environment(cluster.environment),
+        connect_read_only(Path(cluster.environment["SAE_GENOMICS_WAREHOUSE"])) as lake,
+    ):
+        (checkpoints,) = lake.execute("select count(*) from sae_checkpoints where dataset = 'd3'").fetchone()
+        duplicated = lake.execute(
+            "select count(*) from (select feature, rank from feature_genes where dataset = 'd3' group by all having count(*) > 1)"
+        ).fetchone()[0]
+    assert checkpoints == 1 and duplicated == 0

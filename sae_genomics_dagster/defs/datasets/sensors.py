@@ -19,7 +19,8 @@ from sae_genomics_dagster.resources import HomeResource, ModelResource
     job=jobs.dataset_pipeline_job,
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Registers each new or changed .h5ad in $SAE_GENOMICS_HOME/incoming as a dataset partition and "
+    description="Registers each new or changed .h5ad in $SAE_GENOMICS_HOME/incoming (or $SAE_GENOMICS_INCOMING, a "
+    "folder or an s3:// prefix) as a dataset partition and "
     "requests its ingest run. Registration is all-or-nothing: every cell is validated and the genes are checked "
     "against the model's vocab first; files that fail are logged and skipped until they change, and leave no "
     "entry or partition.",
