@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sae_genomics_core.artefacts import artefact_store
 from sae_genomics_core.config import CELERY_BROKER_ENV, POSTGRES_URL_ENV, Environment, Home
+from sae_genomics_core.errors import SaeGenomicsError
 
 WORKER_QUEUES = ("gpu", "default")  # the Celery queues the cluster profile sends steps to
 
@@ -48,10 +49,8 @@ def _run(name: str, check: Callable[[], str]) -> Finding:
         )
 
 
-class _Missing(Exception):
-    def __init__(self, message: str, fix: str):
-        super().__init__(message)
-        self.fix = fix
+class _Missing(SaeGenomicsError):
+    """A service the profile needs is not there; `fix` says what to do."""
 
 
 def _home(home: Home) -> str:

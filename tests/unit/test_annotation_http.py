@@ -160,7 +160,11 @@ def test_secrets_never_reach_errors_or_logs(tmp_path: Path, caplog: pytest.LogCa
     with FakeService() as service:
         service.route(f"/downloads/{key}/genemap2.txt", Answer.text("nope", status=500))
         http = client(tmp_path, secrets=[key], retries=2)
-        with caplog.at_level(logging.DEBUG), pytest.raises(HttpError) as raised:
+        with (
+            caplog.at_level(logging.DEBUG),
+            caplog.at_level(logging.DEBUG, logger="urllib3"),
+            pytest.raises(HttpError) as raised,
+        ):
             http.get(f"{service.url}/downloads/{key}/genemap2.txt?apiKey={key}")
         assert key not in str(raised.value) and "***" in str(raised.value)
         # the library's exception (its text holds the URL) is neither the cause nor shown as context

@@ -92,7 +92,7 @@ def test_batches_pages_and_key_header(
 ) -> None:
     with FakeService() as service:
         service.route_fn(PATH, paged)
-        with caplog.at_level(logging.DEBUG):
+        with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="urllib3"):
             result = live(
                 service,
                 gene_resolver,

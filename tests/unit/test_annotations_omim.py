@@ -53,7 +53,7 @@ def test_live_download_with_key_in_path(
     with FakeService() as service:
         service.route(f"/downloads/{key}/genemap2.txt", Answer.text(GENEMAP, headers={"ETag": '"g1"'}))
         cfg = config(bulk_url=service.url + "/downloads/{key}/genemap2.txt")
-        with caplog.at_level(logging.DEBUG):
+        with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="urllib3"):
             result = refresh("omim", cfg, gene_resolver, mode="live", cache_dir=tmp_path, http_options=FAST)
             again = refresh("omim", cfg, gene_resolver, mode="live", cache_dir=tmp_path, http_options=FAST)
         assert [r.path for r in service.requests] == [f"/downloads/{key}/genemap2.txt"] * 2
@@ -134,7 +134,7 @@ def test_key_never_leaks_from_errors(
         page = f"<html>Invalid download key /downloads/{key}/genemap2.txt</html>"
         service.route(f"/html/{key}/genemap2.txt", Answer.text(page))
         service.route(f"/down/{key}/genemap2.txt", Answer.text("err", status=503))
-        with caplog.at_level(logging.DEBUG):
+        with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="urllib3"):
             with pytest.raises(HttpError, match="access refused") as refused:
                 refresh(
                     "omim",
