@@ -237,3 +237,34 @@ def test_a_checkpoint_for_another_layer_is_refused(trained) -> None:
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.user_failure_data.description
     assert "refused" in message and "layer" in message
+
+
+def test_an_unreachable_object_store_fails_the_step_clearly_and_keeps_the_tables(
+    trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.servers import _free_port_block
+
+    home, instance, _, _ = trained
+    with duckdb.connect(str(home.warehouse), read_only=True) as connection:
+        before = connection.execute("select * from sae_checkpoints order by layer").fetchall()
+    monkeypatch.setenv("SAE_GENOMICS_ARTEFACTS", "s3://gone/sae-genomics")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port_block(1)}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    result = (
+        build_definitions(home)
+        .resolve_job_def("sae_pipeline")
+        .execute_in_process(
+            partition_key=dg.MultiPartitionKey({"dataset": "chr21", "layer": "1"}),
+            instance=instance,
+            raise_on_error=False,
+            asset_selection=[dg.AssetKey("sae_checkpoints"), dg.AssetKey("sae_training_log")],
+        )
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    description = failure.step_failure_data.user_failure_data.description
+    assert "the artefact store s3://gone/sae-genomics failed" in description and "reachable" in description
+    with duckdb.connect(str(home.warehouse), read_only=True) as connection:
+        assert connection.execute("select * from sae_checkpoints order by layer").fetchall() == before
