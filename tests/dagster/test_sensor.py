@@ -150,7 +150,8 @@ def test_the_sensor_can_watch_an_object_storage_prefix(
     monkeypatch.setenv("SAE_GENOMICS_INCOMING", f"s3://{bucket}/drop/")
     s3fs.S3FileSystem(**s3_server.storage_options).put_file(str(demo_h5ad), f"{bucket}/drop/pbmc s3.h5ad")
     assert _tick(home, instance).run_requests == []  # just written: not settled yet
-    monkeypatch.setattr(incoming, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(incoming, "SETTLE_SECONDS", 1.0)
+    time.sleep(2.5)  # S3 times are whole seconds (possibly rounded up): let it settle by a clear margin
     result = _tick(home, instance)
     assert [r.partition_key for r in result.run_requests] == ["pbmc_s3"]
     entry = Registry(home).get("pbmc_s3")
