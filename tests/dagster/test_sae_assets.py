@@ -262,6 +262,9 @@ def test_an_unreachable_object_store_fails_the_step_clearly_and_keeps_the_tables
             asset_selection=[dg.AssetKey("sae_checkpoints"), dg.AssetKey("sae_training_log")],
         )
     )
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # the filesystem made for the dead endpoint must not be reused
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     description = failure.step_failure_data.user_failure_data.description

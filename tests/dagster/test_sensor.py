@@ -148,6 +148,8 @@ def test_the_sensor_can_watch_an_object_storage_prefix(
     for variable, value in s3_server.environment.items():
         monkeypatch.setenv(variable, value)
     monkeypatch.setenv("SAE_GENOMICS_INCOMING", f"s3://{bucket}/drop/")
+    # fsspec reuses a filesystem made with the same arguments: one from an earlier test holds another endpoint
+    s3fs.S3FileSystem.clear_instance_cache()
     s3fs.S3FileSystem(**s3_server.storage_options).put_file(str(demo_h5ad), f"{bucket}/drop/pbmc s3.h5ad")
     assert _tick(home, instance).run_requests == []  # just written: not settled yet
     monkeypatch.setattr(incoming, "SETTLE_SECONDS", 1.0)
