@@ -34,10 +34,11 @@ import torch
 
 from sae_genomics_core.activations.store import ActivationStore, from_storage
 from sae_genomics_core.features.cell_types import SCHEMA as CELL_TYPE_SCHEMA
-from sae_genomics_core.features.cell_types import cell_type_table
+from sae_genomics_core.features.cell_types import CellTypeSums
 from sae_genomics_core.features.settings import AssociationSettings
 
 HISTOGRAM_BINS = 20
+TOP_CELLS_SCHEMA = {"feature": pl.Int64, "cell_index": pl.Int64, "max_activation": pl.Float64}
 
 
 @dataclass
@@ -49,7 +50,8 @@ class FeatureTables:
     n_tokens: int
     # tokens by how many latents fire on them (index = L0), for the L0 histogram
     l0_counts: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
-    # per feature, its cells' (max) activations in HISTOGRAM_BINS equal bins from 0 to its maximum
+    # per feature, its cells' (max) activations in HISTOGRAM_BINS equal bins from 0 to below twice its
+    # maximum (see _MaxHistograms)
     histograms: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
@@ -75,32 +77,24 @@ def associate(
     need only the genes, and the per-type tests are the slowest part)."""
     settings = settings or AssociationSettings()
     sae = loaded.sae.to(settings.device)
-    totals = _Totals(int(sae.cfg.d_sae), int(sae.cfg.k), int(store.manifest["n_cells_total"]))
+    d_sae = int(sae.cfg.d_sae)
+    per_cell = _PerCell(d_sae, CellTypeSums(cells, d_sae) if with_cells else None, settings.top_cells)
+    totals = _Totals(d_sae, int(sae.cfg.k), int(store.manifest["n_cells_total"]), per_cell)
     for shard in store.manifest["shards"]:
         if shard["n_tokens"] > 0:
             totals.add_shard(_encode_shard(store, layer, hook, shard, sae, loaded.normalizer, settings))
-    stats = totals.stats()
-    per_cell_max = _stack(totals.cell_max, totals.n_cells, totals.d_sae).tocsc()
-    stats = stats.with_columns(pl.Series("n_cells_active", np.diff(per_cell_max.indptr).astype(np.int64)))
+    stats = totals.stats().with_columns(pl.Series("n_cells_active", per_cell.n_cells_active))
     genes = rank_genes(totals.gene_sums, totals.gene_tokens, totals.moments(), settings)
-    histograms = _histograms(per_cell_max)
-    if not with_cells:
-        cell_table = _cell_table(per_cell_max[:0], cells, 0)
-        return FeatureTables(
-            stats,
-            genes,
-            cell_table,
-            pl.DataFrame(schema=CELL_TYPE_SCHEMA),
-            totals.n_tokens,
-            totals.l0_counts,
-            histograms,
-        )
-    seen = np.flatnonzero(totals.cell_tokens > 0)  # cells the model skipped are not counted as silent
-    cell_types = cell_type_table(
-        totals.per_cell_mean(), cells.filter(pl.col("cell_index").is_in(seen.tolist()))
+    cell_types = per_cell.cell_types.table() if per_cell.cell_types else pl.DataFrame(schema=CELL_TYPE_SCHEMA)
+    return FeatureTables(
+        stats,
+        genes,
+        _cell_table(per_cell.top, cells),
+        cell_types,
+        totals.n_tokens,
+        totals.l0_counts,
+        per_cell.histograms.frame(),
     )
-    cell_table = _cell_table(per_cell_max, cells, settings.top_cells)
-    return FeatureTables(stats, genes, cell_table, cell_types, totals.n_tokens, totals.l0_counts, histograms)
 
 
 @dataclass
@@ -152,7 +146,7 @@ class FeatureMoments:
 class _Totals:
     """Running per-feature, per-(gene, feature) and per-(cell, feature) sums over the shards."""
 
-    def __init__(self, d_sae: int, k: int, n_cells: int) -> None:
+    def __init__(self, d_sae: int, k: int, n_cells: int, per_cell: _PerCell | None = None) -> None:
         self.d_sae, self.n_cells, self.n_tokens = d_sae, n_cells, 0
         self.fire_count = np.zeros(d_sae, dtype=np.int64)
         self.act_sum = np.zeros(d_sae)
@@ -162,9 +156,7 @@ class _Totals:
         self.gene_tokens = np.zeros(0, dtype=np.int64)
         # per (gene × d_sae + feature): firing tokens, Σ activation, Σ activation × bin, Σ activation²
         self.gene_sums = _KeyedSums()
-        self.cell_tokens = np.zeros(n_cells, dtype=np.int64)
-        self.cell_max: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.cell_sum: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.per_cell = per_cell or _PerCell(d_sae, None, 0)
 
     def add_shard(self, encoded: _EncodedShard) -> None:
         rows, features, activation = encoded.token_rows, encoded.features, encoded.activation
@@ -183,9 +175,7 @@ class _Totals:
         self.gene_sums.add(
             gene_ids[rows] * self.d_sae + features, activation, activation * bins[rows], activation**2
         )
-        self.cell_tokens += np.bincount(owners, minlength=self.n_cells)
-        self.cell_max.append(_per_cell(owners[rows], features, activation, self.d_sae, "amax"))
-        self.cell_sum.append(_per_cell(owners[rows], features, activation, self.d_sae, "sum"))
+        self.per_cell.add_shard(owners, owners[rows], features, activation)
 
     def stats(self) -> pl.DataFrame:
         fired = self.fire_count > 0
@@ -206,11 +196,6 @@ class _Totals:
         mean = self.act_sum / n
         return FeatureMoments(self.n_tokens, mean, np.maximum(self.act_squares / n - mean**2, 0.0))
 
-    def per_cell_mean(self) -> sp.csr_matrix:
-        """cells × features: Σ activation over the cell's tokens / its number of tokens."""
-        sums = _stack(self.cell_sum, self.n_cells, self.d_sae)
-        return sp.diags(1.0 / np.maximum(self.cell_tokens, 1)) @ sums
-
 
 def _add_counts(counts: np.ndarray, ids: np.ndarray) -> np.ndarray:
     added = np.bincount(ids)
@@ -220,7 +205,53 @@ def _add_counts(counts: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return counts
 
 
-def _per_cell(
+class _PerCell:
+    """Per-cell results, reduced at the end of each shard (every cell lives in one shard, so its
+    statistics are final there) into per-feature and per-type sums: no cells × features matrix is kept.
+
+    A cell's activation of a feature is its maximum over the cell's tokens (top cells, histograms,
+    n_cells_active) or its mean over them (the cell-type tests)."""
+
+    def __init__(self, d_sae: int, cell_types: CellTypeSums | None, top_cells: int) -> None:
+        self.d_sae, self.cell_types, self.top_cells = d_sae, cell_types, top_cells
+        self.n_cells_active = np.zeros(d_sae, dtype=np.int64)
+        self.histograms = _MaxHistograms(d_sae)
+        self.top = pl.DataFrame(schema=TOP_CELLS_SCHEMA)
+
+    def add_shard(
+        self, owners: np.ndarray, firing_owners: np.ndarray, features: np.ndarray, activation: np.ndarray
+    ) -> None:
+        """owners: every token's cell; the other three: the firing (cell, feature, activation) triples."""
+        shard_cells, tokens = np.unique(owners, return_counts=True)
+        cell, feature, value = _reduce_per_cell(firing_owners, features, activation, self.d_sae, "amax")
+        self.n_cells_active += np.bincount(feature, minlength=self.d_sae)
+        self.histograms.add(feature, value)
+        if self.top_cells > 0:
+            self._keep_top(cell, feature, value)
+        if self.cell_types is not None:
+            cell, feature, value = _reduce_per_cell(firing_owners, features, activation, self.d_sae, "sum")
+            row = np.searchsorted(shard_cells, cell)
+            means = sp.csr_matrix((value / tokens[row], (row, feature)), shape=(shard_cells.size, self.d_sae))
+            self.cell_types.add(shard_cells, means)
+
+    def _keep_top(self, cell: np.ndarray, feature: np.ndarray, value: np.ndarray) -> None:
+        shard = pl.DataFrame(
+            {
+                "feature": feature.astype(np.int64),
+                "cell_index": cell.astype(np.int64),
+                "max_activation": value,
+            },
+            schema=TOP_CELLS_SCHEMA,
+        )
+        self.top = (
+            pl.concat([self.top, shard])
+            .sort(["feature", "max_activation", "cell_index"], descending=[False, True, False])
+            .group_by("feature", maintain_order=True)
+            .head(self.top_cells)
+        )
+
+
+def _reduce_per_cell(
     owners: np.ndarray, features: np.ndarray, activation: np.ndarray, d_sae: int, how: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cell, feature, value) of the shard's firing pairs reduced per cell × feature (`amax` or `sum`),
@@ -230,6 +261,62 @@ def _per_cell(
     buffer.scatter_reduce_(0, torch.from_numpy(local * d_sae + features), torch.from_numpy(activation), how)
     nonzero = torch.nonzero(buffer).squeeze(1).numpy()
     return shard_cells[nonzero // d_sae], nonzero % d_sae, buffer.numpy()[nonzero]
+
+
+class _MaxHistograms:
+    """Each feature's cells binned by activation in HISTOGRAM_BINS equal bins from 0 to a range R, counted
+    shard by shard without keeping the values.
+
+    R starts at the feature's maximum in the first shard where it fires and doubles whenever a later
+    maximum exceeds it; doubling merges pairs of bins exactly (⌊x/2⌋ of the bin index, the index the
+    value would get directly), so the counts are those of the final bins and R < 2 × the feature's
+    maximum. One bin past the last holds values equal to R until the end (then they join the last bin,
+    closed on the right like numpy's)."""
+
+    def __init__(self, d_sae: int) -> None:
+        self.range = np.zeros(d_sae)
+        self.counts = np.zeros((d_sae, HISTOGRAM_BINS + 1), dtype=np.int64)
+
+    def add(self, features: np.ndarray, values: np.ndarray) -> None:
+        shard_max = np.zeros(self.range.size)
+        np.maximum.at(shard_max, features, values)
+        fresh = (self.range == 0) & (shard_max > 0)
+        self.range[fresh] = shard_max[fresh]
+        self._grow(shard_max)
+        width = self.range[features] / HISTOGRAM_BINS
+        bins = np.minimum((values / width).astype(np.int64), HISTOGRAM_BINS)
+        self.counts += np.bincount(
+            features * (HISTOGRAM_BINS + 1) + bins, minlength=self.counts.size
+        ).reshape(self.counts.shape)
+
+    def _grow(self, shard_max: np.ndarray) -> None:
+        growing = np.flatnonzero(shard_max > self.range)
+        if not growing.size:
+            return
+        doublings = np.zeros(growing.size, dtype=np.int64)
+        while (short := self.range[growing] * 2.0**doublings < shard_max[growing]).any():
+            doublings += short
+        merged = np.zeros((growing.size, HISTOGRAM_BINS + 1), dtype=np.int64)
+        rows = np.repeat(np.arange(growing.size), HISTOGRAM_BINS + 1)
+        bins = np.tile(np.arange(HISTOGRAM_BINS + 1), growing.size) >> np.minimum(doublings[rows], 62)
+        np.add.at(merged, (rows, bins), self.counts[growing].ravel())
+        self.counts[growing] = merged
+        self.range[growing] *= 2.0**doublings
+
+    def frame(self) -> pl.DataFrame:
+        counts = self.counts[:, :HISTOGRAM_BINS].copy()
+        counts[:, -1] += self.counts[:, HISTOGRAM_BINS]
+        feature, bin_index = np.nonzero(counts)
+        width = self.range[feature] / HISTOGRAM_BINS
+        return pl.DataFrame(
+            {
+                "feature": feature.astype(np.int64),
+                "bin": bin_index.astype(np.int64),
+                "bin_start": bin_index * width,
+                "bin_end": (bin_index + 1) * width,
+                "n_cells": counts[feature, bin_index].astype(np.int64),
+            }
+        )
 
 
 def attach_gene_ids(gene_table: pl.DataFrame, vocab: dict[str, int], genes: pl.DataFrame) -> pl.DataFrame:
@@ -246,28 +333,6 @@ def attach_gene_ids(gene_table: pl.DataFrame, vocab: dict[str, int], genes: pl.D
     )
     joined = gene_table.join(token_of, on="gene_id", how="left").join(names, on="token", how="left")
     return joined.with_columns(pl.coalesce("ensembl_id", "token").alias("ensembl_id")).drop("token")
-
-
-def _histograms(per_cell: sp.csc_matrix) -> pl.DataFrame:
-    """Each feature's active cells binned by activation: HISTOGRAM_BINS equal bins from 0 to its max."""
-    features = np.repeat(np.arange(per_cell.shape[1]), np.diff(per_cell.indptr))
-    values = per_cell.data
-    top = np.zeros(per_cell.shape[1])
-    np.maximum.at(top, features, values)
-    width = np.where(top > 0, top / HISTOGRAM_BINS, 1.0)
-    bins = np.minimum((values / width[features]).astype(np.int64), HISTOGRAM_BINS - 1)
-    counts = np.bincount(features * HISTOGRAM_BINS + bins, minlength=per_cell.shape[1] * HISTOGRAM_BINS)
-    keys = np.flatnonzero(counts)
-    feature, bin_index = keys // HISTOGRAM_BINS, keys % HISTOGRAM_BINS
-    return pl.DataFrame(
-        {
-            "feature": feature.astype(np.int64),
-            "bin": bin_index.astype(np.int64),
-            "bin_start": bin_index * width[feature],
-            "bin_end": (bin_index + 1) * width[feature],
-            "n_cells": counts[keys].astype(np.int64),
-        }
-    )
 
 
 class _KeyedSums:
@@ -311,14 +376,6 @@ class _KeyedSums:
         self._fold()
         folded = self.parts[0].filter(pl.col("count") >= min_count)
         return folded["key"].to_numpy(), folded.drop("key").to_numpy()
-
-
-def _stack(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_rows: int, n_cols: int) -> sp.csr_matrix:
-    """Per-shard (row, column, value) parts as one matrix (cells never span shards: no duplicates)."""
-    if not parts:
-        return sp.csr_matrix((n_rows, n_cols))
-    rows, cols, values = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    return sp.csr_matrix((values, (rows, cols)), shape=(n_rows, n_cols))
 
 
 def rank_genes(
@@ -386,18 +443,6 @@ def _prior_variance(
     return np.maximum(0.0, (deviation - moments.variance * inverse_tokens) / max(1, n_genes))
 
 
-def _cell_table(per_cell: sp.csc_matrix, cells: pl.DataFrame, top: int) -> pl.DataFrame:
-    coo = per_cell.tocoo()
-    frame = pl.DataFrame(
-        {
-            "feature": coo.col.astype(np.int64),
-            "cell_index": coo.row.astype(np.int64),
-            "max_activation": coo.data.astype(np.float64),
-        }
-    )
-    ranked = frame.sort(
-        ["feature", "max_activation", "cell_index"], descending=[False, True, False]
-    ).with_columns(pl.int_range(1, pl.len() + 1).over("feature").cast(pl.Int64).alias("rank"))
-    return ranked.filter(pl.col("rank") <= top).join(
-        cells.select("cell_index", "cell_id"), on="cell_index", how="left"
-    )
+def _cell_table(top: pl.DataFrame, cells: pl.DataFrame) -> pl.DataFrame:
+    ranked = top.with_columns(pl.int_range(1, pl.len() + 1).over("feature").cast(pl.Int64).alias("rank"))
+    return ranked.join(cells.select("cell_index", "cell_id"), on="cell_index", how="left")

@@ -48,110 +48,179 @@ SCHEMA = {
 }
 
 
-def cell_type_table(per_cell_mean: sp.csr_matrix, cells: pl.DataFrame, chunk: int = 256) -> pl.DataFrame:
-    """feature_cell_types rows. per_cell_mean: cells × features (a cell's mean activation over its
+def cell_type_table(per_cell_mean: sp.csr_matrix, cells: pl.DataFrame) -> pl.DataFrame:
+    """feature_cell_types rows from a whole cells × features matrix (a cell's mean activation over its
     tokens); cells: cell_index, cell_type and optionally sample, only the cells the model saw."""
-    typed = cells.filter(pl.col("cell_type").is_not_null())
-    if typed.height == 0:
-        return pl.DataFrame(schema=SCHEMA)
-    labels = typed["cell_type"].to_numpy().astype(str)
-    samples = _samples(typed)
-    matrix = per_cell_mean[typed["cell_index"].to_numpy()].tocsc()
-    types = np.unique(labels)
-    frames = []
-    for first in range(0, matrix.shape[1], chunk):
-        block = matrix[:, first : first + chunk].toarray()  # cells × chunk features
-        active = (block > 0).any(axis=0)
-        if active.any():
-            features = np.arange(first, first + block.shape[1])[active]
-            frames += _block_tests(block[:, active], features, labels, types, samples)
-    if not frames:
-        return pl.DataFrame(schema=SCHEMA)
-    table = pl.concat(frames)
-    n_untested = matrix.shape[1] * types.size - table.height
-    p_values = np.concatenate([table["p_value"].to_numpy(), np.ones(max(0, n_untested))])
-    q_values = multipletests(p_values, method="fdr_bh")[1][: table.height]
-    undefined = ["log2_fold_change", "log2_fold_change_lower"]  # NaN where a side had too few units
-    return table.with_columns(pl.Series("q_value", q_values), pl.col(undefined).fill_nan(None)).select(
-        list(SCHEMA)
-    )
+    sums = CellTypeSums(cells, per_cell_mean.shape[1])
+    indices = cells["cell_index"].to_numpy()
+    sums.add(indices, per_cell_mean[indices])
+    return sums.table()
 
 
-def _samples(typed: pl.DataFrame) -> np.ndarray | None:
-    """Sample labels when the cells carry at least two samples (every typed cell labelled), else None."""
-    if "sample" not in typed.columns or typed["sample"].null_count() > 0:
-        return None
-    samples = typed["sample"].cast(pl.String).to_numpy()
-    return samples if np.unique(samples).size >= 2 else None
+class CellTypeSums:
+    """What the per-type tests need, added cells at a time, so no cells × features matrix is kept: per
+    (cell type, feature) Σx, Σx² and the cells with x > 0, and per (sample, cell type, feature) Σx.
 
+    Memory: (3 × types + samples × types) × features floats, whatever the number of cells. Only the cells
+    passed to `add` count (the model's skipped cells are not counted as silent)."""
 
-def _block_tests(
-    block: np.ndarray,
-    features: np.ndarray,
-    labels: np.ndarray,
-    types: np.ndarray,
-    samples: np.ndarray | None,
-) -> list[pl.DataFrame]:
-    pseudocount = PSEUDOCOUNT_FRACTION * block.mean(axis=0) + 1e-12
-    frames = []
-    for cell_type in types:
-        inside = labels == cell_type
-        if inside.all():
-            continue
-        if samples is None:
-            units_in, units_out = block[inside], block[~inside]
-            p_values = _welch_greater(units_in, units_out)
-            unit, n_units = "cell", int(inside.sum())
-        else:
-            units_in, units_out = _pseudobulk_pairs(block, inside, samples)
-            p_values = _paired_greater(units_in, units_out)
-            unit, n_units = "sample", units_in.shape[0]
-        fold, lower = _log2_fold_change(units_in, units_out, pseudocount)
-        frames.append(
-            pl.DataFrame(
-                {
-                    "feature": features.astype(np.int64),
-                    "cell_type": [str(cell_type)] * features.size,
-                    "mean_activation": block[inside].mean(axis=0),
-                    "mean_activation_rest": block[~inside].mean(axis=0),
-                    "frac_active": (block[inside] > 0).mean(axis=0),
-                    "log2_fold_change": fold,
-                    "log2_fold_change_lower": lower,
-                    "p_value": p_values,
-                    "n_cells": np.full(features.size, int(inside.sum()), dtype=np.int64),
-                    "test_unit": [unit] * features.size,
-                    "n_units": np.full(features.size, n_units, dtype=np.int64),
-                }
-            )
+    def __init__(self, cells: pl.DataFrame, n_features: int) -> None:
+        typed = cells.filter(pl.col("cell_type").is_not_null())
+        indices = typed["cell_index"].to_numpy()
+        size = int(cells["cell_index"].max() or 0) + 1 if cells.height else 0
+        self.types, type_ids = np.unique(typed["cell_type"].to_numpy().astype(str), return_inverse=True)
+        self.type_of = np.full(size, -1, dtype=np.int64)
+        self.type_of[indices] = type_ids
+        self.sample_ids, self.group_of = _sample_groups(typed, indices, size, self.types.size)
+        self.seen = np.zeros(size, dtype=bool)
+        shape = (self.types.size, n_features)
+        self.sums, self.squares, self.active = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+        self.group_sums = np.zeros((self.sample_ids.size * self.types.size, n_features))
+
+    def add(self, cell_index: np.ndarray, per_cell_mean: sp.csr_matrix) -> None:
+        """Cells (each added once) and their rows of mean activations."""
+        self.seen[cell_index] = True
+        typed = self.type_of[cell_index] >= 0
+        rows = sp.csr_matrix(per_cell_mean)[typed]
+        self.sums += _summed_by(self.type_of[cell_index[typed]], self.types.size, rows)
+        self.squares += _summed_by(self.type_of[cell_index[typed]], self.types.size, rows.multiply(rows))
+        self.active += _summed_by(self.type_of[cell_index[typed]], self.types.size, (rows > 0).astype(float))
+        if self.sample_ids.size:
+            self.group_sums += _summed_by(self.group_of[cell_index[typed]], self.group_sums.shape[0], rows)
+
+    def table(self) -> pl.DataFrame:
+        seen_types = self.type_of[self.seen & (self.type_of >= 0)]
+        counts = np.bincount(seen_types, minlength=self.types.size)
+        tested = self.active.sum(axis=0) > 0  # features silent on every typed cell are not tested
+        if counts.sum() == 0 or not tested.any():
+            return pl.DataFrame(schema=SCHEMA)
+        by_sample = self._sample_counts()
+        frames = [
+            self._type_rows(t, counts, tested, by_sample)
+            for t in range(self.types.size)
+            if 0 < counts[t] < counts.sum()
+        ]
+        if not frames:
+            return pl.DataFrame(schema=SCHEMA)
+        table = pl.concat(frames).sort("feature", "cell_type")
+        n_untested = self.sums.shape[1] * int((counts > 0).sum()) - table.height
+        p_values = np.concatenate([table["p_value"].to_numpy(), np.ones(max(0, n_untested))])
+        q_values = multipletests(p_values, method="fdr_bh")[1][: table.height]
+        undefined = ["log2_fold_change", "log2_fold_change_lower"]  # NaN where a side had too few units
+        return table.with_columns(pl.Series("q_value", q_values), pl.col(undefined).fill_nan(None)).select(
+            list(SCHEMA)
         )
-    return frames
+
+    def _sample_counts(self) -> np.ndarray | None:
+        """Seen cells per (sample, type) when the seen typed cells come from at least two samples."""
+        if not self.sample_ids.size:
+            return None
+        groups = self.group_of[self.seen & (self.group_of >= 0)]
+        counts = np.bincount(groups, minlength=self.group_sums.shape[0]).reshape(-1, self.types.size)
+        return counts if (counts.sum(axis=1) > 0).sum() >= 2 else None
+
+    def _type_rows(
+        self, t: int, counts: np.ndarray, tested: np.ndarray, by_sample: np.ndarray | None
+    ) -> pl.DataFrame:
+        n_in, n_all = counts[t], counts.sum()
+        total = self.sums.sum(axis=0)[tested]
+        inside = _Moments(n_in, self.sums[t, tested], self.squares[t, tested])
+        rest = _Moments(n_all - n_in, total - inside.sum, self.squares.sum(axis=0)[tested] - inside.squares)
+        pseudocount = PSEUDOCOUNT_FRACTION * total / n_all + 1e-12
+        if by_sample is None:
+            p_values = _welch_greater(inside, rest)
+            fold, lower = _log2_fold_change(
+                inside.mean, inside.squared_se, rest.mean, rest.squared_se, pseudocount
+            )
+            unit, n_units = "cell", int(n_in)
+        else:
+            units_in, units_out = self._pseudobulk_pairs(t, by_sample, tested)
+            p_values = _paired_greater(units_in, units_out)
+            fold, lower = _units_fold_change(units_in, units_out, pseudocount)
+            unit, n_units = "sample", units_in.shape[0]
+        n_features = int(tested.sum())
+        return pl.DataFrame(
+            {
+                "feature": np.flatnonzero(tested).astype(np.int64),
+                "cell_type": [str(self.types[t])] * n_features,
+                "mean_activation": inside.mean,
+                "mean_activation_rest": rest.mean,
+                "frac_active": self.active[t, tested] / n_in,
+                "log2_fold_change": fold,
+                "log2_fold_change_lower": lower,
+                "p_value": p_values,
+                "n_cells": np.full(n_features, int(n_in), dtype=np.int64),
+                "test_unit": [unit] * n_features,
+                "n_units": np.full(n_features, n_units, dtype=np.int64),
+            }
+        )
+
+    def _pseudobulk_pairs(
+        self, t: int, by_sample: np.ndarray, tested: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per sample holding cells of the type and other cells: (mean of the type's cells, mean of the rest)."""
+        sums = self.group_sums[:, tested].reshape(self.sample_ids.size, self.types.size, -1)
+        count_in, count_out = by_sample[:, t], by_sample.sum(axis=1) - by_sample[:, t]
+        paired = (count_in > 0) & (count_out > 0)
+        sum_in = sums[paired, t]
+        sum_out = sums[paired].sum(axis=1) - sum_in
+        return sum_in / count_in[paired, None], sum_out / count_out[paired, None]
 
 
-def _welch_greater(group: np.ndarray, rest: np.ndarray) -> np.ndarray:
-    if min(group.shape[0], rest.shape[0]) < MIN_UNITS:
-        return np.ones(group.shape[1])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        result = stats.ttest_ind(group, rest, axis=0, equal_var=False, alternative="greater")
-    return np.nan_to_num(result.pvalue, nan=1.0)  # nan: no variance on either side
+class _Moments:
+    """n cells' Σx and Σx², and the mean, variance (ddof 1) and squared standard error they give."""
+
+    def __init__(self, n: int, sums: np.ndarray, squares: np.ndarray) -> None:
+        self.n, self.sum, self.squares = int(n), sums, squares
+        self.mean = sums / max(1, self.n)
+        # Σx² − n·mean² can fall a rounding error below 0 when every cell is alike
+        self.variance = np.maximum(squares - self.n * self.mean**2, 0.0) / max(1, self.n - 1)
+
+    @property
+    def squared_se(self) -> np.ndarray:
+        if self.n < MIN_UNITS:
+            return np.full(self.mean.size, np.nan)  # no spread to estimate: no bound (NULL)
+        return self.variance / self.n
 
 
-def _pseudobulk_pairs(
-    block: np.ndarray, inside: np.ndarray, samples: np.ndarray
+def _summed_by(groups: np.ndarray, n_groups: int, rows: sp.csr_matrix) -> np.ndarray:
+    """Σ of the rows per group, as a dense n_groups × columns array."""
+    indicator = sp.csr_matrix(
+        (np.ones(groups.size), (groups, np.arange(groups.size))), shape=(n_groups, groups.size)
+    )
+    return (indicator @ rows).toarray()
+
+
+def _sample_groups(
+    typed: pl.DataFrame, indices: np.ndarray, size: int, n_types: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample holding cells of the type and other cells: (mean of the type's cells, mean of the rest)."""
-    sample_ids, sample_of = np.unique(samples, return_inverse=True)
-    n_samples = sample_ids.size
+    """The samples and each cell's (sample, type) group, when every typed cell carries a sample."""
+    group_of = np.full(size, -1, dtype=np.int64)
+    if "sample" not in typed.columns or typed["sample"].null_count() > 0 or typed.height == 0:
+        return np.zeros(0, dtype=str), group_of
+    sample_ids, sample_of = np.unique(
+        typed["sample"].cast(pl.String).to_numpy().astype(str), return_inverse=True
+    )
+    _, type_of = np.unique(typed["cell_type"].to_numpy().astype(str), return_inverse=True)
+    group_of[indices] = sample_of * n_types + type_of
+    return sample_ids, group_of
 
-    def means(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        counts = np.bincount(sample_of[mask], minlength=n_samples)
-        totals = np.zeros((n_samples, block.shape[1]))
-        np.add.at(totals, sample_of[mask], block[mask])
-        return totals / np.maximum(counts, 1)[:, None], counts
 
-    mean_in, count_in = means(inside)
-    mean_out, count_out = means(~inside)
-    paired = (count_in > 0) & (count_out > 0)
-    return mean_in[paired], mean_out[paired]
+def _welch_greater(inside: _Moments, rest: _Moments) -> np.ndarray:
+    if min(inside.n, rest.n) < MIN_UNITS:
+        return np.ones(inside.mean.size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result = stats.ttest_ind_from_stats(
+            inside.mean,
+            np.sqrt(inside.variance),
+            inside.n,
+            rest.mean,
+            np.sqrt(rest.variance),
+            rest.n,
+            equal_var=False,
+            alternative="greater",
+        )
+    return np.nan_to_num(result.pvalue, nan=1.0)  # nan: no variance on either side
 
 
 def _paired_greater(units_in: np.ndarray, units_out: np.ndarray) -> np.ndarray:
@@ -162,21 +231,26 @@ def _paired_greater(units_in: np.ndarray, units_out: np.ndarray) -> np.ndarray:
     return np.nan_to_num(result.pvalue, nan=1.0)
 
 
-def _log2_fold_change(
+def _units_fold_change(
     units_in: np.ndarray, units_out: np.ndarray, pseudocount: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """log2((m_in + c) / (m_out + c)) and its one-sided lower confidence bound (delta method)."""
-    if units_in.shape[0] == 0 or units_out.shape[0] == 0:
+    if units_in.shape[0] == 0:
         missing = np.full(pseudocount.size, np.nan)
         return missing, missing
-    mean_in, mean_out = units_in.mean(axis=0) + pseudocount, units_out.mean(axis=0) + pseudocount
-    fold = np.log2(mean_in / mean_out)
-    variance = _squared_se(units_in) / mean_in**2 + _squared_se(units_out) / mean_out**2
+    inside, rest = (_Moments(u.shape[0], u.sum(axis=0), (u**2).sum(axis=0)) for u in (units_in, units_out))
+    return _log2_fold_change(inside.mean, inside.squared_se, rest.mean, rest.squared_se, pseudocount)
+
+
+def _log2_fold_change(
+    mean_in: np.ndarray,
+    squared_se_in: np.ndarray,
+    mean_out: np.ndarray,
+    squared_se_out: np.ndarray,
+    pseudocount: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """log2((m_in + c) / (m_out + c)) and its one-sided lower confidence bound (delta method)."""
+    shifted_in, shifted_out = mean_in + pseudocount, mean_out + pseudocount
+    fold = np.log2(shifted_in / shifted_out)
+    variance = squared_se_in / shifted_in**2 + squared_se_out / shifted_out**2
     z = stats.norm.ppf(LOWER_BOUND_LEVEL)
     return fold, fold - z * np.sqrt(variance) / np.log(2)
-
-
-def _squared_se(units: np.ndarray) -> np.ndarray:
-    if units.shape[0] < MIN_UNITS:
-        return np.full(units.shape[1], np.nan)  # no spread to estimate: no bound (NULL)
-    return units.var(axis=0, ddof=1) / units.shape[0]

@@ -7,12 +7,18 @@ block), so the published safetensors load as they are and forward hooks on
 (upstream supports only flash-attn on CUDA, and its CPU path attends to padding: notes §7).
 
 `forward(..., capture=...)` returns the activations of chosen layers and hook points from the same
-pass, without Python hooks:
+pass, without Python hooks; `edit=...` replaces them on the way (an SAE's reconstruction spliced in, a
+layer ablated, a feature steered), and the rest of the model runs on the edited values:
 
 - `attn_out`:  self-attention output (before the residual add)
 - `mlp_hidden`: input of down_proj (the FFN hidden layer after its activation)
 - `mlp_out`:   output of down_proj (the FFN output, before the residual add)
 - `resid_post`: output of the block (the residual stream after block i)
+
+With `decode=True` it also runs the two expression heads, as upstream does in training: the expression
+decoder (an MLP on each token's output) and the MVC decoder (each gene's query, from its gene embedding,
+dotted with the cell embedding), and `gen_mask` marks generative positions: their expression input is
+dropped, the flag embedding added, and they attend to every perceptual token and to themselves only.
 """
 
 from __future__ import annotations
@@ -58,6 +64,16 @@ class GroupedQueryAttention(nn.Module):
         return self.out_proj(context.transpose(1, 2).reshape(batch, length, -1))
 
 
+Edits = Mapping[str, Callable[[Tensor], Tensor]]  # hook name -> new value from the computed one
+
+
+def _editor(edits: Edits) -> Callable[[str, Tensor], Tensor]:
+    unknown = set(edits) - set(HOOKS)
+    if unknown:
+        raise ValueError(f"unknown hook point(s) {sorted(unknown)}; choose from {', '.join(HOOKS)}")
+    return lambda name, value: edits[name](value) if name in edits else value
+
+
 class TXBlock(nn.Module):
     def __init__(self, config: TahoeConfig):
         super().__init__()
@@ -73,18 +89,20 @@ class TXBlock(nn.Module):
         self.pre_norm = config.norm_scheme == "pre"
 
     def forward(
-        self, x: Tensor, attend: Tensor | None, keep: set[str] | None = None
+        self, x: Tensor, attend: Tensor | None, keep: set[str] | None = None, edits: Edits | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         captured: dict[str, Tensor] = {}
-        attn_out = self.self_attn(self.norm1(x) if self.pre_norm else x, attend)
+        edit = _editor(edits or {})
+        attn_out = edit("attn_out", self.self_attn(self.norm1(x) if self.pre_norm else x, attend))
         x = x + attn_out if self.pre_norm else self.norm1(x + attn_out)
         ffn_in = self.norm2(x) if self.pre_norm else x
         if self.use_glu:
             hidden = self.activation(self.gate_proj(ffn_in)) * self.up_proj(ffn_in)
         else:
             hidden = self.activation(self.up_proj(ffn_in))
-        mlp_out = self.down_proj(hidden)
-        x = x + mlp_out if self.pre_norm else self.norm2(x + mlp_out)
+        hidden = edit("mlp_hidden", hidden)
+        mlp_out = edit("mlp_out", self.down_proj(hidden))
+        x = edit("resid_post", x + mlp_out if self.pre_norm else self.norm2(x + mlp_out))
         if keep:
             for name, value in (
                 ("attn_out", attn_out),
@@ -161,7 +179,8 @@ class ChemEncoder(nn.Module):
 
 
 class ExprDecoder(nn.Module):
-    """Present for state-dict compatibility; inference skips the decoders."""
+    """Each token's predicted expression (bin) from its final output: linear layers with the activation,
+    then a projection to one value."""
 
     def __init__(self, config: TahoeConfig):
         super().__init__()
@@ -169,15 +188,31 @@ class ExprDecoder(nn.Module):
             nn.Linear(config.d_model, config.d_model) for _ in range(config.expression_decoder_layers)
         )
         self.out_proj = nn.Linear(config.d_model, config.expression_decoder_outputs)
+        self.activation = _activation(config.expression_decoder_activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.linear_layers:
+            x = self.activation(layer(x))
+        predicted = self.out_proj(x)
+        return predicted.squeeze(-1) if predicted.shape[-1] == 1 else predicted
 
 
 class MVCDecoder(nn.Module):
-    """Present for state-dict compatibility; inference skips the decoders."""
+    """Masked value prediction from the cell embedding: each gene's query (from its gene embedding alone,
+    so any vocabulary gene can be asked) dotted with the cell embedding through W."""
 
     def __init__(self, config: TahoeConfig):
         super().__init__()
         self.gene2query = nn.Linear(config.d_model, config.d_model)
         self.W = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.query_activation = _activation(config.mvc_query_activation or "sigmoid")
+        self.scaled = config.mvc_scaled_dot_product
+
+    def forward(self, cell_emb: Tensor, gene_embs: Tensor) -> Tensor:
+        """cell_emb (B, d), gene_embs (B, G, d) -> (B, G)."""
+        queries = self.W(self.query_activation(self.gene2query(gene_embs)))
+        predicted = torch.bmm(queries, cell_emb.unsqueeze(2)).squeeze(2)
+        return predicted / math.sqrt(queries.shape[-1]) if self.scaled else predicted
 
 
 @dataclass
@@ -185,6 +220,9 @@ class ForwardOutput:
     cell_emb: Tensor  # (B, d): CLS row of the final normalised output
     final: Tensor  # (B, S, d): final normalised output (upstream "gene_emb")
     captured: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # layer -> hook -> (B, S, width)
+    expr_preds: Tensor | None = None  # (B, S): the expression decoder's prediction, with decode=True
+    mvc_preds: Tensor | None = None  # (B, S): the MVC decoder's prediction of each token's gene
+    gene_embs: Tensor | None = None  # (B, S, d): the gene encoder's output (the MVC queries' input)
 
 
 class TXModel(nn.Module):
@@ -215,29 +253,28 @@ class TXModel(nn.Module):
         capture: Mapping[int, set[str]] | None = None,
         run_to_end: bool = True,
         drug_ids: Tensor | None = None,
+        gen_mask: Tensor | None = None,
+        edit: Mapping[int, Edits] | None = None,
+        decode: bool = False,
     ) -> ForwardOutput:
-        """`key_padding_mask` is True for real tokens (as upstream). `capture`: layer -> hook names.
+        """`key_padding_mask` is True for real tokens (as upstream). `capture`: layer -> hook names;
+        `edit`: layer -> hook name -> function giving the value the rest of the pass sees.
 
         With `run_to_end=False` the pass stops after the last captured layer (cell_emb and final
         are then empty), which is all extraction needs. A model with the drug token (`use_chem_token`)
         takes `drug_ids` (B,) and puts the chemical encoder's embedding at position 1, as upstream.
+        `gen_mask` (B, S), True at generative positions, and `decode` are described in the module docstring.
         """
-        capture = capture or {}
+        capture, edit = capture or {}, edit or {}
         unknown = {hook for hooks in capture.values() for hook in hooks} - set(HOOKS)
         if unknown:
             raise ValueError(f"unknown hook point(s) {sorted(unknown)}; choose from {', '.join(HOOKS)}")
-        # at inference no position is generative, so the flag embedding is zero and values are kept
-        x = self.gene_encoder(genes) + self.expression_encoder(values.to(self.flag_encoder.weight.dtype))
-        if self.config.use_chem_token:
-            if drug_ids is None:
-                raise ValueError("this model runs with the drug token at position 1: pass drug_ids")
-            drug = self.chem_encoder(drug_ids).to(x.dtype)
-            x = torch.cat([x[:, :1], drug[:, None, :], x[:, 2:]], dim=1)
-        attend = key_padding_mask[:, None, None, :]  # (B, 1, 1, S): True = may be attended to
+        x, gene_embs = self._embed(genes, values, gen_mask, drug_ids)
+        attend = _attention_mask(key_padding_mask, gen_mask)
         last = max(capture) if (capture and not run_to_end) else len(self.transformer_encoder.layers) - 1
         captured: dict[int, dict[str, Tensor]] = {}
         for index, block in enumerate(self.transformer_encoder.layers):
-            x, kept = block(x, attend, capture.get(index))
+            x, kept = block(x, attend, capture.get(index), edit.get(index))
             if kept:
                 captured[index] = kept
             if index == last:
@@ -247,7 +284,46 @@ class TXModel(nn.Module):
             return ForwardOutput(cell_emb=empty, final=empty, captured=captured)
         if self.transformer_encoder.use_norm:
             x = self.transformer_encoder.norm(x)
-        return ForwardOutput(cell_emb=x[:, 0, :], final=x, captured=captured)
+        output = ForwardOutput(cell_emb=x[:, 0, :], final=x, captured=captured, gene_embs=gene_embs)
+        if decode:
+            output.expr_preds = self.expression_decoder(x)
+            output.mvc_preds = self.predict_genes(output.cell_emb, gene_embs)
+        return output
+
+    def predict_genes(self, cell_emb: Tensor, gene_embs: Tensor) -> Tensor:
+        """The MVC decoder's predicted expression of any genes (B, G, d embeddings) for each cell (B, d)."""
+        if self.config.mvc_query_activation is None:
+            raise ValueError("this model has no MVC decoder (its config has no `mvc` section)")
+        return self.mvc_decoder(cell_emb, gene_embs)
+
+    def _embed(
+        self, genes: Tensor, values: Tensor, gen_mask: Tensor | None, drug_ids: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Token inputs (B, S, d) and the gene embeddings alone. Generative positions lose their
+        expression input and get the flag embedding; at inference there are none."""
+        gene_embs = self.gene_encoder(genes)
+        value_embs = self.expression_encoder(values.to(self.flag_encoder.weight.dtype))
+        x = gene_embs + value_embs
+        if gen_mask is not None:
+            flag = self.flag_encoder.weight[1]
+            x = gene_embs + value_embs.masked_fill(gen_mask[..., None], 0.0) + gen_mask[..., None] * flag
+        if self.config.use_chem_token:
+            if drug_ids is None:
+                raise ValueError("this model runs with the drug token at position 1: pass drug_ids")
+            drug = self.chem_encoder(drug_ids).to(x.dtype)
+            x = torch.cat([x[:, :1], drug[:, None, :], x[:, 2:]], dim=1)
+        return x, gene_embs
+
+
+def _attention_mask(key_padding_mask: Tensor, gen_mask: Tensor | None) -> Tensor:
+    """True where a query may attend to a key: real keys only; with generative positions, every query
+    sees the perceptual keys, and a generative query also itself (upstream's `_make_mask`)."""
+    attend = key_padding_mask[:, None, None, :]  # (B, 1, 1, S)
+    if gen_mask is None or not bool(gen_mask.any()):
+        return attend
+    itself = torch.eye(gen_mask.shape[1], dtype=torch.bool, device=gen_mask.device)
+    allowed = (~gen_mask)[:, None, :] | (gen_mask[:, :, None] & itself)  # (B, S, S)
+    return attend & allowed[:, None, :, :]
 
 
 def load_tahoe_state_dict(model: TXModel, state_dict: Mapping[str, Tensor]) -> None:

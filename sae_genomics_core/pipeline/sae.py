@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -14,11 +15,30 @@ import polars as pl
 from sae_genomics_core.artefacts import ArtefactStore
 from sae_genomics_core.config import sae_device
 from sae_genomics_core.errors import InputError
+from sae_genomics_core.model.choice import ModelChoice
 from sae_genomics_core.pipeline.result import CheckOutcome, Log, Markdown, StageResult, default_log
 from sae_genomics_core.sae.settings import SaeStageSettings, SaeTrainingConfig
 
 EV_CHECK = "explained_variance_floor"
 DEAD_CHECK = "dead_fraction_ceiling"
+LOSS_RECOVERED_CHECK = "loss_recovered_floor"
+FIDELITY = "fidelity.json"  # in the checkpoint folder: the losses and loss recovered (sae.fidelity)
+# its columns in `sae_checkpoints`, NULL where it was not measured
+FIDELITY_COLUMNS = tuple(
+    f"loss_recovered_{decoder}_{ablation}" for decoder in ("expr", "mvc") for ablation in ("zero", "mean")
+) + tuple(
+    f"loss_{decoder}_{variant}" for decoder in ("expr", "mvc") for variant in ("clean", "sae", "zero", "mean")
+)
+
+
+@dataclass(frozen=True)
+class FidelityModel:
+    """The model the activations came from, for loss recovered: the user's choice, the warehouse (whose
+    `genes` build tiny-random's vocab) and the extraction seed (tiny-random's weights)."""
+
+    choice: ModelChoice
+    warehouse: Path
+    seed: int = 0
 
 
 def training_key(activations_checksum: str, hook: str, training: SaeTrainingConfig) -> str:
@@ -28,9 +48,15 @@ def training_key(activations_checksum: str, hook: str, training: SaeTrainingConf
 
 
 def run_sae(
-    dataset: str, layer: int, store: ArtefactStore, settings: SaeStageSettings, log: Log | None = None
+    dataset: str,
+    layer: int,
+    store: ArtefactStore,
+    settings: SaeStageSettings,
+    log: Log | None = None,
+    model: FidelityModel | None = None,
 ) -> StageResult:
-    """Train (or resume) the SAE of one dataset × layer on its current activations and publish it."""
+    """Train (or resume) the SAE of one dataset × layer on its current activations and publish it; with
+    `model`, measure its loss recovered on the held-out cells too."""
     from sae_genomics_core.sae.checkpoint import save_checkpoint
     from sae_genomics_core.sae.train import StoreSource, train_sae
     from sae_genomics_core.viz.charts import chart_markdown, save_chart, training_curves
@@ -64,6 +90,9 @@ def run_sae(
         checkpoint, outcome, _provenance(dataset, layer, settings.hook, manifest, source, training)
     )
     (work / "train_state.pt").unlink(missing_ok=True)
+    fidelity = None
+    if model is not None:
+        fidelity = _fidelity(model, (dataset, layer, settings), activations, source, checkpoint, log)
     chart = training_curves(outcome.log, f"{dataset} layer {layer} {settings.hook}")
     save_chart(chart, work / "training_curves")
     store.publish_checkpoint(dataset, layer, checkpoint)
@@ -84,8 +113,69 @@ def run_sae(
             "resumed_from_step": outcome.resumed_from_step,
             "random_weights": manifest["random_weights"],
             "training_curves": Markdown(chart_markdown(chart, "training curves")),
+            **{name: (fidelity or {}).get(name) for name in FIDELITY_COLUMNS[:4] if fidelity},
         },
-        checks=_quality_checks(final, settings),
+        checks=_quality_checks(final, settings) + ([_fidelity_check(fidelity, settings)] if fidelity else []),
+    )
+
+
+def _fidelity(
+    model: FidelityModel,
+    target: tuple[str, int, SaeStageSettings],
+    activations: Any,
+    source: Any,
+    checkpoint: Path,
+    log: Log,
+) -> dict[str, Any]:
+    """Loss recovered of the new checkpoint (written beside it), or why it could not be measured."""
+    from sae_genomics_core.sae.fidelity import measure_loss_recovered
+
+    dataset, layer, settings = target
+    loaded = _matching_model(model, dataset, activations.manifest)
+    if isinstance(loaded, str):
+        log.warning(f"loss recovered not measured: {loaded}")
+        result: dict[str, Any] = {"not_measured": loaded}
+    else:
+        result = measure_loss_recovered(
+            loaded, checkpoint, activations, source.held_out_cells, layer, settings
+        )
+        log.info(
+            "loss recovered vs zero-ablation: expression decoder "
+            f"{result['loss_recovered_expr_zero']}, MVC decoder {result['loss_recovered_mvc_zero']}"
+        )
+    (checkpoint / FIDELITY).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _matching_model(model: FidelityModel, dataset: str, manifest: dict[str, Any]) -> Any:
+    """The model the activations came from, or why it cannot be had (then nothing is measured)."""
+    from sae_genomics_core.annotations.store import read_table
+
+    genes = read_table(model.warehouse, "genes")
+    if genes is None or genes.filter(pl.col("dataset") == dataset).height == 0:
+        return f"the warehouse has no `genes` rows of {dataset} (materialise `datasets` first)"
+    genes = genes.filter(pl.col("dataset") == dataset).sort("gene_index")
+    loaded = model.choice.load(genes, model.choice.resolved_device(), model.seed)
+    if loaded.model_id != manifest["model_id"]:
+        return (
+            f"the activations came from {manifest['model_id']} but the model resource is {loaded.model_id}; "
+            "set it back or extract again"
+        )
+    loaded.model.eval()
+    return loaded
+
+
+def _fidelity_check(fidelity: dict[str, Any], settings: SaeStageSettings) -> CheckOutcome:
+    measured = [fidelity.get(f"loss_recovered_{decoder}_zero") for decoder in ("expr", "mvc")]
+    measured = [value for value in measured if value is not None]
+    return CheckOutcome(
+        LOSS_RECOVERED_CHECK,
+        passed=bool(measured) and min(measured) >= settings.loss_recovered_floor,
+        description=fidelity.get("not_measured", ""),
+        metadata={
+            **{name: fidelity.get(name) for name in FIDELITY_COLUMNS[:4]},
+            "floor": settings.loss_recovered_floor,
+        },
     )
 
 
@@ -169,10 +259,16 @@ def run_sae_tables(dataset: str, layer: int, store: ArtefactStore) -> StageResul
         "gamma": provenance["gamma"],
         "created_at": datetime.now(UTC),
         **{name: final.get(name) for name in OPTIONAL_METRICS},
+        **_stored_fidelity(checkpoint),
         "training_warnings": metrics.get("warnings", []),
     }
     summary = pl.DataFrame(
-        [row], schema_overrides={**OPTIONAL_METRICS, "training_warnings": pl.List(pl.String)}
+        [row],
+        schema_overrides={
+            **OPTIONAL_METRICS,
+            **dict.fromkeys(FIDELITY_COLUMNS, pl.Float64),
+            "training_warnings": pl.List(pl.String),
+        },
     )
     log = pl.DataFrame(metrics["log"]).select(
         pl.lit(dataset).alias("dataset"),
@@ -188,3 +284,10 @@ def run_sae_tables(dataset: str, layer: int, store: ArtefactStore) -> StageResul
             "sae_training_log": {"rows": log.height},
         },
     )
+
+
+def _stored_fidelity(checkpoint: Path) -> dict[str, float | None]:
+    """The checkpoint's loss-recovered columns; NULL where they were not measured (or it predates them)."""
+    stored = checkpoint / FIDELITY
+    fidelity = json.loads(stored.read_text()) if stored.exists() else {}
+    return {name: fidelity.get(name) for name in FIDELITY_COLUMNS}

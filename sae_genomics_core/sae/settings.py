@@ -68,6 +68,16 @@ class SaeTrainingConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FidelitySettings:
+    """Loss recovered (sae_genomics_core.sae.fidelity): on how many held-out cells, and how masked."""
+
+    cells: int = 256  # held-out cells evaluated, at most
+    mask_fraction: float = 0.15  # of each cell's gene tokens hidden; upstream's mlm_probability default
+    batch_cells: int = 16
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
 class SaeStageSettings:
     """The SAE stage of one dataset × layer: which activations it trains on, how, and what its checks ask."""
 
@@ -76,6 +86,9 @@ class SaeStageSettings:
     training: SaeTrainingConfig = field(default_factory=SaeTrainingConfig)
     explained_variance_floor: float = 0.7  # check: held-out explained variance at least this
     dead_fraction_ceiling: float = 0.1  # check: at most this fraction of latents never fire
+    # check: loss recovered against zero-ablation of the layer, for both heads, at least this
+    loss_recovered_floor: float = 0.8
+    fidelity: FidelitySettings = field(default_factory=FidelitySettings)
 
     def training_for(self, random_weights: bool) -> SaeTrainingConfig:
         """The training config of a run on activations of a model with (or without) random weights."""

@@ -66,11 +66,32 @@ def test_sae_pipeline_writes_checkpoint_tables_and_checks(trained) -> None:
     assert "data:image/png;base64," in metadata["training_curves"].value
     assert metadata["explained_variance"].value == pytest.approx(ev)
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert set(checks) == {"explained_variance_floor", "dead_fraction_ceiling", "calibration"}
+    assert set(checks) == {
+        "explained_variance_floor",
+        "dead_fraction_ceiling",
+        "loss_recovered_floor",
+        "calibration",
+    }
     # no annotation tables in this home: enrichment is skipped and its check says it measured nothing
     assert not checks["calibration"].passed and "not evaluated" in checks["calibration"].description
     assert instance.get_latest_materialization_event(dg.AssetKey("enrichment")) is None
     assert checks["explained_variance_floor"].passed == (ev >= 0.7)
+
+
+def test_loss_recovered_is_measured_on_held_out_cells_and_stored(trained) -> None:
+    home, _, _, result = trained
+    with duckdb.connect(str(home.warehouse), read_only=True) as connection:
+        row = connection.execute(
+            "select loss_recovered_expr_zero, loss_recovered_mvc_zero, loss_recovered_expr_mean, loss_expr_clean, "
+            "loss_expr_sae, loss_expr_zero from sae_checkpoints where dataset = 'chr21' and layer = 1"
+        ).fetchone()
+    expr_zero, mvc_zero, expr_mean, clean, spliced, zeroed = row
+    assert None not in row
+    assert expr_zero == pytest.approx((zeroed - spliced) / (zeroed - clean))
+    check = {e.check_name: e for e in result.get_asset_check_evaluations()}["loss_recovered_floor"]
+    assert check.passed == (min(expr_zero, mvc_zero) >= 0.8)
+    assert check.metadata["loss_recovered_mvc_zero"].value == pytest.approx(mvc_zero)
+    assert expr_mean is not None
 
 
 def _never_fire(loaded, batches) -> float:

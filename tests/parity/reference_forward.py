@@ -8,6 +8,8 @@ official package needs live here, with the test:
    unpad_input stands in (its result is unused on that path).
 3. TXEncoder._make_mask returns (B,S,S), which the encoder broadcasts wrongly for B>1; at inference
    (no generative tokens) the right mask is all-True (S,S), and the encoder then merges key padding.
+   With generative tokens the official rule is used one cell at a time (B=1: its (S,S) slice), so the
+   masked-expression path runs upstream's own mask, decoders and loss.
 4. The chemical encoder and the collator fetch the drug fingerprint table (.npy) and drug_to_id (.json)
    from S3 by `download_file_from_s3_url(remote, local)`; offline, the test writes local fakes in the
    real formats and the download is replaced by a check that the local file is there.
@@ -47,10 +49,14 @@ from safetensors.torch import save_file  # noqa: E402
 from tahoe_x1.model import blocks  # noqa: E402
 from tahoe_x1.model.model import TXModel  # noqa: E402
 
+_official_make_mask = blocks.TXEncoder._make_mask.__wrapped__.__wrapped__  # under no_grad and lru_cache
+
 
 def _inference_mask(self, gen_mask, device):
     if bool(gen_mask.any()):
-        raise ValueError("the patched mask is for inference only (no generative tokens)")
+        if gen_mask.shape[0] != 1:
+            raise ValueError("generative tokens: run one cell at a time (the official mask is right for B=1)")
+        return _official_make_mask(self, gen_mask, device)[0]
     length = gen_mask.shape[1]
     return torch.ones(length, length, dtype=torch.bool, device=gen_mask.device)
 
@@ -170,7 +176,31 @@ def main(config_path: str, output_path: str) -> None:
         tensors[f"binning.{index}"] = binning(torch.tensor(row, dtype=torch.float32), n_bins=51).contiguous()
     tensors["out.cell_emb"] = output["cell_emb"].contiguous()
     tensors["out.gene_emb"] = output["gene_emb"].contiguous()
+    if "gen_mask" in spec:
+        tensors.update(_generative(model, genes, values, torch.tensor(spec["gen_mask"]), key_padding_mask))
     save_file(tensors, output_path)
+
+
+def _generative(model, genes, values, gen_mask, key_padding_mask) -> dict[str, torch.Tensor]:
+    """The masked-expression pass with both decoders, one cell at a time, and upstream's masked MSE."""
+    from tahoe_x1.loss import masked_mse_loss
+
+    masked = values.masked_fill(gen_mask, -1.0)  # the collator's mask_value at generative positions
+    expr, mvc = [], []
+    with torch.no_grad():
+        for row in range(genes.shape[0]):
+            one = slice(row, row + 1)
+            out = model(genes[one], masked[one], gen_mask[one], key_padding_mask[one], skip_decoders=False)
+            expr.append(out["expr_preds"])
+            mvc.append(out["mvc_output"])
+    expr, mvc = torch.cat(expr), torch.cat(mvc)
+    scored = key_padding_mask & gen_mask
+    return {
+        "gen.expr_preds": expr.contiguous(),
+        "gen.mvc_preds": mvc.contiguous(),
+        "gen.loss_expr": masked_mse_loss(expr, values, scored).reshape(1),
+        "gen.loss_mvc": masked_mse_loss(mvc, values, scored).reshape(1),
+    }
 
 
 if __name__ == "__main__":

@@ -162,6 +162,36 @@ def test_native_forward_matches_official(tmp_path: Path, activation: str, kv_n_h
     print(f"max abs difference over all hooks ({activation}, kv_n_heads={kv_n_heads}): {worst:.2e}")
 
 
+def test_decoders_and_masked_expression_loss_match_official(tmp_path: Path) -> None:
+    """The generative path (flag embedding, dropped expression input, upstream's attention rule for
+    generative tokens) and both heads, on a padded batch; upstream runs it one cell at a time."""
+    spec = _spec("gelu", 2, seed=13)
+    genes = torch.tensor(spec["genes"])
+    real = genes != PAD_ID
+    gene_tokens = real & (torch.arange(genes.shape[1]) > 0)
+    hidden = gene_tokens & (torch.from_numpy(np.random.default_rng(13).random(genes.shape)) < 0.3)
+    hidden[:, 1] = True  # every cell has a hidden gene (the two-token cell's only one)
+    spec["gen_mask"] = hidden.tolist()
+    reference = _run_reference(spec, tmp_path)
+    config = TahoeConfig.from_dicts(spec["model_config"], spec["collator_config"])
+    model = TXModel(config).eval()
+    load_tahoe_state_dict(
+        model, {k.removeprefix("state."): v for k, v in reference.items() if k.startswith("state.")}
+    )
+    values = torch.tensor(spec["values"], dtype=torch.float32)
+    with torch.no_grad():
+        out = model(genes, values.masked_fill(hidden, -1.0), real, gen_mask=hidden, decode=True)
+    for name, ours in (("expr", out.expr_preds), ("mvc", out.mvc_preds)):
+        difference = (ours[real] - reference[f"gen.{name}_preds"][real]).abs().max().item()
+        assert difference <= TOLERANCE, f"{name} predictions: max abs diff {difference:.2e}"
+        loss = ((ours - values)[hidden] ** 2).mean()
+        assert loss.item() == pytest.approx(reference[f"gen.loss_{name}"].item(), rel=TOLERANCE)
+    # the generative pass differs from the inference one only where genes are hidden or see hidden ones
+    with torch.no_grad():
+        plain = model(genes, values, real, decode=True)
+    assert (plain.expr_preds[real] - out.expr_preds[real]).abs().max().item() > 1e-3
+
+
 def test_padding_does_not_change_a_cell(tmp_path: Path) -> None:
     """A cell alone and the same cell in a padded batch give the same activations (the upstream CPU bug)."""
     spec = _spec("relu", 4, seed=3)

@@ -3,15 +3,26 @@ effects found, and positive controls proving each setup carries the bias the sta
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import polars as pl
 import pytest
-from scipy.stats import mannwhitneyu
+import scipy.sparse as sp
+from polars.testing import assert_frame_equal
+from scipy.stats import mannwhitneyu, ttest_rel
 
 from sae_genomics_core.features.associate import AssociationSettings, _EncodedShard, _Totals, rank_genes
-from sae_genomics_core.features.cell_types import cell_type_table
+from sae_genomics_core.features.cell_types import CellTypeSums, cell_type_table
 
 N_FEATURES = 200
+
+
+@dataclass
+class _Simulation:
+    totals: _Totals
+    mean: sp.csr_matrix  # cells × features: a cell's mean activation over its tokens
+    maximum: np.ndarray  # cells × features: its maximum
 
 
 def _simulate(
@@ -19,7 +30,7 @@ def _simulate(
     fire_probability: np.ndarray,  # cells × features, or features
     seed: int,
     gene_weights: np.ndarray | None = None,
-) -> _Totals:
+) -> _Simulation:
     """Tokens of each cell, each feature firing independently with an exponential activation."""
     rng = np.random.default_rng(seed)
     owners = np.repeat(np.arange(tokens_per_cell.size), tokens_per_cell)
@@ -31,8 +42,13 @@ def _simulate(
     totals = _Totals(N_FEATURES, N_FEATURES, tokens_per_cell.size)
     tokens = {"gene_id": genes, "cell_index": owners, "bin": rng.integers(1, 51, owners.size)}
     l0 = np.bincount(fires.sum(axis=1), minlength=N_FEATURES + 1)
-    totals.add_shard(_EncodedShard(rows, features, rng.exponential(1.0, rows.size), l0, tokens))
-    return totals
+    activation = rng.exponential(1.0, rows.size)
+    totals.add_shard(_EncodedShard(rows, features, activation, l0, tokens))
+    shape = (tokens_per_cell.size, N_FEATURES)
+    sums = sp.csr_matrix((activation, (owners[rows], features)), shape=shape)  # duplicates are summed
+    maximum = np.zeros(shape)
+    np.maximum.at(maximum, (owners[rows], features), activation)
+    return _Simulation(totals, sp.diags(1.0 / tokens_per_cell) @ sums, maximum)
 
 
 def _cells(types: np.ndarray, samples: np.ndarray | None = None) -> pl.DataFrame:
@@ -40,7 +56,7 @@ def _cells(types: np.ndarray, samples: np.ndarray | None = None) -> pl.DataFrame
     return frame if samples is None else frame.with_columns(pl.Series("sample", samples))
 
 
-def _token_confounded_null() -> tuple[_Totals, np.ndarray]:
+def _token_confounded_null() -> tuple[_Simulation, np.ndarray]:
     """Type A's cells carry 1.5× the tokens; token activations do not depend on the type."""
     types = np.repeat(["A", "B"], 300)
     tokens = np.where(types == "A", 150, 100)
@@ -48,8 +64,8 @@ def _token_confounded_null() -> tuple[_Totals, np.ndarray]:
 
 
 def test_cell_type_null_is_not_confounded_by_tokens_per_cell() -> None:
-    totals, types = _token_confounded_null()
-    table = cell_type_table(totals.per_cell_mean(), _cells(types))
+    simulation, types = _token_confounded_null()
+    table = cell_type_table(simulation.mean, _cells(types))
     significant = table.filter(pl.col("q_value") <= 0.05)["feature"].n_unique()
     assert significant <= 0.05 * N_FEATURES
     # nominal rate at the p-value level too (one-sided test of each type)
@@ -58,25 +74,19 @@ def test_cell_type_null_is_not_confounded_by_tokens_per_cell() -> None:
 
 def test_the_landed_max_statistic_fails_the_same_null() -> None:
     """Positive control: the per-cell maximum with a rank test finds type A in nearly every feature."""
-    totals, types = _token_confounded_null()
-    per_cell_max = totals_max(totals)
+    simulation, types = _token_confounded_null()
+    per_cell_max = simulation.maximum
     inside = types == "A"
     p = mannwhitneyu(per_cell_max[inside], per_cell_max[~inside], axis=0, alternative="greater").pvalue
     assert (p <= 0.05).mean() >= 0.9
-
-
-def totals_max(totals: _Totals) -> np.ndarray:
-    from sae_genomics_core.features.associate import _stack
-
-    return _stack(totals.cell_max, totals.n_cells, totals.d_sae).toarray()
 
 
 def test_a_planted_preference_is_found_even_in_the_type_with_fewer_tokens() -> None:
     types = np.repeat(["A", "B"], 300)
     probability = np.full((types.size, N_FEATURES), 0.01)
     probability[types == "B", 7] = 0.02  # feature 7 fires twice as often on B's tokens
-    totals = _simulate(np.where(types == "A", 150, 100), probability, seed=2)
-    table = cell_type_table(totals.per_cell_mean(), _cells(types))
+    simulation = _simulate(np.where(types == "A", 150, 100), probability, seed=2)
+    table = cell_type_table(simulation.mean, _cells(types))
     planted = table.filter((pl.col("feature") == 7) & (pl.col("cell_type") == "B")).row(0, named=True)
     assert planted["q_value"] <= 0.05 and planted["log2_fold_change_lower"] > 0
     assert planted["log2_fold_change"] == pytest.approx(1.0, abs=0.25)
@@ -86,9 +96,9 @@ def test_a_type_where_the_rest_is_silent_gets_a_bounded_fold_change() -> None:
     types = np.repeat(["A", "B", "C"], 100)
     probability = np.zeros((types.size, N_FEATURES))
     probability[types == "A", 3] = 0.05
-    totals = _simulate(np.full(types.size, 100), probability, seed=3)
+    simulation = _simulate(np.full(types.size, 100), probability, seed=3)
     row = (
-        cell_type_table(totals.per_cell_mean(), _cells(types))
+        cell_type_table(simulation.mean, _cells(types))
         .filter((pl.col("feature") == 3) & (pl.col("cell_type") == "A"))
         .row(0, named=True)
     )
@@ -97,7 +107,7 @@ def test_a_type_where_the_rest_is_silent_gets_a_bounded_fold_change() -> None:
     assert row["q_value"] <= 0.05
 
 
-def _sample_confounded(planted: float) -> tuple[_Totals, pl.DataFrame]:
+def _sample_confounded(planted: float) -> tuple[_Simulation, pl.DataFrame]:
     """Eight samples with their own activation level per feature; type A is common where it is high."""
     rng = np.random.default_rng(4)
     n_samples, per_sample = 8, 80
@@ -107,30 +117,48 @@ def _sample_confounded(planted: float) -> tuple[_Totals, pl.DataFrame]:
     types = np.where(rng.random(samples.size) < share_a[samples], "A", "B")
     probability = 0.01 * level[samples]
     probability[types == "A", 11] *= planted
-    totals = _simulate(np.full(samples.size, 100), probability, seed=5)
-    return totals, _cells(types, samples.astype(str))
+    simulation = _simulate(np.full(samples.size, 100), probability, seed=5)
+    return simulation, _cells(types, samples.astype(str))
 
 
 def test_pseudobulk_by_sample_holds_the_null_that_cells_as_units_do_not() -> None:
-    totals, cells = _sample_confounded(planted=1.0)
-    table = cell_type_table(totals.per_cell_mean(), cells).filter(pl.col("cell_type") == "A")
+    simulation, cells = _sample_confounded(planted=1.0)
+    table = cell_type_table(simulation.mean, cells).filter(pl.col("cell_type") == "A")
     assert set(table["test_unit"]) == {"sample"} and table["n_units"].max() == 8
     assert (table["p_value"] <= 0.05).mean() <= 0.09
     # the same cells tested as independent units: the sample effect leaks into feature 0's test
-    as_cells = cell_type_table(totals.per_cell_mean(), cells.drop("sample"))
+    as_cells = cell_type_table(simulation.mean, cells.drop("sample"))
     assert set(as_cells["test_unit"]) == {"cell"}
     assert as_cells.filter((pl.col("feature") == 0) & (pl.col("cell_type") == "A"))["q_value"][0] <= 0.05
 
 
 def test_pseudobulk_finds_a_planted_preference() -> None:
-    totals, cells = _sample_confounded(planted=2.0)
+    simulation, cells = _sample_confounded(planted=2.0)
     row = (
-        cell_type_table(totals.per_cell_mean(), cells)
+        cell_type_table(simulation.mean, cells)
         .filter((pl.col("feature") == 11) & (pl.col("cell_type") == "A"))
         .row(0, named=True)
     )
     assert row["test_unit"] == "sample" and row["p_value"] <= 0.01
     assert row["log2_fold_change"] == pytest.approx(1.0, abs=0.3)
+
+
+def test_cell_type_sums_added_in_parts_equal_scipy_on_all_cells() -> None:
+    simulation, cells = _sample_confounded(planted=2.0)
+    sums = CellTypeSums(cells, N_FEATURES)
+    for part in np.array_split(np.random.default_rng(9).permutation(cells.height), 3):
+        sums.add(part, simulation.mean[part])
+    table = sums.table()
+    row = table.filter((pl.col("feature") == 11) & (pl.col("cell_type") == "A")).row(0, named=True)
+    mean = simulation.mean[:, 11].toarray().ravel()
+    inside, samples = cells["cell_type"].to_numpy() == "A", cells["sample"].to_numpy()
+    units = [
+        (mean[inside & (samples == s)].mean(), mean[~inside & (samples == s)].mean())
+        for s in np.unique(samples)
+    ]
+    expected = ttest_rel(*np.array(units).T, alternative="greater").pvalue
+    assert row["p_value"] == pytest.approx(expected, rel=1e-9) and row["n_units"] == len(units)
+    assert_frame_equal(table, cell_type_table(simulation.mean, cells), rel_tol=1e-9)  # order of sums only
 
 
 def _gene_weights() -> np.ndarray:
@@ -148,7 +176,9 @@ def _top_gene_rarity(table: pl.DataFrame, totals: _Totals, column: str) -> float
 
 
 def test_a_null_features_top_genes_do_not_favour_rare_genes() -> None:
-    totals = _simulate(np.full(2000, 60), np.full(N_FEATURES, 0.05), seed=6, gene_weights=_gene_weights())
+    totals = _simulate(
+        np.full(2000, 60), np.full(N_FEATURES, 0.05), seed=6, gene_weights=_gene_weights()
+    ).totals
     settings = AssociationSettings(top_genes=10_000, min_gene_tokens=3)
     table = rank_genes(totals.gene_sums, totals.gene_tokens, totals.moments(), settings)
     ranked = table.filter(pl.col("rank") <= 20)

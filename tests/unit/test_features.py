@@ -135,14 +135,47 @@ def test_l0_counts_and_activation_histograms_equal_the_dense_computation(setup) 
         .agg(pl.col("a").max())
     )
     active = per_cell.filter(pl.col("a") > 0)["a"].to_numpy()
-    expected, _ = np.histogram(active, bins=HISTOGRAM_BINS, range=(0, active.max()))
     rows = tables.histograms.filter(pl.col("feature") == feature).sort("bin")
+    # counted shard by shard: 20 equal bins from 0 to a range that doubled as larger maxima came in
+    assert len(store.manifest["shards"]) > 1
+    top = HISTOGRAM_BINS * (rows["bin_end"][0] - rows["bin_start"][0])
+    assert active.max() <= top < 2 * active.max()
+    expected = np.bincount(
+        np.minimum((active / (top / HISTOGRAM_BINS)).astype(int), HISTOGRAM_BINS - 1),
+        minlength=HISTOGRAM_BINS,
+    )
     got = np.zeros(HISTOGRAM_BINS, dtype=int)
     got[rows["bin"].to_numpy()] = rows["n_cells"].to_numpy()
-    # the top bin is closed on the right in both; interior edges may differ by float rounding only
-    assert got.sum() == expected.sum() == active.size
-    assert np.abs(got - expected).sum() <= 2
-    assert rows["bin_end"].max() == pytest.approx(active.max(), rel=1e-6)
+    # the dense encoder rounds differently from the streaming one: a value on an edge may move one bin
+    assert got.sum() == expected.sum() == active.size and np.abs(got - expected).sum() <= 2
+
+
+def test_histograms_and_top_cells_kept_shard_by_shard_equal_those_of_all_cells_at_once() -> None:
+    """Maxima grow 3× per shard, so each feature's histogram range doubles several times on the way."""
+    from sae_genomics_core.features.associate import HISTOGRAM_BINS, _PerCell
+
+    rng, d_sae, per_cell = np.random.default_rng(8), 6, _PerCell(6, None, top_cells=5)
+    triples = []
+    for shard in range(4):
+        owners = np.repeat(np.arange(shard * 50, (shard + 1) * 50), 10)  # 50 cells of 10 tokens
+        fires = np.flatnonzero(rng.random(owners.size) < 0.6)
+        features, activation = rng.integers(0, d_sae, fires.size), rng.exponential(3.0**shard, fires.size)
+        per_cell.add_shard(owners, owners[fires], features, activation)
+        triples.append(pl.DataFrame({"cell_index": owners[fires], "feature": features, "a": activation}))
+    maxima = pl.concat(triples).group_by("cell_index", "feature").agg(pl.col("a").max())
+    histograms = per_cell.histograms.frame()
+    for feature in range(d_sae):
+        values = maxima.filter(pl.col("feature") == feature)["a"].to_numpy()
+        rows = histograms.filter(pl.col("feature") == feature)
+        top = HISTOGRAM_BINS * (rows["bin_end"][0] - rows["bin_start"][0])
+        assert values.max() <= top < 2 * values.max()
+        bins = np.minimum((values / (top / HISTOGRAM_BINS)).astype(int), HISTOGRAM_BINS - 1)
+        expected = np.bincount(bins, minlength=HISTOGRAM_BINS)
+        np.testing.assert_array_equal(expected[rows["bin"].to_numpy()], rows["n_cells"].to_numpy())
+        assert rows["n_cells"].sum() == values.size == per_cell.n_cells_active[feature]
+    expected_top = maxima.sort(["feature", "a", "cell_index"], descending=[False, True, False])
+    expected_top = expected_top.group_by("feature", maintain_order=True).head(5)
+    assert per_cell.top["cell_index"].to_list() == expected_top["cell_index"].to_list()
 
 
 def test_keyed_sums_folded_along_the_way_equal_one_grouping_at_the_end(monkeypatch) -> None:

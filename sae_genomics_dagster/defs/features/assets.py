@@ -85,7 +85,7 @@ def _spec(name: str, description: str) -> dg.AssetSpec:
         ),
         _spec(
             "feature_histograms",
-            "Per feature: its active cells binned by (max) activation, 20 equal bins from 0 to its maximum; "
+            "Per feature: its active cells binned by (max) activation, 20 equal bins from 0 to at most twice its maximum; "
             "the feature pages' activation histograms. Table `feature_histograms`.",
         ),
     ],

@@ -4,11 +4,19 @@ Runners: sae_genomics_core.pipeline.sae.run_sae and run_sae_tables.
 """
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import dagster as dg
 from pydantic import Field
 
-from sae_genomics_core.pipeline.sae import DEAD_CHECK, EV_CHECK, run_sae, run_sae_tables
+from sae_genomics_core.pipeline.sae import (
+    DEAD_CHECK,
+    EV_CHECK,
+    LOSS_RECOVERED_CHECK,
+    FidelityModel,
+    run_sae,
+    run_sae_tables,
+)
 from sae_genomics_core.sae.settings import RANDOM_WEIGHTS_K, REAL_MODEL_K, SaeStageSettings, SaeTrainingConfig
 from sae_genomics_dagster.common import (
     BY_DATASET_LAYER,
@@ -22,7 +30,7 @@ from sae_genomics_dagster.common import (
     user_errors,
 )
 from sae_genomics_dagster.partitions import dataset_layer as partitions
-from sae_genomics_dagster.resources import ArtefactsResource
+from sae_genomics_dagster.resources import ArtefactsResource, HomeResource, ModelResource
 
 GROUP = "sae"
 STAGE = SaeStageSettings()  # the core defaults
@@ -62,6 +70,15 @@ class SaeConfig(dg.Config):
         default=STAGE.dead_fraction_ceiling,
         description="asset check: at most this fraction of latents never fire in a full pass over every token",
     )
+    loss_recovered_floor: float = Field(
+        default=STAGE.loss_recovered_floor,
+        description="asset check: loss recovered against zero-ablation of the layer, for both decoders, at least "
+        "this",
+    )
+    fidelity_cells: int = Field(
+        default=STAGE.fidelity.cells,
+        description="held-out cells on which loss recovered is measured, at most",
+    )
 
     def settings(self) -> SaeStageSettings:
         training = SaeTrainingConfig(
@@ -78,6 +95,8 @@ class SaeConfig(dg.Config):
             training=training,
             explained_variance_floor=self.explained_variance_floor,
             dead_fraction_ceiling=self.dead_fraction_ceiling,
+            loss_recovered_floor=self.loss_recovered_floor,
+            fidelity=replace(STAGE.fidelity, cells=self.fidelity_cells),
         )
 
 
@@ -100,20 +119,33 @@ class SaeConfig(dg.Config):
             description="fraction of latents that never fire in a full pass over every token (held-out and "
             "training cells) ≤ the configured ceiling",
         ),
+        dg.AssetCheckSpec(
+            LOSS_RECOVERED_CHECK,
+            asset="sae_checkpoint",
+            description="tahoe-x1's masked-expression loss with the SAE spliced in: (L_zero-ablation − L_SAE) / "
+            "(L_zero-ablation − L_clean) ≥ the configured floor, for the expression and the MVC decoder",
+        ),
     ],
     description=(
         "A TopK sparse autoencoder (sae-lens) for one dataset × layer, trained on that layer's activations "
         "(hook from run config) with AuxK dead-latent revival, mean-centred and scaled inputs and 10% of cells "
-        "held out for metrics. Checkpoint in sae-lens format plus provenance under "
+        "held out for metrics, then its loss recovered: tahoe-x1's masked-expression loss on held-out cells with the "
+        "SAE's reconstruction spliced into the layer (`fidelity.json`). Checkpoint in sae-lens format plus provenance "
+        "under "
         "`$SAE_GENOMICS_HOME/artefacts/sae/<dataset>/L<layer>/`."
     ),
 )
 def sae_checkpoint(
-    context: dg.AssetExecutionContext, config: SaeConfig, artefacts: ArtefactsResource
+    context: dg.AssetExecutionContext,
+    config: SaeConfig,
+    artefacts: ArtefactsResource,
+    home: HomeResource,
+    model: ModelResource,
 ) -> dg.MaterializeResult:
     dataset, layer = dataset_layer(context)
+    source = FidelityModel(model.choice(), home.home.warehouse, model.settings().seed)
     with user_errors():
-        result = run_sae(dataset, layer, artefacts.store, config.settings(), context.log)
+        result = run_sae(dataset, layer, artefacts.store, config.settings(), context.log, source)
     return dg.MaterializeResult(
         metadata=metadata(result.summary), check_results=[check_result(c) for c in result.checks]
     )
