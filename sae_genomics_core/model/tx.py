@@ -210,9 +210,12 @@ class MVCDecoder(nn.Module):
 
     def forward(self, cell_emb: Tensor, gene_embs: Tensor) -> Tensor:
         """cell_emb (B, d), gene_embs (B, G, d) -> (B, G)."""
+        return torch.bmm(self.gene_queries(gene_embs), cell_emb.unsqueeze(2)).squeeze(2)
+
+    def gene_queries(self, gene_embs: Tensor) -> Tensor:
+        """(…, d) gene embeddings -> their queries: a gene's prediction is its query · the cell embedding."""
         queries = self.W(self.query_activation(self.gene2query(gene_embs)))
-        predicted = torch.bmm(queries, cell_emb.unsqueeze(2)).squeeze(2)
-        return predicted / math.sqrt(queries.shape[-1]) if self.scaled else predicted
+        return queries / math.sqrt(queries.shape[-1]) if self.scaled else queries
 
 
 @dataclass

@@ -78,6 +78,22 @@ class FidelitySettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EffectSettings:
+    """Feature effects (sae_genomics_core.sae.effects): which interventions, on how many cells."""
+
+    # steering adds strength × the feature's mean activation (when it fires) along its decoder direction;
+    # negative strengths suppress
+    strengths: tuple[float, ...] = (-2.0, -1.0, 1.0, 2.0)
+    cells: int = 16  # held-out cells where the feature is active, and as many where it is not
+    evaluated_cells: int = 512  # held-out cells encoded to find them (and the cell-type centroids)
+    max_features: int | None = None  # None: every feature that fires on an evaluated cell
+    max_features_cpu: int = 32  # without a GPU: the features active on the most evaluated cells
+    top_genes: int = 10  # genes kept per feature × intervention, up and down
+    batch_rows: int = 256  # cell copies per forward pass
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
 class SaeStageSettings:
     """The SAE stage of one dataset × layer: which activations it trains on, how, and what its checks ask."""
 
