@@ -15,7 +15,7 @@ from sae_genomics_core.data.registry import Registry
 from sae_genomics_core.enrichment.settings import EnrichmentSettings
 from sae_genomics_core.features.settings import AssociationSettings
 from sae_genomics_core.model.choice import ModelChoice
-from sae_genomics_core.sae.settings import SaeStageSettings, SaeTrainingConfig
+from sae_genomics_core.sae.settings import EffectSettings, SaeStageSettings, SaeTrainingConfig
 
 DATASET, LAYER = "notebook", 1
 
@@ -32,11 +32,17 @@ def main(h5ad: str, home_dir: str, cell_type_key: str | None = None) -> None:
     )
     pipeline.run_activation_sets(DATASET, store, warehouse).save(warehouse, dataset=DATASET)
     small = SaeStageSettings(training=SaeTrainingConfig(training_tokens=40_000, batch_size=2048))
-    print("SAE:", pipeline.run_sae(DATASET, LAYER, store, small).summary["explained_variance"])
+    model = pipeline.FidelityModel(ModelChoice(spec="tiny-random"), warehouse)  # for loss recovered, effects
+    sae = pipeline.run_sae(DATASET, LAYER, store, small, model=model).summary
+    print("SAE:", sae["explained_variance"], "loss recovered:", sae["loss_recovered_expr_zero"])
     pipeline.run_sae_tables(DATASET, LAYER, store).save(warehouse, dataset=DATASET, layer=LAYER)
     cells = read_table(warehouse, "cells").filter(dataset=DATASET)
     genes = read_table(warehouse, "genes").filter(dataset=DATASET)
     features = pipeline.run_features(DATASET, LAYER, store, warehouse, cells, genes, AssociationSettings())
+    effects = pipeline.run_feature_effects(
+        DATASET, LAYER, store, warehouse, cells, genes, model, EffectSettings()
+    )
+    print("feature effects:", effects.summary["features"], "features")
     for database in ("hpo", "gencc"):
         pipeline.refresh_annotations(database, snapshot, warehouse, home.cache).save(warehouse)
     pipeline.refresh_hpo_ontology(snapshot, home.cache).save(warehouse)

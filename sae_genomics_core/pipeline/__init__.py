@@ -9,6 +9,7 @@ from sae_genomics_core.pipeline.annotations import (
     refresh_gene_identifiers,
     refresh_hpo_ontology,
 )
+from sae_genomics_core.pipeline.effects import run_feature_effects
 from sae_genomics_core.pipeline.enrichment import (
     refresh_feature_summary,
     run_enrichment,
@@ -18,10 +19,11 @@ from sae_genomics_core.pipeline.features import run_features
 from sae_genomics_core.pipeline.ingest import run_ingest
 from sae_genomics_core.pipeline.pages import run_pages
 from sae_genomics_core.pipeline.result import CheckOutcome, StageResult
-from sae_genomics_core.pipeline.sae import run_sae, run_sae_tables
+from sae_genomics_core.pipeline.sae import FidelityModel, run_sae, run_sae_tables
 
 __all__ = [
     "CheckOutcome",
+    "FidelityModel",
     "RefreshSettings",
     "StageResult",
     "refresh_annotations",
@@ -32,6 +34,7 @@ __all__ = [
     "run_activations",
     "run_enrichment",
     "run_enrichment_baselines",
+    "run_feature_effects",
     "run_features",
     "run_ingest",
     "run_pages",

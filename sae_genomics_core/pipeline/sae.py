@@ -131,7 +131,7 @@ def _fidelity(
     from sae_genomics_core.sae.fidelity import measure_loss_recovered
 
     dataset, layer, settings = target
-    loaded = _matching_model(model, dataset, activations.manifest)
+    loaded = matching_model(model, dataset, activations.manifest)
     if isinstance(loaded, str):
         log.warning(f"loss recovered not measured: {loaded}")
         result: dict[str, Any] = {"not_measured": loaded}
@@ -147,7 +147,7 @@ def _fidelity(
     return result
 
 
-def _matching_model(model: FidelityModel, dataset: str, manifest: dict[str, Any]) -> Any:
+def matching_model(model: FidelityModel, dataset: str, manifest: dict[str, Any]) -> Any:
     """The model the activations came from, or why it cannot be had (then nothing is measured)."""
     from sae_genomics_core.annotations.store import read_table
 

@@ -326,3 +326,19 @@ def _embedding_shift(
         },
         schema=CELL_TYPE_SCHEMA,
     )
+
+
+def choose_features(activity: np.ndarray, settings: EffectSettings, on_gpu: bool) -> np.ndarray:
+    """Features that fire on an evaluated cell; capped (on CPU by default) to those active on most cells."""
+    active_cells = (activity > 0).sum(axis=0)
+    candidates = np.flatnonzero(active_cells > 0)
+    cap = (
+        settings.max_features
+        if settings.max_features is not None
+        else None
+        if on_gpu
+        else settings.max_features_cpu
+    )
+    if cap is not None:
+        candidates = candidates[np.argsort(-active_cells[candidates], kind="stable")[:cap]]
+    return np.sort(candidates)

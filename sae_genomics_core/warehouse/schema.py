@@ -58,6 +58,45 @@ TABLES: dict[str, dict[str, tuple[str, str]]] = {
             "no_ensembl, duplicate of <symbol>",
         ),
     },
+    "feature_effects": {
+        "dataset": ("VARCHAR", "dataset key"),
+        "layer": ("BIGINT", "the SAE's layer"),
+        "feature": ("BIGINT", "SAE latent index"),
+        "intervention": (
+            "VARCHAR",
+            "ablate (the feature set to 0 where it fires) or steer (added along its decoder)",
+        ),
+        "strength": (
+            "DOUBLE",
+            "steering strength in units of the feature's mean activation where it fires; 0 for ablate",
+        ),
+        "cells": ("VARCHAR", "active (cells where the feature fires) or silent (cells where it does not)"),
+        "direction": ("VARCHAR", "up or down: the sign of the change of the gene's predicted expression"),
+        "rank": ("BIGINT", "1 = the largest change in that direction"),
+        "ensembl_id": ("VARCHAR", "the gene"),
+        "symbol": ("VARCHAR", "the gene's symbol"),
+        "effect": ("DOUBLE", "mean change of the MVC decoder's predicted expression (bins) over the cells"),
+        "effect_sd": ("DOUBLE", "its standard deviation over the cells (NULL with one cell)"),
+        "consistency": ("DOUBLE", "share of the cells whose change has the effect's sign"),
+        "n_cells": ("BIGINT", "cells intervened on"),
+        "gene_id": ("BIGINT", "the gene's vocab token id"),
+        "checkpoint_id": ("VARCHAR", "the SAE checkpoint the rows were derived from"),
+    },
+    "feature_effect_cell_types": {
+        "dataset": ("VARCHAR", "dataset key"),
+        "layer": ("BIGINT", "the SAE's layer"),
+        "feature": ("BIGINT", "SAE latent index"),
+        "intervention": ("VARCHAR", "ablate or steer (as in feature_effects)"),
+        "strength": ("DOUBLE", "steering strength (as in feature_effects)"),
+        "cells": ("VARCHAR", "active or silent (as in feature_effects)"),
+        "cell_type": ("VARCHAR", "the type whose centroid (mean clean cell embedding) is compared"),
+        "cosine_shift": (
+            "DOUBLE",
+            "mean change of the cells' cosine similarity to that centroid; > 0: toward it",
+        ),
+        "n_cells": ("BIGINT", "cells intervened on"),
+        "checkpoint_id": ("VARCHAR", "the SAE checkpoint the rows were derived from"),
+    },
 }
 
 

@@ -18,9 +18,10 @@ from sae_genomics_core.enrichment.settings import EnrichmentSettings
 from sae_genomics_core.features.settings import AssociationSettings
 from sae_genomics_core.model.choice import ModelChoice
 from sae_genomics_core.pipeline.annotations import RefreshSettings
-from sae_genomics_core.sae.settings import SaeStageSettings, SaeTrainingConfig
+from sae_genomics_core.sae.settings import EffectSettings, SaeStageSettings, SaeTrainingConfig
 from sae_genomics_core.warehouse.lake import MaintenanceSettings
 from sae_genomics_dagster.defs.annotations.assets import AnnotationRefreshConfig
+from sae_genomics_dagster.defs.effects.assets import EffectConfig
 from sae_genomics_dagster.defs.enrichment.assets import (
     BaselineConfig,
     CalibratedEnrichmentConfig,
@@ -34,6 +35,7 @@ from sae_genomics_dagster.resources import ModelResource
 # Dagster config → the core settings whose defaults it must repeat, and the fields compared at least
 CORE_OF: dict[type, list[type]] = {
     FeatureConfig: [AssociationSettings],
+    EffectConfig: [EffectSettings],
     SaeConfig: [SaeStageSettings, SaeTrainingConfig],  # a field is compared with the first that has it
     EnrichmentConfig: [EnrichmentSettings],
     CalibratedEnrichmentConfig: [EnrichmentSettings],

@@ -10,6 +10,7 @@ from sae_genomics_core.artefacts import ArtefactStore
 from sae_genomics_core.config import Home
 from sae_genomics_core.data.registry import Registry
 from sae_genomics_core.sae.checkpoint import load_checkpoint
+from sae_genomics_core.warehouse.schema import columns
 from sae_genomics_dagster.definitions import build_definitions
 from sae_genomics_dagster.defs.sae.sensors import train_saes_after_activations
 from sae_genomics_dagster.resources import ArtefactsResource
@@ -292,3 +293,29 @@ def test_an_unreachable_object_store_fails_the_step_clearly_and_keeps_the_tables
     assert "the artefact store s3://gone/sae-genomics failed" in description and "reachable" in description
     with duckdb.connect(str(home.warehouse), read_only=True) as connection:
         assert connection.execute("select * from sae_checkpoints order by layer").fetchall() == before
+
+
+def test_feature_effects_are_written_for_the_most_active_features(trained) -> None:
+    home, instance, _, result = trained
+    assert result.success
+    with duckdb.connect(str(home.warehouse), read_only=True) as connection:
+        summary = connection.execute(
+            "select count(distinct feature), count(distinct strength), min(n_cells), "
+            "count(*) filter (where ensembl_id is null), bool_and(consistency between 0 and 1) "
+            "from feature_effects where dataset = 'chr21' and layer = 1"
+        ).fetchone()
+        directions = connection.execute(
+            "select direction, bool_and(effect > 0), bool_and(effect < 0) from feature_effects "
+            "where dataset = 'chr21' and layer = 1 group by direction order by direction"
+        ).fetchall()
+    features, strengths, fewest_cells, unnamed, consistent = summary
+    assert 0 < features <= 32  # the CPU default caps the features evaluated
+    assert (
+        strengths == 5 and fewest_cells >= 1 and unnamed == 0 and consistent
+    )  # four strengths and 0 (ablate)
+    assert directions == [("down", False, True), ("up", True, False)]
+    with duckdb.connect(str(home.warehouse), read_only=True) as connection:
+        written = connection.execute("select * from feature_effects limit 0").pl().columns
+    assert written == columns("feature_effects")  # the public contract describes every column
+    event = instance.get_latest_materialization_event(dg.AssetKey("feature_effects"))
+    assert event.asset_materialization.metadata["features"].value == features

@@ -32,6 +32,8 @@ TABLES = (
     "sae_checkpoints",
     "feature_genes",
     "feature_cell_types",
+    "feature_effects",
+    "feature_effect_cell_types",
     "enrichment",
 )
 # where a row says its artefact is, and when it was written: the only columns that differ between homes
