@@ -1,4 +1,4 @@
-"""The core commands of `sae-genomics` (no Dagster): `sql` and `validate`.
+"""The core commands of `sae-genomics` (no Dagster): `sql`, `validate` and `steer`.
 
 The console script (sae_genomics_dagster.cli) adds the commands that need the Dagster instance.
 """
@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sae_genomics_core.config import Home
 from sae_genomics_core.data.h5ad import (
@@ -86,6 +87,49 @@ def add_core_commands(commands: argparse._SubParsersAction) -> None:
     add_dataset_options(validate)
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
     validate.set_defaults(handler=_validate)
+    _add_steer_command(commands)
+
+
+def _add_steer_command(commands: argparse._SubParsersAction) -> None:
+    from sae_genomics_core.sae.settings import EffectSettings
+
+    steer = commands.add_parser(
+        "steer",
+        help="steer an SAE feature and show what tahoe-x1 then predicts; or, with --source and --target, find "
+        "the features that move one cell type toward another",
+    )
+    steer.add_argument("--dataset", required=True)
+    steer.add_argument("--layer", type=int, required=True)
+    steer.add_argument("--feature", type=int, help="the feature to steer")
+    steer.add_argument(
+        "--strength",
+        type=float,
+        default=2.0,
+        help="× the feature's mean activation where it fires (default 2)",
+    )
+    steer.add_argument("--source", help="contrastive: the cell type to steer")
+    steer.add_argument("--target", help="contrastive: the cell type to move toward")
+    steer.add_argument(
+        "--cells",
+        type=int,
+        default=EffectSettings().evaluated_cells,
+        help="held-out cells to evaluate at most",
+    )
+    steer.add_argument(
+        "--top", type=int, default=10, help="genes per direction, features or cells to show (default 10)"
+    )
+    steer.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="output format (default: table; csv and json print one table)",
+    )
+    steer.add_argument(
+        "--show",
+        choices=("genes", "cell-types", "cells"),
+        help="with --feature: print only this table (default: all three as tables; genes in csv and json)",
+    )
+    steer.set_defaults(handler=_steer)
 
 
 def _non_negative(kind: type[float] | type[int]) -> Callable[[str], float | int]:
@@ -116,6 +160,76 @@ def _sql(args: argparse.Namespace) -> int:
     if result.truncated:
         print(f"note: {too_many_rows(result.max_rows)}", file=sys.stderr)
     return 0
+
+
+def _steer(args: argparse.Namespace) -> int:
+    from sae_genomics_core.errors import SaeGenomicsError
+
+    if (args.feature is None) == (args.source is None or args.target is None):
+        print("error: give --feature, or --source and --target (contrastive)", file=sys.stderr)
+        return 2
+    try:
+        tables = _steering_tables(args)
+    except SaeGenomicsError as error:
+        print(f"error: {error.explain()}", file=sys.stderr)
+        return 2
+    show = args.show or (None if args.format == "table" else "genes")
+    for (name, title), frame in tables.items():
+        if show is not None and args.feature is not None and name != show:
+            continue
+        if args.format == "table":
+            print(f"\n{title}")
+        sys.stdout.write(format_frame(frame, args.format))
+    return 0
+
+
+def _steering_tables(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
+    """(name, title) -> table."""
+    from dataclasses import replace
+
+    from sae_genomics_core.annotations.store import read_table
+    from sae_genomics_core.artefacts import artefact_store
+    from sae_genomics_core.config import Environment
+    from sae_genomics_core.model.choice import ModelChoice
+    from sae_genomics_core.pipeline.effects import contrast_features, steer_feature
+    from sae_genomics_core.pipeline.sae import FidelityModel
+    from sae_genomics_core.sae.settings import EffectSettings
+
+    home = Home.from_env()
+    model = FidelityModel(ModelChoice(spec=Environment.read().model), home.warehouse)
+    settings = replace(EffectSettings(), evaluated_cells=args.cells, top_genes=args.top)
+    cells = _dataset_rows(read_table(home.warehouse, "cells"), args.dataset, "cells")
+    store, where = artefact_store(home), (args.dataset, args.layer)
+    if args.feature is None:
+        found = contrast_features(
+            *where, store, cells, model, (args.source, args.target), args.strength, settings
+        )
+        title = f"features moving {args.source} toward {args.target} (strength {args.strength:g})"
+        return {("features", title): found.head(args.top)}
+    genes = _dataset_rows(read_table(home.warehouse, "genes"), args.dataset, "genes")
+    steering = steer_feature(*where, store, cells, genes, model, args.feature, args.strength, settings)
+    return {
+        (
+            "genes",
+            f"feature {args.feature} at strength {args.strength:g}: predicted expression",
+        ): steering.genes,
+        (
+            "cell-types",
+            "cell embedding: change of cosine similarity to each type's centroid",
+        ): steering.cell_types,
+        ("cells", f"cells (the first {args.top})"): steering.cells.head(args.top),
+    }
+
+
+def _dataset_rows(table: Any, dataset: str, name: str) -> Any:
+    from sae_genomics_core.errors import InputError
+
+    rows = None if table is None else table.filter(dataset=dataset)
+    if rows is None or rows.height == 0:
+        raise InputError(
+            f"the warehouse has no {name} of dataset {dataset!r}", fix="register and materialise it"
+        )
+    return rows
 
 
 def _validate(args: argparse.Namespace) -> int:

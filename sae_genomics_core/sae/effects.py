@@ -43,6 +43,7 @@ class EvaluatedCells:
     cell_index: np.ndarray  # (C,) dataset rows
     activity: np.ndarray  # (C, d_sae): each feature's maximum activation over the cell's gene tokens
     mean_when_firing: np.ndarray  # (d_sae,) over gene tokens where it fires
+    token_frequency: np.ndarray  # (d_sae,) share of the cells' gene tokens where it fires
     embedding: Tensor  # (C, d) clean cell embeddings
 
     def width(self, rows: Tensor) -> int:
@@ -87,7 +88,7 @@ class Intervener:
         d_sae = self.directions.shape[0]
         activity, sums, counts, embeddings = [], np.zeros(d_sae), np.zeros(d_sae), []
         cell_index = np.concatenate([b.cell_index for b in batches])
-        empty = np.zeros((0, d_sae)), np.zeros(d_sae), torch.empty(0)
+        empty = np.zeros((0, d_sae)), np.zeros(d_sae), np.zeros(d_sae), torch.empty(0)
         cells = EvaluatedCells(genes, values, real, batches[0].n_prefix, cell_index, *empty)
         for rows in torch.arange(genes.shape[0]).split(settings.batch_rows):
             output = self._forward(cells, rows, capture=True)
@@ -101,6 +102,7 @@ class Intervener:
             embeddings.append(output.cell_emb)
         cells.activity, cells.embedding = np.concatenate(activity), torch.cat(embeddings)
         cells.mean_when_firing = np.divide(sums, counts, out=np.zeros(d_sae), where=counts > 0)
+        cells.token_frequency = counts / max(1, int(cells.gene_tokens(torch.arange(genes.shape[0])).sum()))
         return cells
 
     def run(self, cells: EvaluatedCells, plan: Plan, rows: np.ndarray) -> tuple[Tensor, Tensor]:
@@ -172,10 +174,18 @@ def plan_effects(cells: EvaluatedCells, features: np.ndarray, settings: EffectSe
                     parts.append(
                         (chosen, int(feature), False, amount, (int(feature), STEER, strength, group))
                     )
-    return _plan(parts)
+    return make_plan(parts)
 
 
-def _plan(parts: list[tuple[np.ndarray, int, bool, float, tuple[int, str, float, str]]]) -> Plan:
+def steering_plan(
+    cells: EvaluatedCells, feature: int, strength: float, positions: np.ndarray, group: str
+) -> Plan:
+    """Steer one feature on the cells at `positions` (all labelled `group`)."""
+    amount = strength * cells.mean_when_firing[feature]
+    return make_plan([(positions, feature, False, amount, (feature, STEER, strength, group))])
+
+
+def make_plan(parts: list[tuple[np.ndarray, int, bool, float, tuple[int, str, float, str]]]) -> Plan:
     sizes = [cells.size for cells, *_ in parts]
     return Plan(
         cell=np.concatenate([cells for cells, *_ in parts]) if parts else np.zeros(0, dtype=np.int64),
@@ -225,7 +235,17 @@ def feature_effects(
     settings: EffectSettings,
 ) -> EffectTables:
     """Every planned intervention, run in batches; each feature × intervention reduced once its rows ran."""
-    plan = plan_effects(cells, features, settings)
+    return run_plan(intervener, cells, plan_effects(cells, features, settings), cell_types, settings)
+
+
+def run_plan(
+    intervener: Intervener,
+    cells: EvaluatedCells,
+    plan: Plan,
+    cell_types: np.ndarray | None,
+    settings: EffectSettings,
+) -> EffectTables:
+    """A plan's rows in batches of `batch_rows`, reduced per key (feature × intervention × cells)."""
     centroids = _centroids(cells.embedding, cell_types)
     reducer = _Reducer(plan, cells, centroids, settings.top_genes, intervener.gene_ids)
     for first in range(0, len(plan.key), settings.batch_rows):
@@ -329,7 +349,8 @@ def _embedding_shift(
 
 
 def choose_features(activity: np.ndarray, settings: EffectSettings, on_gpu: bool) -> np.ndarray:
-    """Features that fire on an evaluated cell; capped (on CPU by default) to those active on most cells."""
+    """Features that fire on an evaluated cell. Capped (on CPU by default) to those whose active and
+    silent cells are most balanced, so that each has cells to ablate it on and cells to switch it on in."""
     active_cells = (activity > 0).sum(axis=0)
     candidates = np.flatnonzero(active_cells > 0)
     cap = (
@@ -340,5 +361,6 @@ def choose_features(activity: np.ndarray, settings: EffectSettings, on_gpu: bool
         else settings.max_features_cpu
     )
     if cap is not None:
-        candidates = candidates[np.argsort(-active_cells[candidates], kind="stable")[:cap]]
+        balance = np.minimum(active_cells, activity.shape[0] - active_cells)[candidates]
+        candidates = candidates[np.lexsort((-active_cells[candidates], -balance))[:cap]]
     return np.sort(candidates)

@@ -25,6 +25,7 @@ from sae_genomics_core.errors import SaeGenomicsError
 from sae_genomics_core.warehouse.sql import connect_read_only, table_names
 
 TOP_GENES, TOP_CELLS = 20, 10
+TOP_EFFECT_GENES = 5  # per feature, intervention and direction
 TERMS_PER_DATABASE = 5  # best rows of each database per feature, plus every significant row
 
 
@@ -70,10 +71,23 @@ _OPTIONAL_QUERIES = {  # key: (the table it needs, else the page shows none, que
         "select database, method, n_units, n_units_tested, n_units_significant, fraction_significant "
         "from enrichment_baselines where dataset = ? and layer = ? order by database, method",
     ),
-    "sae": (
+    "sae": (  # every column: older warehouses lack the newer ones (loss recovered), which then stay empty
         "sae_checkpoints",
-        "select hook, d_in, d_sae, k, explained_variance, dead_fraction, model_id, random_weights "
-        "from sae_checkpoints where dataset = ? and layer = ?",
+        "select * from sae_checkpoints where dataset = ? and layer = ?",
+    ),
+    "effects": (  # ablation, and steering at the strongest strength, top genes each way
+        "feature_effects",
+        "select feature, intervention, strength, cells, direction, rank, coalesce(symbol, ensembl_id) as gene, effect, "
+        "effect_sd, consistency, n_cells from ("
+        "  select *, max(strength) over () as strongest from feature_effects where dataset = ? and layer = ?"
+        f") where rank <= {TOP_EFFECT_GENES} and (intervention = 'ablate' or strength = strongest) "
+        "order by feature, intervention, cells, direction, rank",
+    ),
+    "effect_types": (
+        "feature_effect_cell_types",
+        "select feature, cell_type, cosine_shift, n_cells from ("
+        "  select *, max(strength) over () as strongest from feature_effect_cell_types where dataset = ? and layer = ?"
+        ") where intervention = 'steer' and strength = strongest and cells = 'silent' order by feature, cosine_shift desc",
     ),
 }
 
@@ -218,7 +232,7 @@ const rows = (cols) => { const keys = Object.keys(cols); const n = keys.length ?
 const byFeature = (list) => { const m = new Map(); for (const r of list) { if (!m.has(r.feature)) m.set(r.feature, []); m.get(r.feature).push(r); } return m; };
 const stats = rows(D.stats), genes = byFeature(rows(D.genes)), cells = byFeature(rows(D.cells)),
       types = byFeature(rows(D.cell_types)), hist = byFeature(rows(D.histograms)), terms = byFeature(rows(D.enrichment)),
-      baselines = rows(D.baselines);
+      baselines = rows(D.baselines), effects = byFeature(rows(D.effects)), effectTypes = byFeature(rows(D.effect_types));
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 const num = (x, d = 3) => x === null || x === undefined ? "" : (typeof x === "string" ? x : (Math.abs(x) >= 1e4 || (x !== 0 && Math.abs(x) < 1e-3) ? x.toExponential(2) : x.toFixed(d)));
 const sigTerms = (f) => (terms.get(f) || []).filter(t => t.significant);
@@ -299,7 +313,14 @@ function featurePage(f) {
     <h3>Enrichment (BH q per database; its best __TERMS_PER_DATABASE__ rows each, and every significant one)</h3>${e.length ? table(["database", "term", "overlap", "set", "term size", "odds ratio", "log10 p", "q", "genes"], e.map(r => `<tr class="${r.significant ? "sig" : ""}"><td>${esc(r.database)}</td><td>${esc(r.term_name || r.term_id)} <small>${esc(r.term_id)}</small>${r.most_specific ? ' <span class=pill title="no significant descendant term">most specific</span>' : ""}</td><td>${r.overlap}</td><td>${r.feature_set_size}</td><td>${r.term_size}</td><td>${num(r.odds_ratio, 1)}</td><td>${num(r.log10_p_value, 2)}</td><td>${num(r.q_value)}</td><td>${(r.overlap_genes || []).map(x => `<span class=pill>${esc(x)}</span>`).join("")}</td></tr>`)) : "<p class=muted>Not tested (no enrichment rows for this feature).</p>"}
     <h3>Compared with the baselines of this layer</h3>${baselineTable()}
     <h3>Cell types (a cell's mean activation per token; type vs rest by ${t.length && t[0].test_unit === "sample" ? "paired t over samples (pseudobulk)" : "Welch's t with cells as units"}; BH q; highlighted: q &lt; 0.05 and the fold change's 95% lower bound &gt; 0)</h3>${table(["cell type", "mean activation", "fraction of cells active", "log2 FC", "log2 FC lower bound", "q", "units"], t.map(r => `<tr class="${r.q_value < 0.05 && r.log2_fold_change_lower > 0 ? "sig" : ""}"><td>${esc(r.cell_type)}</td><td>${num(r.mean_activation)}</td><td>${num(r.frac_active)}</td><td>${num(r.log2_fold_change, 2)}</td><td>${num(r.log2_fold_change_lower, 2)}</td><td>${num(r.q_value)}</td><td>${r.n_units} ${esc(r.test_unit)}s</td></tr>`))}
-    <h3>Top cells</h3>${table(["rank", "cell", "cell type", "max activation"], c.map(r => `<tr><td>${r.rank}</td><td>${esc(r.cell_id)}</td><td>${esc(r.cell_type)}</td><td>${num(r.max_activation)}</td></tr>`))}`;
+    <h3>Top cells</h3>${table(["rank", "cell", "cell type", "max activation"], c.map(r => `<tr><td>${r.rank}</td><td>${esc(r.cell_id)}</td><td>${esc(r.cell_type)}</td><td>${num(r.max_activation)}</td></tr>`))}
+    ${whatItDoes(f)}`;
+  const fx = (effects.get(f) || []).filter(r => r.intervention === "steer" && r.cells === "silent");
+  if (fx.length) chart("#effects-chart", {width: 300, height: Math.max(80, 15 * fx.length), data: {values: fx}, mark: "bar",
+    encoding: {y: {field: "gene", type: "nominal", sort: {field: "effect", order: "descending"}, title: null},
+               x: {field: "effect", type: "quantitative", title: `change of predicted expression (steered ×${fx[0].strength})`},
+               color: {field: "consistency", type: "quantitative", scale: {scheme: "viridis", domain: [0.5, 1]}, title: "cells agreeing"},
+               tooltip: [{field: "gene"}, {field: "effect"}, {field: "effect_sd"}, {field: "consistency"}, {field: "n_cells"}]}});
   chart("#genes-chart", {width: 300, height: Math.max(100, 15 * g.length), data: {values: g}, mark: "bar",
     encoding: {y: {field: "gene", type: "nominal", sort: {field: "rank"}, title: null}, x: {field: "score", type: "quantitative", title: "Σ activation × expression"},
                color: {field: "specificity", type: "quantitative", scale: {scheme: "viridis"}}, tooltip: [{field: "gene"}, {field: "score"}, {field: "specificity"}]}});
@@ -307,6 +328,23 @@ function featurePage(f) {
     encoding: {x: {field: "bin_start", type: "quantitative", title: "cell's max activation"}, x2: {field: "bin_end"},
                y: {field: "n_cells", type: "quantitative", title: "cells"}, y2: {datum: 0}}});
   chart("#density", densitySpec(s.frequency > 0 ? Math.log10(s.frequency) : null));
+}
+
+function whatItDoes(f) {
+  const sae = D.sae || {}, fx = effects.get(f) || [], shifts = effectTypes.get(f) || [];
+  const recovered = sae.loss_recovered_expr_zero === undefined || sae.loss_recovered_expr_zero === null ? "not measured"
+    : `expression decoder ${num(sae.loss_recovered_expr_zero)}, MVC decoder ${num(sae.loss_recovered_mvc_zero)} (1 = nothing lost, 0 = as bad as deleting the layer)`;
+  const head = `<h3>What it does (interventions through the model)</h3><p>Loss recovered by this layer's SAE: ${recovered}.</p>`;
+  if (!fx.length) return head + "<p class=muted>Not evaluated: the feature_effects asset has no rows for this feature (without a GPU it evaluates a subset, the features whose active and silent held-out cells are most balanced; run it on a GPU for all).</p>";
+  const group = (intervention, cells) => fx.filter(r => r.intervention === intervention && r.cells === cells);
+  const rowsOf = (list) => list.map(r => `<tr><td>${esc(r.direction)}</td><td>${esc(r.gene)}</td><td>${num(r.effect)}</td><td>${num(r.effect_sd)}</td><td>${num(r.consistency, 2)}</td><td>${r.n_cells}</td></tr>`);
+  const effectTable = (list) => list.length ? table(["direction", "gene", "mean change", "s.d.", "cells agreeing", "cells"], rowsOf(list)) : "<p class=muted>none</p>";
+  const steered = group("steer", "silent"), strength = steered.length ? steered[0].strength : null;
+  return head + `<p class=muted>Predicted expression is the MVC decoder's, for every gene of the dataset; each edit keeps the SAE's error term.</p>
+    <div class="charts"><div><h4>Switched on where it is silent (steered ×${num(strength, 1)} its mean activation)</h4><div id="effects-chart"></div></div>
+    <div><h4>Cell embedding moves toward (cosine change)</h4>${shifts.length ? table(["cell type", "cosine change"], shifts.slice(0, 6).map(r => `<tr><td>${esc(r.cell_type)}</td><td>${num(r.cosine_shift, 4)}</td></tr>`)) : "<p class=muted>no cell types</p>"}</div></div>
+    <h4>Ablated where it fires (set to 0)</h4>${effectTable(group("ablate", "active"))}
+    <h4>Steered where it fires (×${num(strength, 1)})</h4>${effectTable(group("steer", "active"))}`;
 }
 
 function route() {

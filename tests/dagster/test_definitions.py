@@ -34,7 +34,10 @@ def test_definitions_load_with_the_expected_graph(home: Home) -> None:
     assert {key.name for key in graph.get_check_keys_for_assets({dg.AssetKey("sae_checkpoint")})} == {
         "explained_variance_floor",
         "dead_fraction_ceiling",
+        "loss_recovered_floor",
     }
+    effects = graph.get(dg.AssetKey("feature_effects"))
+    assert effects.pools == {"gpu"} and dg.AssetKey("sae_checkpoint") in effects.parent_keys
     assert (
         defs.resolve_sensor_def("train_saes_after_activations").default_status
         == dg.DefaultSensorStatus.RUNNING
@@ -75,7 +78,16 @@ def test_every_asset_tells_a_newcomer_what_it_is(home: Home) -> None:
         assert node.kinds, name  # torch, duckdb, polars, html, …
         assert node.group_name != "default", name
         groups.add(node.group_name)
-    assert groups == {"datasets", "activations", "sae", "features", "annotations", "enrichment", "reports"}
+    assert groups == {
+        "datasets",
+        "activations",
+        "sae",
+        "features",
+        "effects",
+        "annotations",
+        "enrichment",
+        "reports",
+    }
     # the last steps of the graph sit where DESIGN puts them
     assert dg.AssetKey("enrichment") in graph.get(dg.AssetKey("enrichment_baselines")).parent_keys
     assert dg.AssetKey("enrichment_baselines") in graph.get(dg.AssetKey("feature_pages")).parent_keys

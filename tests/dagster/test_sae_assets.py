@@ -295,7 +295,7 @@ def test_an_unreachable_object_store_fails_the_step_clearly_and_keeps_the_tables
         assert connection.execute("select * from sae_checkpoints order by layer").fetchall() == before
 
 
-def test_feature_effects_are_written_for_the_most_active_features(trained) -> None:
+def test_feature_effects_are_written_for_a_capped_subset_on_cpu(trained) -> None:
     home, instance, _, result = trained
     assert result.success
     with duckdb.connect(str(home.warehouse), read_only=True) as connection:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -60,6 +63,39 @@ def test_sql_refusals(demo_home: Path, query: str) -> None:
     assert result.returncode == 2
     assert "refused" in result.stderr
     assert cli(demo_home, "sql", "select count(*) as n from cells", "--format", "csv").stdout == "n\n700\n"
+
+
+def _csv(result: subprocess.CompletedProcess[str]) -> list[dict[str, str]]:
+    assert result.returncode == 0, result.stderr
+    return list(csv.DictReader(io.StringIO(result.stdout)))
+
+
+def test_steer_a_feature_then_contrast_two_cell_types(demo_home: Path) -> None:
+    busiest = "select feature from feature_stats where dataset = 'pbmc68k' and layer = 1 order by fire_count desc limit 1"
+    feature = _csv(cli(demo_home, "sql", busiest, "--format", "csv"))[0]["feature"]
+    where = ("steer", "--dataset", "pbmc68k", "--layer", "1", "--cells", "48", "--format", "csv")
+    steered = _csv(cli(demo_home, *where, "--feature", feature, "--strength", "2", "--top", "400"))
+    genes = steered
+    assert genes and all(row["ensembl_id"] for row in genes)
+    assert all((float(row["effect"]) > 0) == (row["direction"] == "up") for row in genes)
+    # strength 0 changes no prediction at all: no gene moves up or down
+    unmoved = _csv(cli(demo_home, *where, "--feature", feature, "--strength", "0", "--top", "400"))
+    assert unmoved == []
+    shifts = _csv(cli(demo_home, *where, "--feature", feature, "--show", "cell-types"))
+    assert {row["cell_type"] for row in shifts} >= {"Dendritic", "CD14+ Monocyte"}
+    contrast = _csv(cli(demo_home, *where, "--source", "CD14+ Monocyte", "--target", "Dendritic"))
+    assert contrast and [int(row["rank"]) for row in contrast] == list(range(1, len(contrast) + 1))
+    assert all(0 < float(row["percentile_same_frequency"]) <= 1 for row in contrast)
+    relative = [float(row["relative_shift"]) for row in contrast]
+    assert relative == sorted(relative, reverse=True)
+    first = contrast[0]
+    assert float(first["relative_shift"]) == pytest.approx(
+        float(first["toward_target"]) - float(first["toward_source"])
+    )
+    unknown = cli(demo_home, *where, "--source", "Neuron", "--target", "Dendritic")
+    assert unknown.returncode == 2 and "CD14+ Monocyte" in unknown.stderr  # says which types exist
+    missing = cli(demo_home, *where, "--feature", "99999")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
 def test_register_bad_file_writes_nothing(tmp_path: Path) -> None:

@@ -301,5 +301,16 @@ def test_browser_feature_page_search(ui_home: Path, webserver: str, browser: obj
     # by cell type: every feature for which that type is significant
     page.fill("#search", cell_type)
     page.get_by_text(f"{n_typed} feature{'' if n_typed == 1 else 's'} match “{cell_type}”").wait_for()
+    # what a feature does: its effects chart, ablation table and its SAE's loss recovered
+    with duckdb.connect(str(ui_home / "warehouse.duckdb"), read_only=True) as connection:
+        (steered,) = connection.execute(
+            "select min(feature) from feature_effects where dataset = 'pbmc68k' and layer = 1 and cells = 'silent'"
+        ).fetchone()
+    page.goto(f"{pages.as_uri()}#feature={steered}")
+    page.locator("#feature-title").filter(has_text=f"Feature {steered}").wait_for()
+    page.locator("#effects-chart svg").wait_for()
+    text = page.inner_text("#page")
+    assert "What it does" in text and "Loss recovered by this layer's SAE: expression decoder" in text
+    page.screenshot(path=str(ARTIFACTS / "feature-effects.png"), full_page=True)
     assert not errors, errors
     page.close()

@@ -112,7 +112,7 @@ def intervener(extracted):
 
 
 def test_strength_zero_and_ablating_a_silent_feature_change_nothing_exactly(intervener) -> None:
-    from sae_genomics_core.sae.effects import _plan, plan_effects
+    from sae_genomics_core.sae.effects import make_plan, plan_effects
 
     runner, cells = intervener
     active = (cells.activity > 0).sum(axis=0)
@@ -122,7 +122,7 @@ def test_strength_zero_and_ablating_a_silent_feature_change_nothing_exactly(inte
     delta, _ = runner.run(cells, zero, steered)
     assert steered.size > 8 and torch.count_nonzero(delta) == 0
     silent = np.flatnonzero(cells.activity[:, feature] == 0)[:6]
-    ablation = _plan([(silent, feature, True, 0.0, (feature, "ablate", 0.0, "silent"))])
+    ablation = make_plan([(silent, feature, True, 0.0, (feature, "ablate", 0.0, "silent"))])
     delta, _ = runner.run(cells, ablation, np.arange(silent.size))
     assert silent.size > 0 and torch.count_nonzero(delta) == 0
     steer = plan_effects(cells, np.array([feature]), EffectSettings(strengths=(1.0,), cells=8))
