@@ -87,7 +87,7 @@ class EffectSettings:
     cells: int = 16  # held-out cells where the feature is active, and as many where it is not
     evaluated_cells: int = 512  # held-out cells encoded to find them (and the cell-type centroids)
     max_features: int | None = None  # None: every feature that fires on an evaluated cell
-    max_features_cpu: int = 32  # without a GPU: those whose active and silent cells are most balanced
+    max_features_cpu: int = 8  # without a GPU: those whose active and silent cells are most balanced
     top_genes: int = 10  # genes kept per feature × intervention, up and down
     batch_rows: int = 256  # cell copies per forward pass
     seed: int = 0
