@@ -163,7 +163,8 @@ def _materialize(
         key = dg.MultiPartitionKey({"dataset": name, "layer": str(layer)})
         if not _execute(sae_job, key, instance, run_config):
             return 1
-    return 0
+    # the atlas matches the new SAEs against the other layers and datasets
+    return 0 if _execute(defs.resolve_job_def("atlas"), None, instance) else 1
 
 
 def _register(home: Home, path: str, name: str | None, args: argparse.Namespace, source: str) -> int:

@@ -261,7 +261,8 @@ def _centroids(embedding: Tensor, cell_types: np.ndarray | None) -> dict[str, Te
     if cell_types is None:
         return {}
     known = [t for t in np.unique(cell_types.astype(str)) if t != "None"]
-    return {t: embedding[torch.as_tensor(cell_types.astype(str) == t)].mean(dim=0) for t in known}
+    labels = cell_types.astype(str)
+    return {t: embedding[torch.as_tensor(labels == t, device=embedding.device)].mean(dim=0) for t in known}
 
 
 class _Reducer:
@@ -292,7 +293,8 @@ class _Reducer:
         label = {"feature": feature, "intervention": intervention, "strength": strength, "cells": group}
         self.genes.append(_top_genes(np.stack(self.deltas), self.gene_ids, self.top, label))
         if self.centroids:
-            clean = self.cells.embedding[torch.as_tensor(self.plan.cell[self.rows])]
+            embedding = self.cells.embedding
+            clean = embedding[torch.as_tensor(self.plan.cell[self.rows], device=embedding.device)]
             self.types.append(_embedding_shift(clean, torch.stack(self.embeddings), self.centroids, label))
         self.deltas, self.embeddings, self.rows = [], [], []
 

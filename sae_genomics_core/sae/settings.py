@@ -11,6 +11,7 @@ from sae_genomics_core.errors import SettingsError
 
 REAL_MODEL_K = 64  # active latents per token for the published models
 RANDOM_WEIGHTS_K = 16  # the tiny random-weight model: d_model 64 leaves room for fewer
+REAL_MODEL_SEEDS, RANDOM_WEIGHTS_SEEDS = 3, 2  # SAEs trained per layer to measure seed stability
 
 
 def default_k(random_weights: bool) -> int:
@@ -104,7 +105,15 @@ class SaeStageSettings:
     dead_fraction_ceiling: float = 0.1  # check: at most this fraction of latents never fire
     # check: loss recovered against zero-ablation of the layer, for both heads, at least this
     loss_recovered_floor: float = 0.8
+    # training seeds of the stability check (the checkpoint's and the next ones); None: by the model
+    stability_seeds: int | None = None
     fidelity: FidelitySettings = field(default_factory=FidelitySettings)
+
+    def seeds_for(self, random_weights: bool) -> int:
+        """Seeds of the stability check: 3 for real models, 2 for random-weight ones (the demo)."""
+        if self.stability_seeds is not None:
+            return self.stability_seeds
+        return RANDOM_WEIGHTS_SEEDS if random_weights else REAL_MODEL_SEEDS
 
     def training_for(self, random_weights: bool) -> SaeTrainingConfig:
         """The training config of a run on activations of a model with (or without) random weights."""

@@ -75,6 +75,15 @@ _OPTIONAL_QUERIES = {  # key: (the table it needs, else the page shows none, que
         "sae_checkpoints",
         "select * from sae_checkpoints where dataset = ? and layer = ?",
     ),
+    "stability": (
+        "feature_stability",
+        "select feature, bool_and(stable) as stable, min(matched_cosine) as min_seed_cosine "
+        "from feature_stability where dataset = ? and layer = ? group by feature order by feature",
+    ),
+    "seed_summary": (
+        "sae_stability",
+        "select * from sae_stability where dataset = ? and layer = ?",
+    ),
     "effects": (  # ablation, and steering at the strongest strength, top genes each way
         "feature_effects",
         "select feature, intervention, strength, cells, direction, rank, coalesce(symbol, ensembl_id) as gene, effect, "
@@ -113,11 +122,12 @@ def collect(warehouse: Path, dataset: str, layer: int) -> dict[str, Any]:
         }
         for name, (needs, sql) in _OPTIONAL_QUERIES.items():
             frames[name] = _frame(connection, sql, key, tables, needs)
-    sae = frames.pop("sae")
+    sae, seeds = frames.pop("sae"), frames.pop("seed_summary")
     return {
         "dataset": dataset,
         "layer": layer,
         "sae": sae.row(0, named=True) if sae is not None and sae.height else {},
+        "seeds": seeds.row(0, named=True) if seeds is not None and seeds.height else {},
         **{name: _columns(frame) for name, frame in frames.items()},
     }
 
@@ -232,7 +242,8 @@ const rows = (cols) => { const keys = Object.keys(cols); const n = keys.length ?
 const byFeature = (list) => { const m = new Map(); for (const r of list) { if (!m.has(r.feature)) m.set(r.feature, []); m.get(r.feature).push(r); } return m; };
 const stats = rows(D.stats), genes = byFeature(rows(D.genes)), cells = byFeature(rows(D.cells)),
       types = byFeature(rows(D.cell_types)), hist = byFeature(rows(D.histograms)), terms = byFeature(rows(D.enrichment)),
-      baselines = rows(D.baselines), effects = byFeature(rows(D.effects)), effectTypes = byFeature(rows(D.effect_types));
+      baselines = rows(D.baselines), effects = byFeature(rows(D.effects)), effectTypes = byFeature(rows(D.effect_types)),
+      stability = new Map(rows(D.stability).map(r => [r.feature, r]));
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 const num = (x, d = 3) => x === null || x === undefined ? "" : (typeof x === "string" ? x : (Math.abs(x) >= 1e4 || (x !== 0 && Math.abs(x) < 1e-3) ? x.toExponential(2) : x.toFixed(d)));
 const sigTerms = (f) => (terms.get(f) || []).filter(t => t.significant);
@@ -285,6 +296,7 @@ function overview() {
   const sae = D.sae || {}; const alive = stats.filter(s => s.fire_count > 0).length;
   document.getElementById("page").innerHTML = `<h2>${esc(D.dataset)} · layer ${D.layer}</h2>
     <p>${stats.length} features (${alive} alive)${sae.d_sae ? ` · TopK SAE d_in ${sae.d_in} → ${sae.d_sae}, k ${sae.k}, hook ${esc(sae.hook)}, held-out explained variance ${num(sae.explained_variance)}` : ""}${sae.random_weights ? " · <b>model with random weights</b>: features are not expected to be biological" : ""}.</p>
+    ${seedSummary()}
     <h3>Fraction of units with at least one significant term (BH q ≤ 0.05)</h3>${baselineTable()}
     <h3>Feature density</h3><div id="density"></div>
     <p class=muted>Search above, or pick a feature on the left (ordered by significant terms, then frequency).</p>`;
@@ -306,7 +318,8 @@ function featurePage(f) {
   const sig = e.filter(r => r.significant);
   document.getElementById("page").innerHTML = `<h2 id="feature-title">Feature ${f}</h2>
     <p>fires on ${num(s.frequency, 5)} of tokens (${s.fire_count} tokens, ${s.n_cells_active} cells) · mean activation ${num(s.mean_activation)} · max ${num(s.max_activation)}
-    · ${sig.length ? `<span class=sig>${sig.length} significant term${sig.length === 1 ? "" : "s"}</span>` : "no significant term"}</p>
+    · ${sig.length ? `<span class=sig>${sig.length} significant term${sig.length === 1 ? "" : "s"}</span>` : "no significant term"}
+    · ${stableText(f)}</p>
     <div class="charts"><div><h3>Top genes</h3><div id="genes-chart"></div></div>
       <div><h3>Activation histogram (cells)</h3><div id="hist-chart"></div><h3>Density: this feature in its layer</h3><div id="density"></div></div></div>
     <h3>Top genes</h3>${table(["rank", "gene", "Ensembl", "score", "specificity", "tokens"], g.map(r => `<tr><td>${r.rank}</td><td>${esc(r.gene)}</td><td>${esc(r.ensembl_id)}</td><td>${num(r.score)}</td><td>${num(r.specificity)}</td><td>${r.n_tokens}</td></tr>`))}
@@ -328,6 +341,19 @@ function featurePage(f) {
     encoding: {x: {field: "bin_start", type: "quantitative", title: "cell's max activation"}, x2: {field: "bin_end"},
                y: {field: "n_cells", type: "quantitative", title: "cells"}, y2: {datum: 0}}});
   chart("#density", densitySpec(s.frequency > 0 ? Math.log10(s.frequency) : null));
+}
+
+function stableText(f) {
+  const st = stability.get(f), n = (D.seeds || {}).n_seeds;
+  if (!st) return "seed stability not measured";
+  const how = `its one-to-one partner in the other seed${n > 2 ? "s" : ""}: cosine ${num(st.min_seed_cosine, 2)}`;
+  return st.stable ? `<b>stable</b> across ${n} training seeds (${how})` : `not stable across ${n} training seeds (${how}; stable needs ≥ 0.7)`;
+}
+
+function seedSummary() {
+  const s = D.seeds || {};
+  if (s.n_seeds === undefined) return "";
+  return `<p>Across ${s.n_seeds} training seeds: ${num(s.fraction_stable, 3)} of features stable; best-match cosine above 0.9 for ${num(s.best_above_0_9, 3)} (random directions: ${num(s.null_best_above_0_9, 3)}); explained variance ${num(s.explained_variance_mean)} ± ${num(s.explained_variance_sd)}.</p>`;
 }
 
 function whatItDoes(f) {

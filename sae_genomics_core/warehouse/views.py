@@ -26,14 +26,29 @@ with top_genes as (
                        else [0, -coalesce(q_value, 1)] end as ranking
         from feature_cell_types
     ) group by dataset, layer, feature
-){enrichment_ctes}
+){enrichment_ctes}{stability_ctes}
 select s.dataset, s.layer, s.feature, s.frequency, s.fire_count, s.n_cells_active, s.mean_activation,
        s.max_activation, g.top_genes, t.top_cell_type, t.top_cell_type_q_value, t.top_cell_type_log2_fold_change,
-       t.top_cell_type_log2_fold_change_lower{enrichment_columns}
+       t.top_cell_type_log2_fold_change_lower{enrichment_columns}{stability_columns}
 from feature_stats s
 left join top_genes g using (dataset, layer, feature)
-left join best_type t using (dataset, layer, feature){enrichment_joins}
+left join best_type t using (dataset, layer, feature){enrichment_joins}{stability_joins}
 """
+
+# seed stability (feature_stability): stable = its one-to-one partner in every other seed is close
+_STABILITY = {
+    "stability_ctes": """, stability as (
+    select dataset, layer, feature, bool_and(stable) as stable, min(matched_cosine) as min_seed_cosine
+    from feature_stability group by dataset, layer, feature
+)""",
+    "stability_columns": ",\n       st.stable, st.min_seed_cosine",
+    "stability_joins": "\nleft join stability st using (dataset, layer, feature)",
+}
+_NO_STABILITY = {
+    "stability_ctes": "",
+    "stability_columns": ",\n       null::boolean as stable, null::double as min_seed_cosine",
+    "stability_joins": "",
+}
 
 # Per database the feature's best significant term (most specific ones only where the database has an
 # ontology), ranked by log10 p so that p-values below the smallest double still order correctly.
@@ -73,7 +88,9 @@ left join terms e using (dataset, layer, feature)
 left join term_counts c using (dataset, layer, feature)"""
 
 
-def feature_summary_sql(with_enrichment: bool, with_evidence_source: bool = True) -> str:
+def feature_summary_sql(
+    with_enrichment: bool, with_evidence_source: bool = True, with_stability: bool = False
+) -> str:
     evidence = "coalesce(evidence_source, database)" if with_evidence_source else "database"
     parts = (
         {
@@ -84,14 +101,17 @@ def feature_summary_sql(with_enrichment: bool, with_evidence_source: bool = True
         if with_enrichment
         else {"enrichment_ctes": "", "enrichment_columns": _NO_ENRICHMENT_COLUMNS, "enrichment_joins": ""}
     )
+    parts |= _STABILITY if with_stability else _NO_STABILITY
     return "create or replace view feature_summary as\n" + _BASE.format(**parts)
 
 
 def create_feature_summary(connection: duckdb.DuckDBPyConnection) -> None:
-    """(Re)create `feature_summary`; with the top term per database once `enrichment` exists."""
+    """(Re)create `feature_summary`; with the top term per database once `enrichment` exists, and seed
+    stability once `feature_stability` does (NULL before: the schema does not depend on what has run)."""
     with_enrichment = "enrichment" in table_names(connection)
     columns = connection.execute(
         "select column_name from information_schema.columns "
         "where table_schema = 'main' and table_name = 'enrichment'"
     ).fetchall()
-    connection.execute(feature_summary_sql(with_enrichment, ("evidence_source",) in columns))
+    with_stability = "feature_stability" in table_names(connection)
+    connection.execute(feature_summary_sql(with_enrichment, ("evidence_source",) in columns, with_stability))

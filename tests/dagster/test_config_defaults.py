@@ -30,6 +30,7 @@ from sae_genomics_dagster.defs.enrichment.assets import (
 from sae_genomics_dagster.defs.features.assets import FeatureConfig
 from sae_genomics_dagster.defs.maintenance.jobs import MaintenanceConfig
 from sae_genomics_dagster.defs.sae.assets import SaeConfig
+from sae_genomics_dagster.defs.sae.stability import StabilityConfig
 from sae_genomics_dagster.resources import ModelResource
 
 # Dagster config → the core settings whose defaults it must repeat, and the fields compared at least
@@ -37,6 +38,7 @@ CORE_OF: dict[type, list[type]] = {
     FeatureConfig: [AssociationSettings],
     EffectConfig: [EffectSettings],
     SaeConfig: [SaeStageSettings, SaeTrainingConfig],  # a field is compared with the first that has it
+    StabilityConfig: [SaeStageSettings],
     EnrichmentConfig: [EnrichmentSettings],
     CalibratedEnrichmentConfig: [EnrichmentSettings],
     BaselineConfig: [EnrichmentSettings, AssociationSettings],

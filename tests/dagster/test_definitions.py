@@ -87,6 +87,7 @@ def test_every_asset_tells_a_newcomer_what_it_is(home: Home) -> None:
         "annotations",
         "enrichment",
         "reports",
+        "atlas",
     }
     # the last steps of the graph sit where DESIGN puts them
     assert dg.AssetKey("enrichment") in graph.get(dg.AssetKey("enrichment_baselines")).parent_keys

@@ -319,3 +319,30 @@ def test_feature_effects_are_written_for_a_capped_subset_on_cpu(trained) -> None
     assert written == columns("feature_effects")  # the public contract describes every column
     event = instance.get_latest_materialization_event(dg.AssetKey("feature_effects"))
     assert event.asset_materialization.metadata["features"].value == features
+
+
+def test_seed_stability_matches_a_second_seed_against_random_directions(trained) -> None:
+    home, _, _, result = trained
+    assert result.success
+    with duckdb.connect(str(home.warehouse), read_only=True) as connection:
+        rows, seeds, stable = connection.execute(
+            "select count(*), count(distinct seed), count(distinct feature) filter (where stable) "
+            "from feature_stability where dataset = 'chr21' and layer = 1"
+        ).fetchone()
+        summary = (
+            connection.execute(
+                "select n_seeds, best_above_0_9, null_best_above_0_9, null_mean_best_cosine, fraction_stable, "
+                "explained_variance_mean, explained_variance_sd from sae_stability where dataset = 'chr21' and layer = 1"
+            )
+            .pl()
+            .row(0, named=True)
+        )
+        in_summary = connection.execute(
+            "select count(*) filter (where stable), count(*) filter (where stable is null) from feature_summary "
+            "where dataset = 'chr21' and layer = 1"
+        ).fetchone()
+    assert (rows, seeds) == (512, 1) and summary["n_seeds"] == 2  # tiny-random: two seeds
+    assert summary["fraction_stable"] == pytest.approx(stable / 512)
+    assert summary["null_best_above_0_9"] == 0.0 and summary["null_mean_best_cosine"] < 0.7
+    assert summary["explained_variance_sd"] is not None and 0 < summary["explained_variance_mean"] <= 1
+    assert in_summary == (stable, 0)  # feature_summary shows the flag for every feature

@@ -30,7 +30,7 @@ def test_the_defs_folder_has_a_folder_per_stage() -> None:
     stages = {path.name for path in DEFS.iterdir() if (path / "__init__.py").exists()}
     assert stages == {
         *("datasets", "activations", "sae", "features", "effects", "annotations", "enrichment", "reports"),
-        "maintenance",
+        *("maintenance", "atlas"),
     }
 
 

@@ -35,6 +35,16 @@ def test_demo_then_sql_prints_700(demo_home: Path) -> None:
         "csv",
     )
     assert saes.stdout == "n\n4\n"
+    # the atlas: every layer's features matched to the other three layers
+    atlas = cli(
+        demo_home,
+        "sql",
+        "select count(*) as n, count(distinct (layer, other_layer)) as pairs, bool_and(layer <> other_layer) as apart, "
+        "bool_and(best_cosine >= matched_cosine) as best_first from feature_matches where dataset = 'pbmc68k'",
+        "--format",
+        "csv",
+    )
+    assert atlas.stdout == "n,pairs,apart,best_first\n6144,12,true,true\n"
     # run history lives in the home's Dagster instance
     assert (demo_home / "dagster" / "dagster.yaml").exists()
     assert any((demo_home / "dagster").rglob("runs.db")) or any((demo_home / "dagster").rglob("*.db"))

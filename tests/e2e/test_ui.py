@@ -311,6 +311,7 @@ def test_browser_feature_page_search(ui_home: Path, webserver: str, browser: obj
     page.locator("#effects-chart svg").wait_for()
     text = page.inner_text("#page")
     assert "What it does" in text and "Loss recovered by this layer's SAE: expression decoder" in text
+    assert "across 2 training seeds" in text  # the feature's seed stability
     page.screenshot(path=str(ARTIFACTS / "feature-effects.png"), full_page=True)
     assert not errors, errors
     page.close()
