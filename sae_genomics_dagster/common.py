@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 
 from sae_genomics_core.errors import SaeGenomicsError
-from sae_genomics_core.pipeline.result import CheckOutcome, Markdown, Url
+from sae_genomics_core.pipeline.result import CheckOutcome, Markdown, StageResult, Url
 from sae_genomics_dagster.profiles import GPU_POOL as GPU_POOL  # the stages import it from here
 from sae_genomics_dagster.profiles import gpu_op_tags
 
@@ -29,6 +29,30 @@ def table_out(description: str, group: str, partitioning: dict) -> dg.AssetOut:
         group_name=group,
         description=description,
     )
+
+
+def written_table(name: str, description: str, group: str, kinds: set[str], deps: list[str]) -> dg.AssetSpec:
+    """A dataset × layer table its runner writes itself (with others, in one transaction)."""
+    return dg.AssetSpec(
+        name,
+        description=description,
+        group_name=group,
+        kinds=kinds,
+        owners=OWNERS,
+        metadata=BY_DATASET_LAYER,
+        deps=deps,
+    )
+
+
+def table_results(result: StageResult) -> Iterator[dg.MaterializeResult]:
+    """One materialisation per table a runner wrote: row count and schema, its summary and the stage's."""
+    from sae_genomics_dagster.io_manager import table_metadata
+
+    for name, frame in result.tables.items():
+        summary = {**result.table_summaries.get(name, {}), **result.summary}
+        yield dg.MaterializeResult(
+            asset_key=name, metadata={**table_metadata(name, frame, partitioned=True), **metadata(summary)}
+        )
 
 
 def dataset_layer(context: dg.AssetExecutionContext) -> tuple[str, int]:

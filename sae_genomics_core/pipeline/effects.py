@@ -15,7 +15,7 @@ import polars as pl
 from sae_genomics_core.artefacts import ArtefactStore
 from sae_genomics_core.errors import InputError
 from sae_genomics_core.pipeline.features import open_partition
-from sae_genomics_core.pipeline.result import Log, StageResult, default_log
+from sae_genomics_core.pipeline.result import Log, StageResult, default_log, keyed
 from sae_genomics_core.pipeline.sae import FidelityModel, matching_model
 from sae_genomics_core.sae.settings import EffectSettings
 from sae_genomics_core.warehouse.writer import replace_partition
@@ -53,14 +53,11 @@ def run_feature_effects(
     tables = feature_effects(session.intervener, evaluated, features, types, settings)
     derived_from = {"checkpoint_id": session.sae.provenance["checkpoint_id"]}
 
-    def keyed(frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.select(
-            pl.lit(dataset).alias("dataset"), pl.lit(layer, dtype=pl.Int64).alias("layer"), pl.all()
-        ).with_columns(pl.lit(value).alias(name) for name, value in derived_from.items())
-
     frames = {
-        "feature_effects": keyed(session.named(tables.genes, genes).select(GENE_COLUMNS)),
-        "feature_effect_cell_types": keyed(tables.cell_types),
+        "feature_effects": keyed(
+            session.named(tables.genes, genes).select(GENE_COLUMNS), dataset, layer, derived_from
+        ),
+        "feature_effect_cell_types": keyed(tables.cell_types, dataset, layer, derived_from),
     }
     replace_partition(warehouse, frames, {"dataset": dataset, "layer": layer})
     summary = {"features": tables.n_features, "cells": int(evaluated.cell_index.size), "device": device}

@@ -12,7 +12,7 @@ import polars as pl
 
 from sae_genomics_core.artefacts import ArtefactStore
 from sae_genomics_core.features.settings import AssociationSettings
-from sae_genomics_core.pipeline.result import Markdown, StageResult
+from sae_genomics_core.pipeline.result import Markdown, StageResult, keyed
 from sae_genomics_core.warehouse.views import create_feature_summary
 from sae_genomics_core.warehouse.writer import replace_partition
 
@@ -89,17 +89,15 @@ def run_features(
         "activations_checksum": activations.manifest["checksum"],
     }
 
-    def keyed(frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.select(
-            pl.lit(dataset).alias("dataset"), pl.lit(layer, dtype=pl.Int64).alias("layer"), pl.all()
-        ).with_columns(pl.lit(value).alias(name) for name, value in derived_from.items())
-
     frames = {
-        "feature_stats": keyed(tables.stats),
-        "feature_genes": keyed(gene_rows.select(GENE_COLUMNS)),
-        "feature_cells": keyed(tables.cells),
-        "feature_cell_types": keyed(tables.cell_types),
-        "feature_histograms": keyed(tables.histograms),
+        name: keyed(frame, dataset, layer, derived_from)
+        for name, frame in (
+            ("feature_stats", tables.stats),
+            ("feature_genes", gene_rows.select(GENE_COLUMNS)),
+            ("feature_cells", tables.cells),
+            ("feature_cell_types", tables.cell_types),
+            ("feature_histograms", tables.histograms),
+        )
     }
     replace_partition(warehouse, frames, {"dataset": dataset, "layer": layer}, after=create_feature_summary)
     charts = _Charts(store, dataset, layer)

@@ -30,6 +30,13 @@ def default_log() -> Log:
     return logging.getLogger("sae_genomics")
 
 
+def keyed(frame: pl.DataFrame, dataset: str, layer: int, derived_from: dict[str, str]) -> pl.DataFrame:
+    """A dataset × layer table's rows: the partition's keys first, what they were derived from last."""
+    return frame.select(
+        pl.lit(dataset).alias("dataset"), pl.lit(layer, dtype=pl.Int64).alias("layer"), pl.all()
+    ).with_columns(pl.lit(value).alias(name) for name, value in derived_from.items())
+
+
 @dataclass(frozen=True)
 class CheckOutcome:
     """The verdict of a quality check on what a stage produced; `blocking` False makes a failure a warning."""

@@ -19,7 +19,7 @@ import polars as pl
 from sae_genomics_core.artefacts import ArtefactStore
 from sae_genomics_core.config import sae_device
 from sae_genomics_core.pipeline.features import open_partition
-from sae_genomics_core.pipeline.result import Log, StageResult, default_log
+from sae_genomics_core.pipeline.result import Log, StageResult, default_log, keyed
 from sae_genomics_core.pipeline.sae import training_key
 from sae_genomics_core.sae.settings import SaeStageSettings, SaeTrainingConfig
 from sae_genomics_core.warehouse.views import create_feature_summary
@@ -64,8 +64,8 @@ def run_sae_stability(
     summary = _summary(agreements, nulls, finals, n_seeds, features)
     derived_from = {"checkpoint_id": checkpoint_id(store.require_checkpoint(dataset, layer))}
     frames = {
-        "feature_stability": _keyed(features, dataset, layer, derived_from),
-        "sae_stability": _keyed(pl.DataFrame([summary]), dataset, layer, derived_from),
+        "feature_stability": keyed(features, dataset, layer, derived_from),
+        "sae_stability": keyed(pl.DataFrame([summary]), dataset, layer, derived_from),
     }
     replace_partition(warehouse, frames, {"dataset": dataset, "layer": layer}, after=create_feature_summary)
     log.info(
@@ -172,9 +172,3 @@ def _summary(
         "fraction_stable": float(stable.mean()) if stable.len() else None,
         **metrics,
     }
-
-
-def _keyed(frame: pl.DataFrame, dataset: str, layer: int, derived_from: dict[str, str]) -> pl.DataFrame:
-    return frame.select(
-        pl.lit(dataset).alias("dataset"), pl.lit(layer, dtype=pl.Int64).alias("layer"), pl.all()
-    ).with_columns(pl.lit(value).alias(name) for name, value in derived_from.items())

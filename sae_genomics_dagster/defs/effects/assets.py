@@ -14,15 +14,13 @@ from sae_genomics_core.pipeline.effects import run_feature_effects
 from sae_genomics_core.pipeline.sae import FidelityModel
 from sae_genomics_core.sae.settings import EffectSettings
 from sae_genomics_dagster.common import (
-    BY_DATASET_LAYER,
     GPU_POOL,
     GPU_TAGS,
-    OWNERS,
     dataset_layer,
-    metadata,
+    table_results,
     user_errors,
+    written_table,
 )
-from sae_genomics_dagster.io_manager import table_metadata
 from sae_genomics_dagster.partitions import dataset_layer as partitions
 from sae_genomics_dagster.resources import ArtefactsResource, HomeResource, ModelResource
 
@@ -70,14 +68,8 @@ class EffectConfig(dg.Config):
 
 
 def _spec(name: str, description: str) -> dg.AssetSpec:
-    return dg.AssetSpec(
-        name,
-        description=description,
-        group_name=GROUP,
-        kinds={"torch", "duckdb"},
-        owners=OWNERS,
-        metadata=BY_DATASET_LAYER,
-        deps=["sae_checkpoint", "activations", "cells", "genes"],
+    return written_table(
+        name, description, GROUP, {"torch", "duckdb"}, ["sae_checkpoint", "activations", "cells", "genes"]
     )
 
 
@@ -125,8 +117,4 @@ def feature_effects(
             config.settings(),
             context.log,
         )
-    for name, frame in result.tables.items():
-        summary = {**result.table_summaries.get(name, {}), **result.summary}
-        yield dg.MaterializeResult(
-            asset_key=name, metadata={**table_metadata(name, frame, partitioned=True), **metadata(summary)}
-        )
+    yield from table_results(result)

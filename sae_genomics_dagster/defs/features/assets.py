@@ -13,15 +13,13 @@ from sae_genomics_core.config import sae_device
 from sae_genomics_core.features.settings import AssociationSettings
 from sae_genomics_core.pipeline.features import run_features
 from sae_genomics_dagster.common import (
-    BY_DATASET_LAYER,
     GPU_POOL,
     GPU_TAGS,
-    OWNERS,
     dataset_layer,
-    metadata,
+    table_results,
     user_errors,
+    written_table,
 )
-from sae_genomics_dagster.io_manager import table_metadata
 from sae_genomics_dagster.partitions import dataset_layer as partitions
 from sae_genomics_dagster.resources import ArtefactsResource, HomeResource
 
@@ -54,14 +52,8 @@ class FeatureConfig(dg.Config):
 
 
 def _spec(name: str, description: str) -> dg.AssetSpec:
-    return dg.AssetSpec(
-        name,
-        description=description,
-        group_name=GROUP,
-        kinds={"duckdb", "polars"},
-        owners=OWNERS,
-        metadata=BY_DATASET_LAYER,
-        deps=["sae_checkpoint", "activations", "cells", "genes"],
+    return written_table(
+        name, description, GROUP, {"duckdb", "polars"}, ["sae_checkpoint", "activations", "cells", "genes"]
     )
 
 
@@ -108,8 +100,4 @@ def feature_tables(
         result = run_features(
             dataset, layer, artefacts.store, home.home.warehouse, cells, genes, config.settings()
         )
-    for name, frame in result.tables.items():
-        summary = {**result.table_summaries.get(name, {}), **result.summary}
-        yield dg.MaterializeResult(
-            asset_key=name, metadata={**table_metadata(name, frame, partitioned=True), **metadata(summary)}
-        )
+    yield from table_results(result)

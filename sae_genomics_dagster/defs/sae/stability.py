@@ -12,15 +12,13 @@ from pydantic import Field
 from sae_genomics_core.pipeline.stability import run_sae_stability
 from sae_genomics_core.sae.settings import RANDOM_WEIGHTS_SEEDS, REAL_MODEL_SEEDS, SaeStageSettings
 from sae_genomics_dagster.common import (
-    BY_DATASET_LAYER,
     GPU_POOL,
     GPU_TAGS,
-    OWNERS,
     dataset_layer,
-    metadata,
+    table_results,
     user_errors,
+    written_table,
 )
-from sae_genomics_dagster.io_manager import table_metadata
 from sae_genomics_dagster.partitions import dataset_layer as partitions
 from sae_genomics_dagster.resources import ArtefactsResource, HomeResource
 
@@ -39,15 +37,7 @@ class StabilityConfig(dg.Config):
 
 
 def _spec(name: str, description: str) -> dg.AssetSpec:
-    return dg.AssetSpec(
-        name,
-        description=description,
-        group_name=GROUP,
-        kinds={"torch", "duckdb"},
-        owners=OWNERS,
-        metadata=BY_DATASET_LAYER,
-        deps=["sae_checkpoint"],
-    )
+    return written_table(name, description, GROUP, {"torch", "duckdb"}, ["sae_checkpoint"])
 
 
 @dg.multi_asset(
@@ -82,8 +72,4 @@ def seed_stability(
         result = run_sae_stability(
             dataset, layer, artefacts.store, home.home.warehouse, settings, context.log
         )
-    for name, frame in result.tables.items():
-        yield dg.MaterializeResult(
-            asset_key=name,
-            metadata={**table_metadata(name, frame, partitioned=True), **metadata(result.summary)},
-        )
+    yield from table_results(result)
