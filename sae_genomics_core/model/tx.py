@@ -285,13 +285,27 @@ class TXModel(nn.Module):
         if last < len(self.transformer_encoder.layers) - 1:
             empty = x.new_empty(0)
             return ForwardOutput(cell_emb=empty, final=empty, captured=captured)
-        if self.transformer_encoder.use_norm:
-            x = self.transformer_encoder.norm(x)
-        output = ForwardOutput(cell_emb=x[:, 0, :], final=x, captured=captured, gene_embs=gene_embs)
+        output = self._finish(x, captured, gene_embs)
         if decode:
-            output.expr_preds = self.expression_decoder(x)
+            output.expr_preds = self.expression_decoder(output.final)
             output.mvc_preds = self.predict_genes(output.cell_emb, gene_embs)
         return output
+
+    def resume(self, hidden: Tensor, key_padding_mask: Tensor, after_layer: int) -> ForwardOutput:
+        """The rest of an inference pass from the residual stream after block `after_layer` (its
+        `resid_post`, as captured, or edited): the later blocks, the final norm, the cell embedding."""
+        attend = _attention_mask(key_padding_mask, None)
+        x = hidden
+        for block in self.transformer_encoder.layers[after_layer + 1 :]:
+            x, _ = block(x, attend)
+        return self._finish(x, {}, None)
+
+    def _finish(
+        self, x: Tensor, captured: dict[int, dict[str, Tensor]], gene_embs: Tensor | None
+    ) -> ForwardOutput:
+        if self.transformer_encoder.use_norm:
+            x = self.transformer_encoder.norm(x)
+        return ForwardOutput(cell_emb=x[:, 0, :], final=x, captured=captured, gene_embs=gene_embs)
 
     def predict_genes(self, cell_emb: Tensor, gene_embs: Tensor) -> Tensor:
         """The MVC decoder's predicted expression of any genes (B, G, d embeddings) for each cell (B, d)."""

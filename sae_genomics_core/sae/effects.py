@@ -109,28 +109,52 @@ class Intervener:
         """For plan rows `rows`: the change in predicted expression (R, G) and the edited embeddings."""
         positions = torch.as_tensor(plan.cell[rows])
         distinct, inverse = torch.unique(positions, return_inverse=True)
-        copies = torch.cat([distinct, positions])  # a clean copy of each cell first, in the same pass
-        n_clean = distinct.numel()
-        feature = torch.as_tensor(plan.feature[rows], device=self.device)
-        ablate = torch.as_tensor(plan.ablate[rows], device=self.device)
-        coefficient = torch.as_tensor(plan.coefficient[rows], dtype=torch.float32, device=self.device)
+        n_clean = distinct.numel()  # a clean copy of each cell goes first, through the same pass
+        tokens = cells.gene_tokens(positions).to(self.device)[..., None]
+        edits = (
+            torch.as_tensor(plan.feature[rows], device=self.device),
+            torch.as_tensor(plan.ablate[rows], device=self.device),
+            torch.as_tensor(plan.coefficient[rows], dtype=torch.float32, device=self.device),
+        )
 
-        def edit(x: Tensor) -> Tensor:
-            edited = x[n_clean:]
-            direction = self.directions[feature][:, None, :]  # (R, 1, d)
-            change = (coefficient[:, None, None] * direction).expand(-1, edited.shape[1], -1).clone()
-            if bool(ablate.any()):
-                codes = self.sae.encode(edited[ablate])  # (A, S, d_sae)
-                own = codes.gather(2, feature[ablate][:, None, None].expand(-1, codes.shape[1], 1))
-                change[ablate] = -own * direction[ablate]
-            tokens = cells.gene_tokens(copies[n_clean:]).to(x.device)[..., None]
-            return torch.cat([x[:n_clean], torch.where(tokens, edited + change.to(x.dtype), edited)])
+        def edited(x: Tensor) -> Tensor:
+            return torch.where(tokens, x + self._change(x, *edits).to(x.dtype), x)
 
-        output = self._forward(cells, copies, edit=edit)
+        if self.hook == "resid_post":  # the layers up to the edit run once per cell, not once per copy
+            clean = self._forward(cells, distinct, capture=True, run_to_end=False).captured[self.layer][
+                self.hook
+            ]
+            real = cells.real[torch.cat([distinct, positions]), : clean.shape[1]].to(self.device)
+            with torch.no_grad():
+                output = self.model.resume(torch.cat([clean, edited(clean[inverse])]), real, self.layer)
+        else:
+            output = self._forward(
+                cells,
+                torch.cat([distinct, positions]),
+                edit=lambda x: torch.cat([x[:n_clean], edited(x[n_clean:])]),
+            )
         predicted = output.cell_emb @ self.queries.T
         return predicted[n_clean:] - predicted[:n_clean][inverse], output.cell_emb[n_clean:]
 
-    def _forward(self, cells: EvaluatedCells, rows: Tensor, capture: bool = False, edit: Any = None) -> Any:
+    def _change(self, x: Tensor, feature: Tensor, ablate: Tensor, coefficient: Tensor) -> Tensor:
+        """Per row of x (R, S, d): steering adds coefficient × d_f at every position; ablation removes the
+        feature's own share z_f × d_f, z_f its activation on each token."""
+        direction = self.directions[feature][:, None, :]  # (R, 1, d)
+        change = (coefficient[:, None, None] * direction).expand(-1, x.shape[1], -1).clone()
+        if bool(ablate.any()):
+            codes = self.sae.encode(x[ablate])  # (A, S, d_sae)
+            own = codes.gather(2, feature[ablate][:, None, None].expand(-1, codes.shape[1], 1))
+            change[ablate] = -own * direction[ablate]
+        return change
+
+    def _forward(
+        self,
+        cells: EvaluatedCells,
+        rows: Tensor,
+        capture: bool = False,
+        edit: Any = None,
+        run_to_end: bool = True,
+    ) -> Any:
         width = cells.width(rows)
         genes, values, real = (
             t[rows, :width].to(self.device) for t in (cells.genes, cells.values, cells.real)
@@ -139,7 +163,9 @@ class Intervener:
         captured = {self.layer: {self.hook}} if capture else None
         edits = {self.layer: {self.hook: edit}} if edit else None
         with torch.no_grad():
-            return self.model(genes, values, real, drug_ids=drugs, capture=captured, edit=edits)
+            return self.model(
+                genes, values, real, drug_ids=drugs, capture=captured, edit=edits, run_to_end=run_to_end
+            )
 
 
 def _stack(batches: list[TokenBatch], pad_id: int, pad_value: float) -> tuple[Tensor, Tensor, Tensor]:

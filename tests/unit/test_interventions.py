@@ -60,6 +60,17 @@ def test_inputs_rebuilt_from_the_store_give_the_stored_activations(extracted) ->
     assert torch.allclose(torch.cat(rebuilt), expected.float(), atol=1e-5)
 
 
+def test_resuming_after_a_layer_gives_the_whole_pass(extracted) -> None:
+    """Interventions at resid_post run the layers up to the edit once per cell and resume from there."""
+    loaded, store = extracted
+    cells = np.unique(np.asarray(store.tokens(store.manifest["shards"][0]["name"])["cell_index"]))[:12]
+    batch = next(iter(_batches(loaded, store, cells, batch_cells=12)))
+    with torch.no_grad():
+        whole = loaded.model(batch.genes, batch.values, batch.key_padding_mask, capture={LAYER: {HOOK}})
+        resumed = loaded.model.resume(whole.captured[LAYER][HOOK], batch.key_padding_mask, LAYER)
+    assert torch.allclose(resumed.cell_emb, whole.cell_emb, atol=1e-6)
+
+
 def test_loss_recovered_is_one_for_a_perfect_reconstruction_and_zero_for_the_ablation(extracted) -> None:
     loaded, store = extracted
     cells = np.unique(np.asarray(store.tokens(store.manifest["shards"][0]["name"])["cell_index"]))[:24]
