@@ -29,6 +29,7 @@ from sae_genomics_core.model.tokenize import TokenBatch
 from sae_genomics_core.sae.settings import EffectSettings
 
 ABLATE, STEER = "ablate", "steer"
+ENCODE_TOKENS = 8192  # tokens encoded at once: a dense block of 8,192 × d_sae codes
 
 
 @dataclass
@@ -92,13 +93,18 @@ class Intervener:
         cells = EvaluatedCells(genes, values, real, batches[0].n_prefix, cell_index, *empty)
         for rows in torch.arange(genes.shape[0]).split(settings.batch_rows):
             output = self._forward(cells, rows, capture=True)
-            codes = (
-                self.sae.encode(output.captured[self.layer][self.hook]) * cells.gene_tokens(rows)[..., None]
-            )
-            codes = codes.cpu().double().numpy()
-            activity.append(codes.max(axis=1))
-            sums += codes.sum(axis=(0, 1))
-            counts += (codes > 0).sum(axis=(0, 1))
+            tokens = cells.gene_tokens(rows).to(self.device)
+            per_cell = torch.zeros(len(rows), d_sae, dtype=torch.float64, device=self.device)
+            owners = torch.nonzero(tokens)[:, 0]
+            for chunk, owner in zip(
+                *(t.split(ENCODE_TOKENS) for t in (output.captured[self.layer][self.hook][tokens], owners)),
+                strict=True,
+            ):
+                codes = self.sae.encode(chunk).double()  # (tokens, d_sae), a bounded block at a time
+                per_cell.scatter_reduce_(0, owner[:, None].expand_as(codes), codes, "amax")
+                sums += codes.sum(dim=0).cpu().numpy()
+                counts += (codes > 0).sum(dim=0).cpu().numpy()
+            activity.append(per_cell.cpu().numpy())
             embeddings.append(output.cell_emb)
         cells.activity, cells.embedding = np.concatenate(activity), torch.cat(embeddings)
         cells.mean_when_firing = np.divide(sums, counts, out=np.zeros(d_sae), where=counts > 0)
@@ -142,10 +148,18 @@ class Intervener:
         direction = self.directions[feature][:, None, :]  # (R, 1, d)
         change = (coefficient[:, None, None] * direction).expand(-1, x.shape[1], -1).clone()
         if bool(ablate.any()):
-            codes = self.sae.encode(x[ablate])  # (A, S, d_sae)
-            own = codes.gather(2, feature[ablate][:, None, None].expand(-1, codes.shape[1], 1))
-            change[ablate] = -own * direction[ablate]
+            change[ablate] = -self._own_activation(x[ablate], feature[ablate])[..., None] * direction[ablate]
         return change
+
+    def _own_activation(self, x: Tensor, feature: Tensor) -> Tensor:
+        """Each row's activation of its own feature at every position (R, S), encoding a bounded block
+        of rows at a time (the full code of a row is S × d_sae)."""
+        rows_per_block = max(1, ENCODE_TOKENS // x.shape[1])
+        own = []
+        for block, features in zip(x.split(rows_per_block), feature.split(rows_per_block), strict=True):
+            codes = self.sae.encode(block)  # (rows, S, d_sae)
+            own.append(codes.gather(2, features[:, None, None].expand(-1, codes.shape[1], 1)).squeeze(2))
+        return torch.cat(own)
 
     def _forward(
         self,

@@ -27,6 +27,7 @@ from torch import Tensor
 from sae_genomics_core.model.tokenize import TokenBatch
 from sae_genomics_core.sae.settings import FidelitySettings, SaeStageSettings
 
+RECONSTRUCT_TOKENS = 8192
 MASK_VALUE = -1.0  # what upstream's collator puts at generative positions (the model drops it)
 DECODERS = ("expr", "mvc")
 ABLATIONS = ("zero", "mean")
@@ -53,8 +54,15 @@ def measure_loss_recovered(
     prefix, config = loaded.tokenizer().prefix, loaded.config
     batches = store_batches(store, cells, prefix, config.pad_token_id, config.pad_value, fidelity.batch_cells)
 
-    def reconstruct(x: Tensor) -> Tensor:
-        return sae.reconstruct(x.reshape(-1, x.shape[-1])).reshape(x.shape).to(x.dtype)
+    def reconstruct(
+        x: Tensor,
+    ) -> Tensor:  # a bounded block of tokens at a time (a token's code is d_sae wide)
+        flat = x.reshape(-1, x.shape[-1])
+        return (
+            torch.cat([sae.reconstruct(block) for block in flat.split(RECONSTRUCT_TOKENS)])
+            .reshape(x.shape)
+            .to(x.dtype)
+        )
 
     mean = sae.normalizer.mean
     return loss_recovered(

@@ -25,7 +25,16 @@ from tests.servers import S3Server, new_database, postgres, redis
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-GPU_STEPS = {"activations", "sae_checkpoint", "feature_tables", "feature_effects", "enrichment_baselines"}
+GPU_STEPS = {
+    *(
+        "activations",
+        "sae_checkpoint",
+        "seed_stability",
+        "feature_tables",
+        "feature_effects",
+        "enrichment_baselines",
+    )
+}
 TABLES = (
     "cells",
     "genes",
