@@ -18,6 +18,7 @@ import polars as pl
 
 from sae_genomics_core.artefacts import ArtefactStore
 from sae_genomics_core.config import sae_device
+from sae_genomics_core.errors import SettingsError
 from sae_genomics_core.pipeline.features import open_partition
 from sae_genomics_core.pipeline.result import Log, StageResult, default_log, keyed
 from sae_genomics_core.pipeline.sae import training_key
@@ -45,6 +46,11 @@ def run_sae_stability(
     activations, hook, main = open_partition(store, dataset, layer, "cpu")
     training = replace(SaeTrainingConfig(**main.provenance["config"]), device=sae_device())
     n_seeds = settings.seeds_for(bool(main.provenance["random_weights"]))
+    if n_seeds < 2:
+        raise SettingsError(
+            f"stability_seeds is {n_seeds}: stability compares the checkpoint with at least one other seed",
+            fix="set stability_seeds to 2 or more (or None: 3 for real models, 2 for random weights)",
+        )
     decoder = main.sae.W_dec.detach().cpu()
     finals = [json.loads((store.require_checkpoint(dataset, layer) / METRICS).read_text())["final"]]
     rows, agreements, nulls = [], [], []

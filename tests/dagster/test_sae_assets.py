@@ -346,3 +346,16 @@ def test_seed_stability_matches_a_second_seed_against_random_directions(trained)
     assert summary["null_best_above_0_9"] == 0.0 and summary["null_mean_best_cosine"] < 0.7
     assert summary["explained_variance_sd"] is not None and 0 < summary["explained_variance_mean"] <= 1
     assert in_summary == (stable, 0)  # feature_summary shows the flag for every feature
+
+
+def test_seed_stability_with_one_seed_is_refused_before_anything_runs(trained) -> None:
+    from sae_genomics_core.artefacts import artefact_store
+    from sae_genomics_core.errors import SettingsError
+    from sae_genomics_core.pipeline.stability import run_sae_stability
+    from sae_genomics_core.sae.settings import SaeStageSettings
+
+    home, *_ = trained
+    with pytest.raises(SettingsError, match="at least one other seed"):
+        run_sae_stability(
+            "chr21", 1, artefact_store(home), home.warehouse, SaeStageSettings(stability_seeds=1)
+        )
