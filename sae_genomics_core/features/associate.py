@@ -33,8 +33,9 @@ import scipy.sparse as sp
 import torch
 
 from sae_genomics_core.activations.store import ActivationStore, from_storage
+from sae_genomics_core.features.cell_types import MIN_UNITS, CellTypeSums, replicate_cell_types
 from sae_genomics_core.features.cell_types import SCHEMA as CELL_TYPE_SCHEMA
-from sae_genomics_core.features.cell_types import CellTypeSums
+from sae_genomics_core.features.holdout import EVALUATION, SELECTION, cell_halves, replicated_claims
 from sae_genomics_core.features.settings import AssociationSettings
 
 HISTOGRAM_BINS = 20
@@ -53,6 +54,7 @@ class FeatureTables:
     # per feature, its cells' (max) activations in HISTOGRAM_BINS equal bins from 0 to below twice its
     # maximum (see _MaxHistograms)
     histograms: pl.DataFrame = field(default_factory=pl.DataFrame)
+    split_unit: str = "cell"  # what the selection and evaluation halves split: cells or samples
 
 
 @torch.no_grad()
@@ -78,14 +80,21 @@ def associate(
     settings = settings or AssociationSettings()
     sae = loaded.sae.to(settings.device)
     d_sae = int(sae.cfg.d_sae)
-    per_cell = _PerCell(d_sae, CellTypeSums(cells, d_sae) if with_cells else None, settings.top_cells)
-    totals = _Totals(d_sae, int(sae.cfg.k), int(store.manifest["n_cells_total"]), per_cell)
+    halves, split_unit = cell_halves(cells, settings.holdout_seed, MIN_UNITS)
+    per_cell = _PerCell(d_sae, _TypeSums(cells, d_sae, halves) if with_cells else None, settings.top_cells)
+    totals = _Totals(d_sae, int(sae.cfg.k), int(store.manifest["n_cells_total"]), per_cell, halves)
     for shard in store.manifest["shards"]:
         if shard["n_tokens"] > 0:
             totals.add_shard(_encode_shard(store, layer, hook, shard, sae, loaded.normalizer, settings))
     stats = totals.stats().with_columns(pl.Series("n_cells_active", per_cell.n_cells_active))
-    genes = rank_genes(totals.gene_sums, totals.gene_tokens, totals.moments(), settings)
-    cell_types = per_cell.cell_types.table() if per_cell.cell_types else pl.DataFrame(schema=CELL_TYPE_SCHEMA)
+    genes = totals.held_out_genes(
+        rank_genes(totals.gene_sums, totals.gene_tokens, totals.moments(), settings), settings
+    )
+    cell_types = (
+        per_cell.cell_types.table(settings.fdr)
+        if per_cell.cell_types
+        else pl.DataFrame(schema=CELL_TYPE_SCHEMA)
+    )
     return FeatureTables(
         stats,
         genes,
@@ -94,7 +103,27 @@ def associate(
         totals.n_tokens,
         totals.l0_counts,
         per_cell.histograms.frame(),
+        split_unit,
     )
+
+
+class _TypeSums:
+    """The per-type sums of all cells and of each half's cells (see features.holdout)."""
+
+    def __init__(self, cells: pl.DataFrame, d_sae: int, halves: np.ndarray) -> None:
+        self.halves = halves
+        half = pl.Series(halves[cells["cell_index"].to_numpy()])
+        self.all = CellTypeSums(cells, d_sae)
+        self.parts = [CellTypeSums(cells.filter(half == h), d_sae) for h in (SELECTION, EVALUATION)]
+
+    def add(self, cell_index: np.ndarray, per_cell_mean: sp.csr_matrix) -> None:
+        self.all.add(cell_index, per_cell_mean)
+        for h, part in enumerate(self.parts):
+            inside = self.halves[cell_index] == h
+            part.add(cell_index[inside], per_cell_mean[np.flatnonzero(inside)])
+
+    def table(self, fdr: float) -> pl.DataFrame:
+        return replicate_cell_types(self.all.table(), *(part.table() for part in self.parts), fdr)
 
 
 @dataclass
@@ -146,17 +175,34 @@ class FeatureMoments:
 class _Totals:
     """Running per-feature, per-(gene, feature) and per-(cell, feature) sums over the shards."""
 
-    def __init__(self, d_sae: int, k: int, n_cells: int, per_cell: _PerCell | None = None) -> None:
-        self.d_sae, self.n_cells, self.n_tokens = d_sae, n_cells, 0
+    def __init__(
+        self,
+        d_sae: int,
+        k: int,
+        n_cells: int,
+        per_cell: _PerCell | None = None,
+        halves: np.ndarray | None = None,  # per cell: SELECTION or EVALUATION (None: all selection)
+    ) -> None:
+        self.d_sae, self.n_cells = d_sae, n_cells
+        self.halves = np.full(n_cells, SELECTION, dtype=np.int8) if halves is None else halves
         self.fire_count = np.zeros(d_sae, dtype=np.int64)
-        self.act_sum = np.zeros(d_sae)
-        self.act_squares = np.zeros(d_sae)
+        # per half (rows: SELECTION, EVALUATION): tokens, and per feature Σ activation and Σ activation²
+        self.half_tokens = np.zeros(2, dtype=np.int64)
+        self.act_sum = np.zeros((2, d_sae))
+        self.act_squares = np.zeros((2, d_sae))
+        self.held_out_fires = np.zeros(d_sae, dtype=np.int64)
         self.act_max = np.zeros(d_sae)
         self.l0_counts = np.zeros(k + 1, dtype=np.int64)
         self.gene_tokens = np.zeros(0, dtype=np.int64)
-        # per (gene × d_sae + feature): firing tokens, Σ activation, Σ activation × bin, Σ activation²
+        self.held_out_gene_tokens = np.zeros(0, dtype=np.int64)
+        # per (gene × d_sae + feature): firing tokens, Σ activation, Σ activation × bin, and on the
+        # evaluation half Σ activation and the firing tokens
         self.gene_sums = _KeyedSums()
         self.per_cell = per_cell or _PerCell(d_sae, None, 0)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.half_tokens.sum())
 
     def add_shard(self, encoded: _EncodedShard) -> None:
         rows, features, activation = encoded.token_rows, encoded.features, encoded.activation
@@ -165,15 +211,24 @@ class _Totals:
         # the expression bin, not the stored value: the same cells registered as counts or as log1p
         # get the same bins (tahoe-x1 bins ranks within each cell), hence the same scores
         bins = encoded.tokens["bin"].astype(np.float64)
-        self.n_tokens += gene_ids.size
+        half = self.halves[owners].astype(np.int64)
+        self.half_tokens += np.bincount(half, minlength=2)
         self.l0_counts += encoded.l0_counts
         self.fire_count += np.bincount(features, minlength=self.d_sae)
-        self.act_sum += np.bincount(features, weights=activation, minlength=self.d_sae)
-        self.act_squares += np.bincount(features, weights=activation**2, minlength=self.d_sae)
+        slot = half[rows] * self.d_sae + features
+        self.act_sum += np.bincount(slot, weights=activation, minlength=2 * self.d_sae).reshape(2, -1)
+        self.act_squares += np.bincount(slot, weights=activation**2, minlength=2 * self.d_sae).reshape(2, -1)
+        self.held_out_fires += np.bincount(features[half[rows] == EVALUATION], minlength=self.d_sae)
         np.maximum.at(self.act_max, features, activation)
         self.gene_tokens = _add_counts(self.gene_tokens, gene_ids)
+        self.held_out_gene_tokens = _add_counts(self.held_out_gene_tokens, gene_ids[half == EVALUATION])
+        held_out = (half[rows] == EVALUATION).astype(np.float64)
         self.gene_sums.add(
-            gene_ids[rows] * self.d_sae + features, activation, activation * bins[rows], activation**2
+            gene_ids[rows] * self.d_sae + features,
+            activation,
+            activation * bins[rows],
+            activation * held_out,
+            held_out,
         )
         self.per_cell.add_shard(owners, owners[rows], features, activation)
 
@@ -185,16 +240,95 @@ class _Totals:
                 "fire_count": self.fire_count,
                 "frequency": self.fire_count / max(1, self.n_tokens),
                 "mean_activation": np.divide(
-                    self.act_sum, self.fire_count, out=np.zeros(self.d_sae), where=fired
+                    self.act_sum.sum(axis=0), self.fire_count, out=np.zeros(self.d_sae), where=fired
                 ),
                 "max_activation": self.act_max,
             }
         )
 
-    def moments(self) -> FeatureMoments:
-        n = max(1, self.n_tokens)
-        mean = self.act_sum / n
-        return FeatureMoments(self.n_tokens, mean, np.maximum(self.act_squares / n - mean**2, 0.0))
+    def moments(self, half: int | None = None) -> FeatureMoments:
+        """Over every token, or over one half's."""
+        rows = slice(None) if half is None else slice(half, half + 1)
+        n_tokens = int(self.half_tokens[rows].sum())
+        mean = self.act_sum[rows].sum(axis=0) / max(1, n_tokens)
+        squares = self.act_squares[rows].sum(axis=0) / max(1, n_tokens)
+        return FeatureMoments(n_tokens, mean, np.maximum(squares - mean**2, 0.0))
+
+    def held_out_genes(self, ranked: pl.DataFrame, settings: AssociationSettings) -> pl.DataFrame:
+        """`ranked` (the top genes over all cells) with their held-out evaluation. The claims are each
+        feature's top genes ranked on the selection half alone (`selected`); on the evaluation half
+        every row gets its lift (`held_out_specificity`) and a one-sided test of the feature firing on
+        the gene more often than on other tokens (`held_out_p_value`, see _held_out_lift). `replicated`:
+        selected and significant there, BH over every selected claim, shown or not (the rows shown were
+        chosen with the evaluation half too, so a family of those alone would not hold its level)."""
+        keys, sums = self.gene_sums.totals(min_count=1)
+        order = np.argsort(keys, kind="stable")  # a fixed order: see rank_genes
+        keys, sums = keys[order], sums[order]
+        fire_rate = self.held_out_fires / max(1, int(self.half_tokens[EVALUATION]))
+        held_out = _held_out_lift(
+            keys, sums[:, 3:5], self.held_out_gene_tokens, self.moments(EVALUATION), fire_rate
+        )
+        pair = ["feature", "gene_id"]
+        claims = replicated_claims(
+            self._selection_ranking(keys, sums, settings).join(held_out, on=pair, how="left"),
+            pl.lit(True),
+            pl.col("held_out_p_value"),
+            pl.col("held_out_specificity") > 1,
+            settings.fdr,
+        ).select(*pair, "selected", "held_out_q_value", "replicated")
+        return (
+            ranked.join(held_out, on=pair, how="left")
+            .join(claims, on=pair, how="left")
+            .with_columns(pl.col("selected", "replicated").fill_null(False))
+        )
+
+    def _selection_ranking(
+        self, keys: np.ndarray, sums: np.ndarray, settings: AssociationSettings
+    ) -> pl.DataFrame:
+        """Each feature's top genes on the selection half's tokens alone."""
+        selection_sums = np.column_stack([sums[:, 0] - sums[:, 4], sums[:, 1] - sums[:, 3], sums[:, 2]])
+        fired = selection_sums[:, 0] > 0
+        return _rank(
+            keys[fired],
+            selection_sums[fired],
+            self.gene_tokens - _padded(self.held_out_gene_tokens, self.gene_tokens.size),
+            self.moments(SELECTION),
+            settings,
+        ).select("feature", "gene_id")
+
+
+def _padded(counts: np.ndarray, size: int) -> np.ndarray:
+    return np.concatenate([counts, np.zeros(max(0, size - counts.size), dtype=counts.dtype)])
+
+
+def _held_out_lift(
+    keys: np.ndarray,
+    held_out_sums: np.ndarray,  # per key on the evaluation half: Σ activation, firing tokens
+    held_out_tokens: np.ndarray,
+    moments: FeatureMoments,
+    fire_rate: np.ndarray,  # per feature: its firing tokens / tokens on the evaluation half
+) -> pl.DataFrame:
+    """Per (gene, feature) on the evaluation half: the lift m_g / μ_f and an exact one-sided binomial
+    test of the feature firing on more of the gene's tokens than its rate on all tokens. (A z-test of
+    the mean is not valid here: a rarely firing feature's activations are too skewed for the normal
+    tail, and null genes came out significant about ten times too often.)"""
+    from scipy.stats import binom
+
+    d_sae = moments.mean.size
+    genes, features = keys // d_sae, keys % d_sae
+    tokens = _padded(held_out_tokens, int(genes.max(initial=-1)) + 1)[genes]
+    mean = moments.mean[features]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift = np.where((mean > 0) & (tokens > 0), held_out_sums[:, 0] / tokens / mean, np.nan)
+    p_values = binom.sf(held_out_sums[:, 1] - 1, tokens, fire_rate[features])
+    return pl.DataFrame(
+        {
+            "feature": features.astype(np.int64),
+            "gene_id": genes.astype(np.int64),
+            "held_out_specificity": lift,
+            "held_out_p_value": np.where(tokens > 0, p_values, np.nan),
+        }
+    ).with_columns(pl.col("held_out_specificity", "held_out_p_value").fill_nan(None))
 
 
 def _add_counts(counts: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -212,7 +346,7 @@ class _PerCell:
     A cell's activation of a feature is its maximum over the cell's tokens (top cells, histograms,
     n_cells_active) or its mean over them (the cell-type tests)."""
 
-    def __init__(self, d_sae: int, cell_types: CellTypeSums | None, top_cells: int) -> None:
+    def __init__(self, d_sae: int, cell_types: _TypeSums | None, top_cells: int) -> None:
         self.d_sae, self.cell_types, self.top_cells = d_sae, cell_types, top_cells
         self.n_cells_active = np.zeros(d_sae, dtype=np.int64)
         self.histograms = _MaxHistograms(d_sae)
@@ -383,16 +517,26 @@ def rank_genes(
 ) -> pl.DataFrame:
     """Each feature's top genes by empirical-Bayes shrunk lift (see the module docstring).
 
-    gene_sums: per (gene × d_sae + feature) the firing tokens and Σ a, Σ a × bin, Σ a²; gene_tokens: every
+    gene_sums: per (gene × d_sae + feature) the firing tokens, Σ a, Σ a × bin (and held-out sums); gene_tokens: every
     token of each gene, firing or not. Columns: feature, gene_id, score, n_tokens, mean_activation,
     specificity (shrunk lift), raw_specificity (observed lift), specificity_z, rank.
     """
-    d_sae = moments.mean.size
     keys, sums = gene_sums.totals(min_count=1)
     # key order: the groups come back in a different order each run, and the sums over them below must
     # round the same way for a re-run to write the same bits
     order = np.argsort(keys, kind="stable")
-    keys, sums = keys[order], sums[order]
+    return _rank(keys[order], sums[order], gene_tokens, moments, settings)
+
+
+def _rank(
+    keys: np.ndarray,
+    sums: np.ndarray,
+    gene_tokens: np.ndarray,
+    moments: FeatureMoments,
+    settings: AssociationSettings,
+) -> pl.DataFrame:
+    """rank_genes on (gene × d_sae + feature) keys in a fixed order; sums: firing tokens, Σ a, Σ a × bin."""
+    d_sae = moments.mean.size
     gene_mean = sums[:, 1] / gene_tokens[keys // d_sae]
     prior_all = _prior_variance(keys % d_sae, gene_mean, gene_tokens, moments)  # needs every pair
     supported = sums[:, 0] >= max(1, settings.min_gene_tokens)  # the others can never be ranked

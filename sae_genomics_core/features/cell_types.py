@@ -28,6 +28,8 @@ import scipy.sparse as sp
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from sae_genomics_core.features.holdout import replicated_claims
+
 PSEUDOCOUNT_FRACTION = 0.1  # of the feature's mean over all cells: a type must clear a tenth of it
 LOWER_BOUND_LEVEL = 0.95  # one-sided confidence of log2_fold_change_lower
 MIN_UNITS = 2  # per side of a test: a t-test needs a variance
@@ -45,7 +47,34 @@ SCHEMA = {
     "n_cells": pl.Int64,
     "test_unit": pl.String,
     "n_units": pl.Int64,
+    "selected": pl.Boolean,
+    "held_out_log2_fold_change": pl.Float64,
+    "held_out_p_value": pl.Float64,
+    "held_out_q_value": pl.Float64,
+    "replicated": pl.Boolean,
 }
+TESTED_COLUMNS = list(SCHEMA)[: list(SCHEMA).index("selected")]  # what CellTypeSums.table gives
+
+
+def replicate_cell_types(
+    table: pl.DataFrame, selection: pl.DataFrame, evaluation: pl.DataFrame, fdr: float
+) -> pl.DataFrame:
+    """The table over all cells with each pair's held-out evaluation (features.holdout): selected when
+    significant with a positive lower bound on the selection half's cells; replicated when the evaluation
+    half's one-sided test agrees (BH over the selected pairs)."""
+    keys = ["feature", "cell_type"]
+    passing = (pl.col("q_value") <= fdr) & (pl.col("log2_fold_change_lower") > 0)
+    chosen = selection.filter(passing).select(*keys, pl.lit(True).alias("selected"))
+    held_out = evaluation.select(
+        *keys,
+        pl.col("log2_fold_change").alias("held_out_log2_fold_change"),
+        pl.col("p_value").alias("held_out_p_value"),
+    )
+    joined = table.join(chosen, on=keys, how="left").join(held_out, on=keys, how="left")
+    claims = replicated_claims(
+        joined, pl.col("selected"), pl.col("held_out_p_value"), pl.col("held_out_log2_fold_change") > 0, fdr
+    )
+    return claims.select(list(SCHEMA))
 
 
 def cell_type_table(per_cell_mean: sp.csr_matrix, cells: pl.DataFrame) -> pl.DataFrame:
@@ -93,7 +122,7 @@ class CellTypeSums:
         counts = np.bincount(seen_types, minlength=self.types.size)
         tested = self.active.sum(axis=0) > 0  # features silent on every typed cell are not tested
         if counts.sum() == 0 or not tested.any():
-            return pl.DataFrame(schema=SCHEMA)
+            return pl.DataFrame(schema={name: SCHEMA[name] for name in TESTED_COLUMNS})
         by_sample = self._sample_counts()
         frames = [
             self._type_rows(t, counts, tested, by_sample)
@@ -101,14 +130,14 @@ class CellTypeSums:
             if 0 < counts[t] < counts.sum()
         ]
         if not frames:
-            return pl.DataFrame(schema=SCHEMA)
+            return pl.DataFrame(schema={name: SCHEMA[name] for name in TESTED_COLUMNS})
         table = pl.concat(frames).sort("feature", "cell_type")
         n_untested = self.sums.shape[1] * int((counts > 0).sum()) - table.height
         p_values = np.concatenate([table["p_value"].to_numpy(), np.ones(max(0, n_untested))])
         q_values = multipletests(p_values, method="fdr_bh")[1][: table.height]
         undefined = ["log2_fold_change", "log2_fold_change_lower"]  # NaN where a side had too few units
         return table.with_columns(pl.Series("q_value", q_values), pl.col(undefined).fill_nan(None)).select(
-            list(SCHEMA)
+            TESTED_COLUMNS
         )
 
     def _sample_counts(self) -> np.ndarray | None:

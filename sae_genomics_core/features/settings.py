@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+HOLDOUT_SEED = 0  # the seed of the selection / evaluation halves (cells here, genes in enrichment)
+
 
 @dataclass(frozen=True, kw_only=True)
 class AssociationSettings:
@@ -12,4 +14,6 @@ class AssociationSettings:
     top_cells: int = 50  # cells kept per feature in feature_cells
     min_gene_tokens: int = 3  # a gene needs this many firing tokens to be ranked
     batch_tokens: int = 8192  # tokens encoded at once
+    fdr: float = 0.05  # BH level of a selected claim and of its replication on the held-out half
+    holdout_seed: int = HOLDOUT_SEED
     device: str = "cpu"

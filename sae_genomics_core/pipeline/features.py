@@ -26,6 +26,7 @@ FEATURE_TABLES = (
 GENE_COLUMNS = [
     *("feature", "ensembl_id", "symbol", "score", "n_tokens", "mean_activation", "specificity", "rank"),
     *("gene_id", "raw_specificity", "specificity_z"),
+    *("selected", "held_out_specificity", "held_out_p_value", "held_out_q_value", "replicated"),
 ]
 
 
@@ -107,8 +108,12 @@ def run_features(
         summary=derived_from,
         table_summaries={
             "feature_stats": _stats_summary(tables, charts),
-            "feature_genes": _gene_summary(tables.stats, gene_rows, charts),
-            "feature_cell_types": _cell_type_summary(tables.cell_types, charts),
+            "feature_genes": {**_gene_summary(tables.stats, gene_rows, charts), **_replication(gene_rows)},
+            "feature_cell_types": {
+                **_cell_type_summary(tables.cell_types, charts),
+                **_replication(tables.cell_types),
+                "held_out_split": tables.split_unit,
+            },
         },
     )
 
@@ -158,6 +163,13 @@ def _gene_summary(stats: pl.DataFrame, gene_rows: pl.DataFrame, charts: _Charts)
             "top_genes_busiest_feature", top_genes_chart(example, title)
         )
     }
+
+
+def _replication(claims: pl.DataFrame) -> dict[str, int]:
+    """How many rows were selected on the selection half, and how many of those replicated."""
+    if not claims.height:
+        return {}
+    return {"selected": int(claims["selected"].sum()), "replicated": int(claims["replicated"].sum())}
 
 
 def _cell_type_summary(cell_types: pl.DataFrame, charts: _Charts) -> dict[str, Any]:

@@ -40,6 +40,12 @@ class FeatureConfig(dg.Config):
         default=ASSOCIATION.min_gene_tokens, description="a gene needs this many firing tokens to be ranked"
     )
     batch_tokens: int = Field(default=ASSOCIATION.batch_tokens, description="tokens encoded at once")
+    fdr: float = Field(
+        default=ASSOCIATION.fdr, description="BH level of a selected claim and of its held-out replication"
+    )
+    holdout_seed: int = Field(
+        default=ASSOCIATION.holdout_seed, description="seed of the selection / evaluation halves of the cells"
+    )
 
     def settings(self) -> AssociationSettings:
         return AssociationSettings(
@@ -47,6 +53,8 @@ class FeatureConfig(dg.Config):
             top_cells=self.top_cells,
             min_gene_tokens=self.min_gene_tokens,
             batch_tokens=self.batch_tokens,
+            fdr=self.fdr,
+            holdout_seed=self.holdout_seed,
             device=sae_device(),
         )
 
@@ -66,13 +74,15 @@ def _spec(name: str, description: str) -> dg.AssetSpec:
         _spec(
             "feature_genes",
             "Per feature: top genes by specificity (lift shrunk by empirical Bayes) with score = Σ activation × "
-            "expression bin. Table `feature_genes`.",
+            "expression bin. Held out: `selected` (also a top gene on the selection half of cells), "
+            "`replicated` (selected and above the feature's mean on the evaluation half, BH). Table `feature_genes`.",
         ),
         _spec("feature_cells", "Per feature: top cells by max activation. Table `feature_cells`."),
         _spec(
             "feature_cell_types",
             "Per feature × cell type: a cell's mean activation over its tokens, type vs rest by Welch's t "
-            "(cells) or a paired t over samples (pseudobulk), log2 FC with its lower bound, BH q. "
+            "(cells) or a paired t over samples (pseudobulk), log2 FC with its lower bound, BH q. Held out: "
+            "`selected` on one half of the cells (or samples), `replicated` when the other half agrees (BH). "
             "Table `feature_cell_types`.",
         ),
         _spec(
