@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sae_genomics_core.errors import SettingsError
+from sae_genomics_core.features.settings import HOLDOUT_SEED
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,6 +29,7 @@ class EnrichmentSettings:
     term_roots: tuple[tuple[str, str], ...] = (("hpo", "HP:0000118"),)
     min_network_score: float = 0.7
     seed: int = 0
+    holdout_seed: int = HOLDOUT_SEED  # the selection / evaluation halves of the background genes
 
     def __post_init__(self) -> None:
         problems = []

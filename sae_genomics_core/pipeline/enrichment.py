@@ -77,7 +77,7 @@ def run_enrichment(
     """Test every feature's top genes against every database's terms, and calibrate the tests on shuffled
     gene sets (`calibration`: CalibrationSettings, None for its defaults). Skipped, not failed, before any
     annotation table exists."""
-    from sae_genomics_core.enrichment.enrich import CalibrationSettings, calibrate, enrich
+    from sae_genomics_core.enrichment.enrich import CalibrationSettings, calibrate, enrich_held_out
     from sae_genomics_core.enrichment.inputs import background_genes
 
     log = log or default_log()
@@ -93,7 +93,7 @@ def run_enrichment(
         return StageResult(skipped=NO_ANNOTATIONS, checks=[not_run])
     unit_genes = _unit_genes(feature_genes)
     background = background_genes(genes, _vocab(store, dataset))
-    result = enrich(unit_genes, background, annotations.tables, settings, annotations.ontologies)
+    result = enrich_held_out(unit_genes, background, annotations.tables, settings, annotations.ontologies)
     table = _keyed(_with_sources(result.table, annotations.versions), dataset, layer, feature_genes)
     table = table.sort("database", "feature", "log10_p_value")
     summary = result.summary_frame()
@@ -128,6 +128,9 @@ def _enrichment_summary(
         "background_genes": n_background,
         "significant_pairs": int(table["significant"].sum()),
         "features_with_a_significant_term": table.filter("significant")["feature"].n_unique(),
+        "selected_pairs": int(table["selected"].sum()),
+        "replicated_pairs": int(table["replicated"].sum()),
+        "features_with_a_replicated_term": table.filter("replicated")["feature"].n_unique(),
         "per_database": Markdown(format_frame(per_database, "table")),
         "source_versions": annotations.versions,
         "hpo_ontology": hpo.version if hpo is not None else "not propagated (no hpo_ontology)",

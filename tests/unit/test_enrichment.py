@@ -425,6 +425,7 @@ def test_derived_sources_count_once_in_the_feature_summary() -> None:
         log10_p_value=pl.lit(-5.0),
         q_value=pl.lit(0.01),
         significant=pl.lit(True),
+        replicated=pl.lit(True),
         most_specific=pl.lit(None, pl.Boolean),
     )
     with duckdb.connect() as connection:
@@ -444,6 +445,6 @@ def test_derived_sources_count_once_in_the_feature_summary() -> None:
         connection.execute("create table enrichment as select * from frame")
         create_feature_summary(connection)
         rows = connection.execute(
-            "select feature, n_databases_significant, significant_databases from feature_summary order by feature"
+            "select feature, n_databases_replicated, replicated_databases from feature_summary order by feature"
         ).fetchall()
     assert rows == [(0, 1, ["hpo", "monarch"]), (1, 2, ["hpo", "string"])]

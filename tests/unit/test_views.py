@@ -44,22 +44,43 @@ def test_top_cell_type_is_the_significant_type_with_the_largest_fold_change_lowe
     assert rows[2][1] is None  # no cell type rows
 
 
-def test_top_term_falls_back_to_the_term_id_when_the_source_names_none(
+def test_only_replicated_terms_count_and_top_term_falls_back_to_the_term_id(
     connection: duckdb.DuckDBPyConnection,
 ) -> None:
     connection.execute(
         f"""create table enrichment as select {KEY}, * from (values
-            (0, 'monarch', 'ORPHA:803', null, -5.0, 0.01, true, null),
-            (0, 'hpo', 'HP:0001250', 'Seizure', -3.0, 0.04, true, true),
-            (1, 'hpo', 'HP:0000001', 'All', -1.0, 0.5, false, null))
-            v(feature, database, term_id, term_name, log10_p_value, q_value, significant, most_specific)"""
+            (0, 'monarch', 'ORPHA:803', null, -5.0, 0.01, true, null, true),
+            (0, 'hpo', 'HP:0001250', 'Seizure', -3.0, 0.04, true, true, true),
+            (0, 'hpo', 'HP:0000002', 'Stronger, not replicated', -9.0, 0.001, true, true, false),
+            (1, 'hpo', 'HP:0000001', 'All', -1.0, 0.5, false, null, false),
+            (2, 'string', 'STRING:x', 'network', -4.0, 0.01, true, null, false))
+            v(feature, database, term_id, term_name, log10_p_value, q_value, significant, most_specific,
+              replicated)"""
     )
     create_feature_summary(connection)
     rows = connection.execute(
-        "select feature, top_term, n_databases_significant, n_significant_terms from feature_summary order by feature"
+        "select feature, top_term, n_databases_replicated, n_significant_terms, n_replicated_terms "
+        "from feature_summary order by feature"
     ).fetchall()
-    assert rows[0] == (0, "ORPHA:803", 2, 2)
-    assert rows[1] == (1, None, 0, 0)
+    assert rows[0] == (0, "ORPHA:803", 2, 3, 2)  # HP:0000002 is significant but did not replicate
+    assert rows[1] == (1, None, 0, 0, 0)
+    assert rows[2] == (2, None, 0, 1, 0)
+
+
+def test_a_replicated_cell_type_wins_and_tables_without_the_column_count_none(
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
+    create_feature_summary(connection)  # written before replication existed: nothing is replicated
+    assert connection.execute(
+        "select count(*) from feature_summary where top_cell_type_replicated"
+    ).fetchone() == (0,)
+    connection.execute("alter table feature_cell_types add column replicated boolean")
+    connection.execute("update feature_cell_types set replicated = (cell_type = 'T cell' and feature = 0)")
+    create_feature_summary(connection)
+    row = connection.execute(
+        "select top_cell_type, top_cell_type_replicated from feature_summary where feature = 0"
+    ).fetchone()
+    assert row == ("T cell", True)  # replicated beats NK's larger bound, which did not replicate
 
 
 def test_the_view_keeps_its_columns_before_any_enrichment(connection: duckdb.DuckDBPyConnection) -> None:

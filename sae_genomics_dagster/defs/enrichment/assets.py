@@ -92,6 +92,10 @@ class EnrichmentConfig(dg.Config):
         description="STRING edges: score (recombined from the channels in sources.yaml) at least this",
     )
     seed: int = Field(default=ENRICHMENT.seed, description="random gene sets, random directions")
+    holdout_seed: int = Field(
+        default=ENRICHMENT.holdout_seed,
+        description="seed of the selection / evaluation halves of the genes (held-out replication)",
+    )
 
     def settings(self) -> EnrichmentSettings:
         with user_errors("enrichment settings"):
@@ -108,6 +112,7 @@ class EnrichmentConfig(dg.Config):
                 only_most_specific=self.only_most_specific,
                 min_network_score=self.min_network_score,
                 seed=self.seed,
+                holdout_seed=self.holdout_seed,
                 **_given(max_term_fraction=self.max_term_fraction),
             )
 
