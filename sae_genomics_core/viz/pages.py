@@ -44,13 +44,14 @@ class PagesUnavailable(SaeGenomicsError, ValueError):
 _REQUIRED_QUERIES = {  # the feature tables, there whenever feature_stats has the layer
     "stats": "select feature, fire_count, frequency, mean_activation, max_activation, n_cells_active "
     "from feature_stats where dataset = ? and layer = ? order by feature",
-    "genes": "select feature, rank, coalesce(symbol, ensembl_id) as gene, ensembl_id, score, specificity, n_tokens "
+    "genes": "select feature, rank, coalesce(symbol, ensembl_id) as gene, ensembl_id, score, specificity, n_tokens, "
+    "selected, replicated, held_out_specificity "
     f"from feature_genes where dataset = ? and layer = ? and rank <= {TOP_GENES} order by feature, rank",
     "cells": "select fc.feature, fc.rank, fc.cell_id, c.cell_type, fc.max_activation from feature_cells fc "
     "left join cells c on c.dataset = fc.dataset and c.cell_index = fc.cell_index "
     f"where fc.dataset = ? and fc.layer = ? and fc.rank <= {TOP_CELLS} order by fc.feature, fc.rank",
     "cell_types": "select feature, cell_type, mean_activation, frac_active, log2_fold_change, log2_fold_change_lower, "
-    "q_value, test_unit, n_units "
+    "q_value, test_unit, n_units, selected, replicated, held_out_log2_fold_change "
     "from feature_cell_types where dataset = ? and layer = ? order by feature, q_value",
 }
 _OPTIONAL_QUERIES = {  # key: (the table it needs, else the page shows none, query)
@@ -61,7 +62,8 @@ _OPTIONAL_QUERIES = {  # key: (the table it needs, else the page shows none, que
     "enrichment": (
         "enrichment",
         "select feature, database, term_id, term_name, overlap, feature_set_size, term_size, odds_ratio, "
-        "log10_p_value, q_value, significant, most_specific, overlap_genes from ("
+        "log10_p_value, q_value, significant, most_specific, overlap_genes, selected, replicated, "
+        "held_out_odds_ratio from ("
         "  select *, row_number() over (partition by feature, database order by log10_p_value) as position "
         "  from enrichment where dataset = ? and layer = ?"
         f") where position <= {TERMS_PER_DATABASE} or significant order by feature, log10_p_value",
@@ -216,6 +218,7 @@ _TEMPLATE = r"""<!DOCTYPE html>
   table { border-collapse: collapse; font-size: 13px; } td, th { padding: 3px 8px; border-bottom: 1px solid #eee; text-align: left; }
   th { background: #f6f7fb; } .sig { font-weight: 600; color: #a3261b; }
   .charts { display: flex; gap: 20px; flex-wrap: wrap; }
+  .pill.replicated { background: #e3f6e8; }
   .pill { display: inline-block; background: #eef4ff; border-radius: 10px; padding: 0 8px; margin: 1px; font-size: 12px; }
 </style>
 <script>__VEGA__</script>
@@ -315,17 +318,17 @@ function featurePage(f) {
   if (!s) { document.getElementById("page").innerHTML = `<p>No feature ${f} in this layer.</p>`; return; }
   for (const a of document.querySelectorAll("#list a")) a.classList.toggle("current", Number(a.dataset.feature) === f);
   const g = genes.get(f) || [], c = cells.get(f) || [], t = types.get(f) || [], e = terms.get(f) || [], h = hist.get(f) || [];
-  const sig = e.filter(r => r.significant);
+  const sig = e.filter(r => r.significant), replicatedTerms = e.filter(r => r.replicated);
   document.getElementById("page").innerHTML = `<h2 id="feature-title">Feature ${f}</h2>
     <p>fires on ${num(s.frequency, 5)} of tokens (${s.fire_count} tokens, ${s.n_cells_active} cells) · mean activation ${num(s.mean_activation)} · max ${num(s.max_activation)}
-    · ${sig.length ? `<span class=sig>${sig.length} significant term${sig.length === 1 ? "" : "s"}</span>` : "no significant term"}
+    · ${sig.length ? `<span class=sig>${sig.length} significant term${sig.length === 1 ? "" : "s"}</span>, ${replicatedTerms.length} replicated on held-out genes` : "no significant term"}
     · ${stableText(f)}</p>
     <div class="charts"><div><h3>Top genes</h3><div id="genes-chart"></div></div>
       <div><h3>Activation histogram (cells)</h3><div id="hist-chart"></div><h3>Density: this feature in its layer</h3><div id="density"></div></div></div>
-    <h3>Top genes</h3>${table(["rank", "gene", "Ensembl", "score", "specificity", "tokens"], g.map(r => `<tr><td>${r.rank}</td><td>${esc(r.gene)}</td><td>${esc(r.ensembl_id)}</td><td>${num(r.score)}</td><td>${num(r.specificity)}</td><td>${r.n_tokens}</td></tr>`))}
-    <h3>Enrichment (BH q per database; its best __TERMS_PER_DATABASE__ rows each, and every significant one)</h3>${e.length ? table(["database", "term", "overlap", "set", "term size", "odds ratio", "log10 p", "q", "genes"], e.map(r => `<tr class="${r.significant ? "sig" : ""}"><td>${esc(r.database)}</td><td>${esc(r.term_name || r.term_id)} <small>${esc(r.term_id)}</small>${r.most_specific ? ' <span class=pill title="no significant descendant term">most specific</span>' : ""}</td><td>${r.overlap}</td><td>${r.feature_set_size}</td><td>${r.term_size}</td><td>${num(r.odds_ratio, 1)}</td><td>${num(r.log10_p_value, 2)}</td><td>${num(r.q_value)}</td><td>${(r.overlap_genes || []).map(x => `<span class=pill>${esc(x)}</span>`).join("")}</td></tr>`)) : "<p class=muted>Not tested (no enrichment rows for this feature).</p>"}
+    <h3>Top genes</h3>${table(["rank", "gene", "Ensembl", "score", "specificity", "tokens", "held-out lift", "held out"], g.map(r => `<tr><td>${r.rank}</td><td>${esc(r.gene)}</td><td>${esc(r.ensembl_id)}</td><td>${num(r.score)}</td><td>${num(r.specificity)}</td><td>${r.n_tokens}</td><td>${num(r.held_out_specificity, 2)}</td><td>${heldOut(r)}</td></tr>`))}
+    <h3>Enrichment (BH q per database; its best __TERMS_PER_DATABASE__ rows each, and every significant one)</h3>${e.length ? table(["database", "term", "overlap", "set", "term size", "odds ratio", "log10 p", "q", "held-out odds ratio", "held out", "genes"], e.map(r => `<tr class="${r.significant ? "sig" : ""}"><td>${esc(r.database)}</td><td>${esc(r.term_name || r.term_id)} <small>${esc(r.term_id)}</small>${r.most_specific ? ' <span class=pill title="no significant descendant term">most specific</span>' : ""}</td><td>${r.overlap}</td><td>${r.feature_set_size}</td><td>${r.term_size}</td><td>${num(r.odds_ratio, 1)}</td><td>${num(r.log10_p_value, 2)}</td><td>${num(r.q_value)}</td><td>${num(r.held_out_odds_ratio, 1)}</td><td>${heldOut(r)}</td><td>${(r.overlap_genes || []).map(x => `<span class=pill>${esc(x)}</span>`).join("")}</td></tr>`)) : "<p class=muted>Not tested (no enrichment rows for this feature).</p>"}
     <h3>Compared with the baselines of this layer</h3>${baselineTable()}
-    <h3>Cell types (a cell's mean activation per token; type vs rest by ${t.length && t[0].test_unit === "sample" ? "paired t over samples (pseudobulk)" : "Welch's t with cells as units"}; BH q; highlighted: q &lt; 0.05 and the fold change's 95% lower bound &gt; 0)</h3>${table(["cell type", "mean activation", "fraction of cells active", "log2 FC", "log2 FC lower bound", "q", "units"], t.map(r => `<tr class="${r.q_value < 0.05 && r.log2_fold_change_lower > 0 ? "sig" : ""}"><td>${esc(r.cell_type)}</td><td>${num(r.mean_activation)}</td><td>${num(r.frac_active)}</td><td>${num(r.log2_fold_change, 2)}</td><td>${num(r.log2_fold_change_lower, 2)}</td><td>${num(r.q_value)}</td><td>${r.n_units} ${esc(r.test_unit)}s</td></tr>`))}
+    <h3>Cell types (a cell's mean activation per token; type vs rest by ${t.length && t[0].test_unit === "sample" ? "paired t over samples (pseudobulk)" : "Welch's t with cells as units"}; BH q; highlighted: q &lt; 0.05 and the fold change's 95% lower bound &gt; 0)</h3>${table(["cell type", "mean activation", "fraction of cells active", "log2 FC", "log2 FC lower bound", "q", "units", "held-out log2 FC", "held out"], t.map(r => `<tr class="${r.q_value < 0.05 && r.log2_fold_change_lower > 0 ? "sig" : ""}"><td>${esc(r.cell_type)}</td><td>${num(r.mean_activation)}</td><td>${num(r.frac_active)}</td><td>${num(r.log2_fold_change, 2)}</td><td>${num(r.log2_fold_change_lower, 2)}</td><td>${num(r.q_value)}</td><td>${r.n_units} ${esc(r.test_unit)}s</td><td>${num(r.held_out_log2_fold_change, 2)}</td><td>${heldOut(r)}</td></tr>`))}
     <h3>Top cells</h3>${table(["rank", "cell", "cell type", "max activation"], c.map(r => `<tr><td>${r.rank}</td><td>${esc(r.cell_id)}</td><td>${esc(r.cell_type)}</td><td>${num(r.max_activation)}</td></tr>`))}
     ${whatItDoes(f)}`;
   const fx = (effects.get(f) || []).filter(r => r.intervention === "steer" && r.cells === "silent");
@@ -341,6 +344,12 @@ function featurePage(f) {
     encoding: {x: {field: "bin_start", type: "quantitative", title: "cell's max activation"}, x2: {field: "bin_end"},
                y: {field: "n_cells", type: "quantitative", title: "cells"}, y2: {datum: 0}}});
   chart("#density", densitySpec(s.frequency > 0 ? Math.log10(s.frequency) : null));
+}
+
+// a claim chosen on one half of the data and tested on the other (features.holdout)
+function heldOut(r) {
+  if (r.replicated) return '<span class="pill replicated" title="selected on one half, significant on the other">replicated</span>';
+  return r.selected ? '<span class=muted title="selected on one half, not significant on the other">not replicated</span>' : "";
 }
 
 function stableText(f) {

@@ -122,12 +122,28 @@ def test_feature_summary_carries_the_enrichment_columns(demo_home: Path) -> None
         0
     ]
     assert significant == pairs  # the view counts exactly the enrichment table's significant rows
-    # top_terms is set exactly for the features with a significant term (none, on random weights)
+    # top_terms is set exactly for the features with a replicated term (none, on random weights)
     (features,) = query(
         demo_home,
-        "select count(distinct (layer, feature)) from enrichment where dataset = 'pbmc68k' and significant",
+        "select count(distinct (layer, feature)) from enrichment where dataset = 'pbmc68k' and replicated",
     )[0]
     assert with_terms == named == features
+
+
+def test_the_demo_fills_the_replication_columns(demo_home: Path) -> None:
+    for table in ("feature_genes", "feature_cell_types", "enrichment"):
+        rows, flagged, selected, replicated, beyond = query(
+            demo_home,
+            f"select count(*), count(replicated), count(*) filter (where selected), "
+            f"count(*) filter (where replicated), count(*) filter (where replicated and not selected) "
+            f"from {table} where dataset = 'pbmc68k'",
+        )[0]
+        assert rows > 0 and flagged == rows and beyond == 0, table
+        assert replicated <= selected
+    # random weights pass the data's co-expression through: cell-type claims replicate across cells
+    (types,) = query(demo_home, "select count(*) from feature_cell_types where replicated")[0]
+    (summary,) = query(demo_home, "select count(*) from feature_summary where top_cell_type_replicated")[0]
+    assert types > 0 and 0 < summary <= types
 
 
 @pytest.mark.parametrize(
