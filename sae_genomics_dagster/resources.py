@@ -53,14 +53,14 @@ class ModelResource(dg.ConfigurableResource):
 
     spec: str = Field(
         default=MODEL["spec"],
-        description="tahoe-x1-70m, tahoe-x1-1.3b, tahoe-x1-3b, dir:<path>, random-init:<one of those> (the "
+        description="tahoe-x1-70m, tahoe-x1-1.3b, tahoe-x1-3b, dir:PATH, random-init:SPEC (one of those) (the "
         "architecture with seeded random weights: the baseline for a real-weights run) or tiny-random (random "
         "weights, offline demo)",
     )
-    device: str = Field(default=MODEL["device"], description="auto, cpu, cuda or cuda:<i>")
+    device: str = Field(default=MODEL["device"], description="auto, cpu, cuda or cuda:N")
     batch_size: int = Field(default=EXTRACTION["batch_size"], description="cells per forward pass")
     max_length: int | None = Field(
-        default=EXTRACTION["max_length"], description="tokens per cell incl. <cls>; None: the model's"
+        default=EXTRACTION["max_length"], description="tokens per cell incl. the CLS token; None: the model's"
     )
     layers: list[int] | None = Field(default=EXTRACTION["layers"], description="layers to extract; None: all")
     hooks: list[str] = Field(default=list(EXTRACTION["hooks"]), description=f"of {', '.join(HOOKS)}")

@@ -80,9 +80,10 @@ def associate(
     settings = settings or AssociationSettings()
     sae = loaded.sae.to(settings.device)
     d_sae = int(sae.cfg.d_sae)
-    halves, split_unit = cell_halves(cells, settings.holdout_seed, MIN_UNITS)
+    n_cells = int(store.manifest["n_cells_total"])
+    halves, split_unit = cell_halves(cells, settings.holdout_seed, MIN_UNITS, size=n_cells)
     per_cell = _PerCell(d_sae, _TypeSums(cells, d_sae, halves) if with_cells else None, settings.top_cells)
-    totals = _Totals(d_sae, int(sae.cfg.k), int(store.manifest["n_cells_total"]), per_cell, halves)
+    totals = _Totals(d_sae, int(sae.cfg.k), halves.size, per_cell, halves)
     for shard in store.manifest["shards"]:
         if shard["n_tokens"] > 0:
             totals.add_shard(_encode_shard(store, layer, hook, shard, sae, loaded.normalizer, settings))

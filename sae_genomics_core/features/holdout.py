@@ -25,10 +25,10 @@ SELECTION, EVALUATION = 0, 1
 HELD_OUT_COLUMNS = ("selected", "held_out_p_value", "held_out_q_value", "replicated")
 
 
-def cell_halves(cells: pl.DataFrame, seed: int, min_units: int) -> tuple[np.ndarray, str]:
-    """Per cell_index (an array as long as the largest index + 1): SELECTION or EVALUATION, and the unit
-    split ("sample" or "cell")."""
-    size = int(cells["cell_index"].max() or 0) + 1 if cells.height else 0
+def cell_halves(cells: pl.DataFrame, seed: int, min_units: int, size: int = 0) -> tuple[np.ndarray, str]:
+    """Per cell_index (an array of at least `size`, and past the largest index): SELECTION or
+    EVALUATION, and the unit split ("sample" or "cell"). Cells not in `cells` fall in the selection half."""
+    size = max(size, int(cells["cell_index"].max() or 0) + 1 if cells.height else 0)
     halves = np.full(size, SELECTION, dtype=np.int8)
     if not cells.height:
         return halves, "cell"

@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from sae_genomics_core.artefacts import ArtefactStore
+from sae_genomics_core.config import MODEL_ENV
 from sae_genomics_core.errors import InputError
 from sae_genomics_core.pipeline.features import open_partition
 from sae_genomics_core.pipeline.result import Log, StageResult, default_log, keyed
@@ -88,7 +89,9 @@ class _Session:
         loaded = matching_model(model, dataset, store.current_activations(dataset).manifest)
         if isinstance(loaded, str):
             raise InputError(
-                f"interventions need the model the activations came from: {loaded}", fix="see above"
+                f"interventions need the model the activations came from: {loaded}",
+                fix=f"point the model resource (${MODEL_ENV}) at the model that extracted {dataset}'s "
+                "activations, or extract them again with this one (materialise `activations`)",
             )
         device = str(next(loaded.model.parameters()).device)
         activations, hook, sae = open_partition(store, dataset, layer, device)
@@ -169,17 +172,16 @@ def steer_feature(
     session = _Session.open(dataset, layer, store, model, settings)
     evaluated = session.evaluated
     _require_firing(evaluated, feature)
-    positions = np.arange(evaluated.cell_index.size)
-    plan = steering_plan(evaluated, feature, strength, positions, "all")
-    types = _types_of(cells, evaluated.cell_index)
+    plan = steering_plan(evaluated, feature, strength, np.arange(evaluated.cell_index.size), "all")
     deltas, embeddings = [], []
-    for first in range(0, positions.size, settings.batch_rows):
-        delta, embedding = session.intervener.run(
-            evaluated, plan, positions[first : first + settings.batch_rows]
-        )
+
+    def keep(rows: np.ndarray, delta: Any, embedding: Any) -> None:  # one plan row per cell, in order
         deltas.append(delta.abs().mean(dim=1).cpu().double().numpy())
         embeddings.append(embedding)
-    summary = run_plan(session.intervener, evaluated, plan, types, settings)
+
+    summary = run_plan(
+        session.intervener, evaluated, plan, _types_of(cells, evaluated.cell_index), settings, keep
+    )
     moved = torch.nn.functional.cosine_similarity(torch.cat(embeddings), evaluated.embedding, dim=1)
     per_cell = pl.DataFrame(
         {
@@ -263,15 +265,16 @@ def _against_same_frequency(ranked: pl.DataFrame, n_source_cells: int) -> pl.Dat
     edges = np.unique(np.quantile(ranked["frequency"].to_numpy(), np.linspace(0, 1, FREQUENCY_BINS + 1)))
     binned = ranked.with_columns(
         pl.Series(
-            "frequency_bin", np.clip(np.searchsorted(edges, ranked["frequency"], side="right") - 1, 0, None)
+            "frequency_bin",  # the largest frequency closes the last bin, as numpy's histograms do
+            np.clip(np.searchsorted(edges, ranked["frequency"], side="right") - 1, 0, max(0, edges.size - 2)),
         )
     )
-    within = pl.col("relative_shift").over("frequency_bin")
+    shift, in_bin = pl.col("relative_shift"), "frequency_bin"  # .over after each aggregation: per bin
     return (
         binned.with_columns(
-            (within.rank("average") / within.count()).alias("percentile_same_frequency"),
-            ((pl.col("relative_shift") - within.mean()) / within.std()).alias("z_same_frequency"),
-            within.count().alias("same_frequency_features"),
+            (shift.rank("average").over(in_bin) / pl.len().over(in_bin)).alias("percentile_same_frequency"),
+            ((shift - shift.mean().over(in_bin)) / shift.std().over(in_bin)).alias("z_same_frequency"),
+            pl.len().over(in_bin).cast(pl.Int64).alias("same_frequency_features"),
             pl.lit(n_source_cells).alias("n_cells"),
         )
         .drop("frequency_bin")

@@ -15,7 +15,7 @@ pass, so strength 0, and ablating a silent feature, change nothing, exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,13 +284,17 @@ def run_plan(
     plan: Plan,
     cell_types: np.ndarray | None,
     settings: EffectSettings,
+    each_batch: Callable[[np.ndarray, Tensor, Tensor], None] | None = None,
 ) -> EffectTables:
-    """A plan's rows in batches of `batch_rows`, reduced per key (feature × intervention × cells)."""
+    """A plan's rows in batches of `batch_rows`, reduced per key (feature × intervention × cells);
+    `each_batch(rows, delta, embedding)` also sees every batch (per-row readouts)."""
     centroids = _centroids(cells.embedding, cell_types)
     reducer = _Reducer(plan, cells, centroids, settings.top_genes, intervener.gene_ids)
     for first in range(0, len(plan.key), settings.batch_rows):
         rows = np.arange(first, min(first + settings.batch_rows, len(plan.key)))
         delta, embedding = intervener.run(cells, plan, rows)
+        if each_batch is not None:
+            each_batch(rows, delta, embedding)
         reducer.add(rows, delta.cpu().double().numpy(), embedding)
     genes = pl.concat(reducer.genes) if reducer.genes else pl.DataFrame(schema=GENE_SCHEMA)
     types = pl.concat(reducer.types) if reducer.types else pl.DataFrame(schema=CELL_TYPE_SCHEMA)

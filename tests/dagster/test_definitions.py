@@ -113,3 +113,35 @@ def test_keyless_sources_cannot_hold_up_enrichment_and_per_gene_sources_follow_i
     ):  # their live APIs are asked about the datasets' genes
         assert dg.AssetKey("genes") in graph.get(dg.AssetKey(f"annotations_{database}")).parent_keys
     assert dg.AssetKey("genes") not in graph.get(dg.AssetKey("annotations_hpo")).parent_keys  # a bulk file
+
+
+def _descriptions(defs: dg.Definitions) -> dict[str, str]:
+    """Every description the UI renders: assets, checks, jobs, schedules, sensors and config fields."""
+    graph = defs.resolve_asset_graph()
+    found = {
+        f"asset {key.to_user_string()}": graph.get(key).description or ""
+        for key in graph.get_all_asset_keys()
+    }
+    for key in graph.asset_check_keys:
+        found[f"check {key.name}"] = graph.get(key).description or ""
+    for kind, items in (("job", defs.jobs), ("schedule", defs.schedules), ("sensor", defs.sensors)):
+        for item in items or []:
+            found[f"{kind} {item.name}"] = getattr(item, "description", None) or ""
+    configs = [dg.Config, dg.ConfigurableResource]
+    while configs:
+        cls = configs.pop()
+        configs.extend(cls.__subclasses__())
+        if cls.__module__.startswith("sae_genomics"):
+            for name, field in cls.model_fields.items():
+                found[f"config {cls.__name__}.{name}"] = field.description or ""
+    return found
+
+
+def test_descriptions_survive_the_uis_markdown(home: Home) -> None:
+    """The UI renders descriptions as markdown with HTML: `<dataset>` vanished ("artefacts/sae//L/")."""
+    import re
+
+    descriptions = _descriptions(build_definitions(home))
+    assert len(descriptions) > 50 and any(key.startswith("config ") for key in descriptions)
+    swallowed = {name: text for name, text in descriptions.items() if re.search(r"<[A-Za-z][\w ]*>", text)}
+    assert not swallowed, swallowed

@@ -182,3 +182,26 @@ def test_a_gene_planted_on_a_features_direction_ranks_first(intervener) -> None:
     top = {(row["strength"], row["direction"]): row for row in steered.iter_rows(named=True)}
     assert top[1.0, "up"]["gene_id"] == runner.gene_ids[planted] == top[-1.0, "down"]["gene_id"]
     assert top[1.0, "up"]["consistency"] >= 0.8 and top[1.0, "up"]["n_cells"] == 16
+
+
+def test_contrastive_ranking_finds_a_rare_feature_against_features_of_its_own_frequency() -> None:
+    """Frequent features move cells more whatever they mean (a confound the raw ranking follows); a
+    planted rare feature moves them far more than features as rare, and only the same-frequency null
+    puts it first."""
+    from sae_genomics_core.pipeline.effects import _against_same_frequency
+
+    rng = np.random.default_rng(0)
+    frequency = np.exp(rng.uniform(np.log(1e-4), np.log(1e-1), 500))
+    shift = 2.0 * frequency + rng.normal(0.0, 0.002, 500)
+    planted = int(np.argmin(frequency))
+    shift[planted] += 0.02  # ten noise s.d. above features as rare, far below the frequent ones
+    ranked = _against_same_frequency(
+        pl.DataFrame({"feature": np.arange(500), "frequency": frequency, "relative_shift": shift}),
+        n_source_cells=16,
+    )
+    row = ranked.filter(pl.col("feature") == planted).row(0, named=True)
+    assert row["percentile_same_frequency"] == 1.0 and row["z_same_frequency"] > 4
+    assert row["rank"] > 100  # the raw relative shift buries it under frequent features
+    null = ranked.filter(pl.col("feature") != planted)
+    assert 0.01 <= (null["z_same_frequency"] > 1.645).mean() <= 0.12
+    assert set(ranked["same_frequency_features"].to_list()) == {100}

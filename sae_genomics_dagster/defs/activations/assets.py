@@ -25,10 +25,10 @@ GROUP = "activations"
     description=(
         "Token activations of tahoe-x1 for every configured layer and hook point (mlp_out, resid_post, "
         "attn_out, mlp_hidden), from one forward pass per batch, streamed to shards under "
-        "`$SAE_GENOMICS_HOME/artefacts/activations/<dataset>/`. PAD tokens are never stored; the `<cls>` "
+        "`$SAE_GENOMICS_HOME/artefacts/activations/{dataset}/`. PAD tokens are never stored; the CLS "
         "row is kept apart as the cell vector. With the model spec `tiny-random` (the offline demo) "
         "the weights are RANDOM: the architecture is real, the features are not biology. "
-        "`random-init:<spec>` is the baseline for a real model: its architecture and vocab, random weights "
+        "`random-init:SPEC` is the baseline for a real model: its architecture and vocab, random weights "
         "(model id `random-init(seed=…):…`)."
     ),
 )

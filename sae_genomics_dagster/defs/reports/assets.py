@@ -23,7 +23,7 @@ GROUP = "reports"
     description="A feature explorer for one dataset × layer: search by gene, term or cell type; one page per "
     "feature with top genes, top cells, cell types, activation histogram, density, enrichment with q-values "
     "and the SAE vs PCA vs random baseline rates. One self-contained HTML file (opens offline) under "
-    "`$SAE_GENOMICS_HOME/artefacts/pages/<dataset>/L<layer>/index.html`.",
+    "`$SAE_GENOMICS_HOME/artefacts/pages/{dataset}/L{layer}/index.html`.",
 )
 def feature_pages(
     context: dg.AssetExecutionContext, home: HomeResource, artefacts: ArtefactsResource

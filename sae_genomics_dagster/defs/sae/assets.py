@@ -132,7 +132,7 @@ class SaeConfig(dg.Config):
         "held out for metrics, then its loss recovered: tahoe-x1's masked-expression loss on held-out cells with the "
         "SAE's reconstruction spliced into the layer (`fidelity.json`). Checkpoint in sae-lens format plus provenance "
         "under "
-        "`$SAE_GENOMICS_HOME/artefacts/sae/<dataset>/L<layer>/`."
+        "`$SAE_GENOMICS_HOME/artefacts/sae/{dataset}/L{layer}/`."
     ),
 )
 def sae_checkpoint(
