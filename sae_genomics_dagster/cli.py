@@ -32,7 +32,11 @@ def _home() -> Home:
 
 
 def _execute(
-    job: object, partition_key: str | None, instance: object, run_config: dict | None = None
+    job: object,
+    partition_key: str | None,
+    instance: object,
+    run_config: dict | None = None,
+    assets: Sequence[Any] | None = None,  # only these asset keys of the job (None: all)
 ) -> bool:
     from sae_genomics_dagster.instance import run_failure_messages
     from sae_genomics_dagster.run_health import interruption, prepare_in_process_run
@@ -46,9 +50,10 @@ def _execute(
             raise_on_error=False,
             run_config=run_config,
             tags=tags,
+            asset_selection=assets,
         )
     else:
-        result = _execute_on_the_profiles_executor(job, partition_key, instance, run_config, tags)
+        result = _execute_on_the_profiles_executor(job, partition_key, instance, run_config, tags, assets)
     if doing := interruption(result):  # Ctrl-C / SIGTERM stops the command, not just this run
         print(f"interrupted run {result.run_id} while {doing}; it is marked failed", file=sys.stderr)
         raise SystemExit(130)
@@ -62,7 +67,7 @@ def _execute(
 
 
 def _execute_on_the_profiles_executor(
-    job: Any, partition_key: Any, instance: Any, run_config: dict, tags: dict
+    job: Any, partition_key: Any, instance: Any, run_config: dict, tags: dict, assets: Sequence[Any] | None
 ) -> Any:
     """Run `job` with the profile's executor (Celery, Kubernetes): its steps run elsewhere, so they rebuild
     the job from its code pointer, this module's definitions."""
@@ -73,7 +78,11 @@ def _execute_on_the_profiles_executor(
     if partition_key is not None:
         tags = {**tags, **job.partitions_def.get_tags_for_partition_key(partition_key)}
     return dg.execute_job(
-        repository.get_reconstructable_job(job.name), instance, run_config=run_config, tags=tags
+        repository.get_reconstructable_job(job.name),
+        instance,
+        run_config=run_config,
+        tags=tags,
+        asset_selection=assets,
     )
 
 
@@ -165,6 +174,85 @@ def _materialize(
             return 1
     # the atlas matches the new SAEs against the other layers and datasets
     return 0 if _execute(defs.resolve_job_def("atlas"), None, instance) else 1
+
+
+STAGE_JOBS = {"dataset": "dataset_pipeline", "dataset × layer": "sae_pipeline", "whole warehouse": "atlas"}
+
+
+def chosen_assets(defs: Any, names: Sequence[str]) -> dict[str, list[Any]]:
+    """Asset keys per job for `materialize --assets`: asset or group names, a trailing `+` adding
+    everything downstream. Raises ValueError naming what is unknown or not run per dataset."""
+    import dagster as dg
+
+    graph = defs.resolve_asset_graph()
+    keys = graph.materializable_asset_keys
+    groups = {graph.get(key).group_name for key in keys}
+    selection = dg.AssetSelection.assets()
+    unknown = []
+    for name in names:
+        base = name.removesuffix("+")
+        if base in groups:
+            part = dg.AssetSelection.groups(base)
+        elif dg.AssetKey(base) in keys:
+            part = dg.AssetSelection.assets(base)
+        else:
+            unknown.append(name)
+            continue
+        selection |= part.downstream() if name.endswith("+") else part
+    if unknown:
+        known = ", ".join(sorted(groups))
+        raise ValueError(f"unknown asset or group {', '.join(unknown)}; groups: {known} (or an asset name)")
+    per_job: dict[str, list[Any]] = {}
+    for key in sorted(selection.resolve(graph) & keys):
+        job = STAGE_JOBS.get(_partitioning(graph.get(key).partitions_def))
+        if job is None:
+            raise ValueError(
+                f"{key.to_user_string()} is not materialised per dataset (annotations: `sae-genomics annotate`)"
+            )
+        per_job.setdefault(job, []).append(key)
+    return per_job
+
+
+def _partitioning(partitions: Any) -> str:
+    import dagster as dg
+
+    if partitions is None:
+        return "whole warehouse"
+    return "dataset × layer" if isinstance(partitions, dg.MultiPartitionsDefinition) else "dataset"
+
+
+def _materialize_assets(home: Home, name: str, names: Sequence[str], layers: list[int] | None) -> int:
+    """Only the chosen assets of one dataset (each layer's for the per-layer ones), upstream read as stored."""
+    import dagster as dg
+
+    from sae_genomics_core.artefacts import artefact_store
+    from sae_genomics_dagster.definitions import build_definitions
+    from sae_genomics_dagster.instance import get_instance
+
+    instance, defs = get_instance(home), build_definitions(home)
+    try:
+        per_job = chosen_assets(defs, names)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for job, keys in per_job.items():
+        if job == "dataset_pipeline":
+            partitions: list[Any] = [name]
+        elif job == "sae_pipeline":
+            chosen = layers or artefact_store(home).extracted_layers(name)
+            partitions = [dg.MultiPartitionKey({"dataset": name, "layer": str(layer)}) for layer in chosen]
+            if not partitions:
+                print(
+                    f"error: {name} has no extracted layer yet: materialise `activations` first",
+                    file=sys.stderr,
+                )
+                return 2
+        else:
+            partitions = [None]
+        for partition in partitions:
+            if not _execute(defs.resolve_job_def(job), partition, instance, assets=keys):
+                return 1
+    return 0
 
 
 def _register(home: Home, path: str, name: str | None, args: argparse.Namespace, source: str) -> int:
@@ -306,6 +394,8 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     except DatasetNotRegistered as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.assets:
+        return _materialize_assets(home, args.dataset, args.assets, args.layers)
     return _materialize(home, args.dataset, args.sae_tokens, not args.no_sae, args.layers)
 
 
@@ -458,9 +548,17 @@ def _add_dataset_commands(commands: Any) -> None:
     datasets.set_defaults(handler=_cmd_datasets)
 
     materialize = commands.add_parser(
-        "materialize", help="materialise a registered dataset's assets in-process"
+        "materialize",
+        help="materialise a registered dataset's assets in-process (all of them, or --assets)",
     )
     materialize.add_argument("dataset")
+    materialize.add_argument(
+        "--assets",
+        nargs="+",
+        metavar="NAME",
+        help="only these assets or groups (e.g. enrichment, feature_pages, reports), reading what is upstream "
+        "as stored; NAME+ adds everything downstream (enrichment+ = enrichment, baselines, pages)",
+    )
     _add_run_options(materialize)
     materialize.set_defaults(handler=_cmd_materialize)
 

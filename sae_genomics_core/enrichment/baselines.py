@@ -231,6 +231,19 @@ def _with_diversity(frame: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+# the columns of `enrichment_baselines` (run_baselines' table), also those of an empty one
+BASELINE_SCHEMA: dict[str, pl.DataType] = {
+    "method": pl.String(),
+    "database": pl.String(),
+    "statistic": pl.String(),
+    **{name: pl.Int64() for name in ("n_units", "n_units_tested", "n_units_significant")},
+    "fraction_significant": pl.Float64(),
+    "fraction_of_all_units": pl.Float64(),
+    **{name: pl.Int64() for name in ("n_tests", "n_significant_pairs", "background_size", *_DIVERSITY)},
+    **{name: pl.Float64() for name in ("redundancy", "rate_p10", "rate_p50", "rate_p90")},
+}
+
+
 def compare(
     summaries: dict[str, pl.DataFrame],
     unit_counts: dict[str, int],
@@ -345,4 +358,5 @@ def run_baselines(
         {m: r.summary_frame() for m, r in results.items()}, counts, {m: r.table for m, r in results.items()}
     )
     firing = pl.DataFrame([{"method": m, **firing_percentiles(r)} for m, r in rates.items()])
-    return BaselineRun(table.join(firing, on="method", how="left"), counts, n_fit)
+    joined = table.join(firing, on="method", how="left")
+    return BaselineRun(joined.select(list(BASELINE_SCHEMA)).cast(BASELINE_SCHEMA), counts, n_fit)  # type: ignore[arg-type]

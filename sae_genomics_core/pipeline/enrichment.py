@@ -24,8 +24,9 @@ from sae_genomics_core.warehouse.writer import write_transaction
 
 CALIBRATION_CHECK = "calibration"
 NO_ANNOTATIONS = (
-    "no annotation tables yet, so nothing to test: run `sae-genomics annotate` (or materialise the "
-    "annotations_<db> assets), then materialise this asset again"
+    "no annotation tables yet, so nothing was tested (0 rows written; the feature pages show the rest): run "
+    "`sae-genomics annotate --mode snapshot` (the bundled snapshots, offline) or `--mode live` (network), "
+    "then `sae-genomics materialize DATASET --assets enrichment+` (enrichment, baselines and pages only)"
 )
 
 
@@ -88,9 +89,13 @@ def run_enrichment(
     refuse_stale(feature_genes, store, dataset, layer, "feature_genes")
     annotations = _annotations(warehouse)
     if not annotations.tables:  # a dataset processed before any annotation refresh: not a failure
-        log.warning(f"enrichment skipped: {NO_ANNOTATIONS}")
+        from sae_genomics_core.enrichment.enrich import ENRICHMENT_SCHEMA, HELD_OUT_SCHEMA
+
+        log.warning(f"enrichment not run: {NO_ANNOTATIONS}")
         not_run = CheckOutcome(CALIBRATION_CHECK, False, f"not evaluated: {NO_ANNOTATIONS}", blocking=False)
-        return StageResult(skipped=NO_ANNOTATIONS, checks=[not_run])
+        empty = pl.DataFrame(schema=ENRICHMENT_SCHEMA | HELD_OUT_SCHEMA)
+        table = _keyed(_with_sources(empty, {}), dataset, layer, feature_genes)
+        return StageResult(tables={"enrichment": table}, summary=_not_run(), checks=[not_run])
     unit_genes = _unit_genes(feature_genes)
     background = background_genes(genes, _vocab(store, dataset))
     result = enrich_held_out(unit_genes, background, annotations.tables, settings, annotations.ontologies)
@@ -137,12 +142,20 @@ def _enrichment_summary(
     }
 
 
+def _not_run() -> dict[str, Any]:
+    """The summary of a stage with nothing to test: an empty partition, and why."""
+    return {"rows": 0, "not_run": NO_ANNOTATIONS}
+
+
 def _with_sources(table: pl.DataFrame, versions: dict[str, str]) -> pl.DataFrame:
     """Each row's evidence source (derived databases share one) and its database's release."""
     from sae_genomics_core.enrichment.enrich import evidence_sources, with_evidence_source
 
     derived_from = {name: source.extra.get("derived_from", []) for name, source in load_sources().items()}
-    release = pl.DataFrame({"database": list(versions), "source_version": list(versions.values())})
+    release = pl.DataFrame(
+        {"database": list(versions), "source_version": list(versions.values())},
+        schema={"database": pl.String, "source_version": pl.String},
+    )
     return with_evidence_source(table, evidence_sources(derived_from)).join(
         release, on="database", how="left"
     )
@@ -211,8 +224,14 @@ def run_enrichment_baselines(
     log = log or default_log()
     annotations = _annotations(warehouse)
     if not annotations.tables:
-        log.warning(f"enrichment_baselines skipped: {NO_ANNOTATIONS}")
-        return StageResult(skipped=NO_ANNOTATIONS)
+        from sae_genomics_core.enrichment.baselines import BASELINE_SCHEMA
+
+        log.warning(f"enrichment_baselines not run: {NO_ANNOTATIONS}")
+        empty = pl.DataFrame(schema=BASELINE_SCHEMA)
+        return StageResult(
+            tables={"enrichment_baselines": _keyed(empty, dataset, layer, sae_tables["feature_genes"])},
+            summary=_not_run(),
+        )
     activations, hook, loaded = open_partition(store, dataset, layer, sae_device())
     for name, rows in sae_tables.items():
         refuse_stale(rows, store, dataset, layer, name)

@@ -233,13 +233,19 @@ def test_bad_settings_fail_clearly_and_keep_the_previous_table(world) -> None:
     assert query(home, "select count(*) from enrichment")[0][0] == before
 
 
-def test_without_annotation_tables_enrichment_is_skipped_not_failed(world) -> None:
+def test_without_annotation_tables_enrichment_writes_an_empty_partition_and_says_why(world) -> None:
     home, instance, defs = world
     with duckdb.connect(str(home.warehouse)) as connection:
         connection.execute("drop table annotations_toy")
     result = run(defs, instance)
     assert result.success
-    assert instance.get_latest_materialization_event(dg.AssetKey("enrichment")) is None
+    event = instance.get_latest_materialization_event(dg.AssetKey("enrichment"))
+    metadata = event.asset_materialization.metadata
+    assert metadata["rows"].value == 0 and "--mode snapshot" in metadata["not_run"].value
+    assert query(home, "select count(*) from enrichment")[0][0] == 0  # the table exists, with its columns
+    assert {"replicated", "source_version", "checkpoint_id"} <= {
+        row[0] for row in query(home, "describe enrichment")
+    }
     assert any("sae-genomics annotate" in (e.message or "") for e in instance.all_logs(result.run_id))
     (check,) = result.get_asset_check_evaluations()
     assert (

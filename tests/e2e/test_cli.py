@@ -8,8 +8,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from sae_genomics_core.config import Home
 from tests.conftest import cli, counts, write_h5ad
 from tests.unit.test_registry import late_nan_h5ad, one_gene_vocab_model
 
@@ -193,3 +195,22 @@ def test_no_gene_in_the_model_vocab_leaves_nothing_registered(
     assert f"none of its 30 genes is in the vocab of {spec}" in result.stderr
     assert "nothing was written" in result.stderr
     _nothing_registered(home)
+
+
+def test_materialize_only_chosen_assets_reads_upstream_as_stored(demo_home: Path) -> None:
+    from sae_genomics_dagster.instance import get_instance
+
+    def latest(asset: str) -> float:
+        instance = get_instance(Home(demo_home))
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        return event.timestamp if event else 0.0
+
+    before = {asset: latest(asset) for asset in ("sae_checkpoint", "feature_stats", "feature_pages")}
+    result = cli(demo_home, "materialize", "pbmc68k", "--assets", "feature_pages", "--layers", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("succeeded") == 1  # one partition, one run
+    assert latest("feature_pages") > before["feature_pages"]
+    assert all(latest(asset) == before[asset] for asset in ("sae_checkpoint", "feature_stats"))
+    refused = cli(demo_home, "materialize", "pbmc68k", "--assets", "feature_pagez")
+    assert refused.returncode == 2 and "unknown asset or group feature_pagez" in refused.stderr
+    assert "reports" in refused.stderr  # the groups it knows
