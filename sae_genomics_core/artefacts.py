@@ -137,7 +137,11 @@ class ArtefactStore:
         return folder
 
     def pages(self, dataset: str, layer: int) -> Path:
-        return self.local(self.root / "pages" / dataset / f"L{layer}")
+        return self.pages_root() / dataset / f"L{layer}"
+
+    def pages_root(self) -> Path:
+        """The local folder of every dataset × layer's pages (what `sae-genomics pages` serves)."""
+        return self.local(self.root / "pages")
 
     def local(self, path: UPath) -> Path:
         """Where `path` (under the root) is on this machine: itself on a local root, else its replica."""

@@ -88,6 +88,38 @@ def add_core_commands(commands: argparse._SubParsersAction) -> None:
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
     validate.set_defaults(handler=_validate)
     _add_steer_command(commands)
+    pages = commands.add_parser(
+        "pages", help="serve the feature pages over http (the links in the Dagster UI point here)"
+    )
+    pages.add_argument(
+        "--url", help="where to serve (default: $SAE_GENOMICS_PAGES_URL or http://127.0.0.1:3001)"
+    )
+    pages.set_defaults(handler=_serve_pages)
+
+
+def _serve_pages(args: argparse.Namespace) -> int:
+    from sae_genomics_core.artefacts import artefact_store
+    from sae_genomics_core.config import Environment
+    from sae_genomics_core.viz.serve import pages_server
+
+    url = args.url or Environment.read().pages_url
+    root = artefact_store(Home.from_env()).pages_root()
+    try:
+        server = pages_server(root, url)
+    except OSError as error:
+        print(f"error: cannot serve on {url}: {error}; pass another --url", file=sys.stderr)
+        return 2
+    print(
+        f"feature pages of {root} on {url.rstrip('/')}/<dataset>/L<layer>/index.html (Ctrl-C stops)",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
 
 
 def _add_steer_command(commands: argparse._SubParsersAction) -> None:

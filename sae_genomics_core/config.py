@@ -28,6 +28,8 @@ WAREHOUSE_ENV = "SAE_GENOMICS_WAREHOUSE"  # ducklake:postgres:<libpq settings>: 
 LAKE_DATA_ENV = "SAE_GENOMICS_LAKE_DATA"  # where DuckLake keeps its Parquet files (s3://bucket/prefix/)
 S3_ENDPOINT_ENV = "AWS_ENDPOINT_URL"  # a non-AWS S3 server (SeaweedFS, MinIO), as boto reads it
 S3_REGION_ENV = "AWS_REGION"
+PAGES_URL_ENV = "SAE_GENOMICS_PAGES_URL"  # where `sae-genomics pages` / `ui` serve the feature pages
+DEFAULT_PAGES_URL = "http://127.0.0.1:3001"
 INCOMING_ENV = "SAE_GENOMICS_INCOMING"  # another folder (or s3://bucket/prefix/) the sensor watches for .h5ad
 PROFILES = ("local", "cluster", "kubernetes")
 DEFAULT_MODEL = "tiny-random"
@@ -58,6 +60,7 @@ class Environment:
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
     incoming: str | None = None  # None: the home's incoming/ folder
+    pages_url: str = DEFAULT_PAGES_URL
 
     @classmethod
     def read(cls) -> Environment:
@@ -85,6 +88,7 @@ class Environment:
             s3_endpoint=os.environ.get(S3_ENDPOINT_ENV) or None,
             s3_region=os.environ.get(S3_REGION_ENV) or cls.s3_region,
             incoming=os.environ.get(INCOMING_ENV) or None,
+            pages_url=os.environ.get(PAGES_URL_ENV) or DEFAULT_PAGES_URL,
         )
 
 

@@ -461,7 +461,9 @@ def ui_launch(host: str, port: int) -> tuple[list[str], Path, dict[str, str]]:
     """
     home = _home()
     command = [
-        str(Path(sys.executable).with_name("dagster")),
+        sys.executable,
+        "-m",
+        "sae_genomics_dagster.dev",  # `dagster`, without the `dg dev` supersession notice
         "dev",
         "-m",
         "sae_genomics_dagster.definitions",
@@ -481,8 +483,20 @@ def ui_launch(host: str, port: int) -> tuple[list[str], Path, dict[str, str]]:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
+    from sae_genomics_core.artefacts import artefact_store
+    from sae_genomics_core.viz.serve import serve_in_background
+
     command, folder, env = ui_launch(args.host, args.port)
     print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={env['DAGSTER_HOME']})")
+    pages_url = Environment.read().pages_url
+    try:  # the feature pages' links in the UI point here
+        serve_in_background(artefact_store(_home()).pages_root(), pages_url)
+        print(f"feature pages on {pages_url}")
+    except OSError as error:
+        print(
+            f"note: feature pages not served on {pages_url} ({error}); set $SAE_GENOMICS_PAGES_URL",
+            file=sys.stderr,
+        )
     return subprocess.call(command, cwd=folder, env=env)
 
 

@@ -457,7 +457,8 @@ class _MaxHistograms:
 def attach_gene_ids(gene_table: pl.DataFrame, vocab: dict[str, int], genes: pl.DataFrame) -> pl.DataFrame:
     """feature_genes rows (gene_id = vocab token id) with the dataset's ensembl_id and symbol.
 
-    Tiny-random vocabs key some genes by symbol where no Ensembl id exists: ensembl_id falls back to the token.
+    A gene without an Ensembl id (unmapped symbols; tiny-random vocabs key those by symbol) keeps a NULL
+    ensembl_id, as in `genes`, and its symbol (the token where the dataset names none).
     """
     token_of = pl.DataFrame(
         {"gene_id": list(vocab.values()), "token": list(vocab.keys())},
@@ -467,7 +468,7 @@ def attach_gene_ids(gene_table: pl.DataFrame, vocab: dict[str, int], genes: pl.D
         "token"
     )
     joined = gene_table.join(token_of, on="gene_id", how="left").join(names, on="token", how="left")
-    return joined.with_columns(pl.coalesce("ensembl_id", "token").alias("ensembl_id")).drop("token")
+    return joined.with_columns(pl.coalesce("symbol", "token").alias("symbol")).drop("token")
 
 
 class _KeyedSums:

@@ -166,7 +166,7 @@ def _dot_plot(store: ArtefactStore, dataset: str, layer: int, table: pl.DataFram
 
     if not table.height:
         return {}
-    chart = enrichment_dot_plot(table, f"strongest feature × term pairs, {dataset} layer {layer}")
+    chart = enrichment_dot_plot(table, f"{dataset} layer {layer}")
     return {"enrichment_dot_plot": Markdown(store.save_chart(dataset, layer, "enrichment_dot_plot", chart))}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sae_genomics_core.artefacts import ArtefactStore
+from sae_genomics_core.config import Environment
 from sae_genomics_core.pipeline.result import Log, StageResult, Url, default_log
 
 
@@ -12,6 +13,7 @@ def run_pages(
     dataset: str, layer: int, store: ArtefactStore, warehouse: Path, log: Log | None = None
 ) -> StageResult:
     from sae_genomics_core.viz.pages import build_feature_pages
+    from sae_genomics_core.viz.serve import page_url
 
     log = log or default_log()
     result = build_feature_pages(warehouse, dataset, layer, store.pages(dataset, layer))
@@ -20,7 +22,9 @@ def run_pages(
     return StageResult(
         summary={
             "path": result.path,
-            "open": Url(store.uri(result.path)),
+            # over http (`sae-genomics pages` or `ui` serve it): a browser blocks file:// from the UI
+            "open": Url(page_url(Environment.read().pages_url, dataset, layer)),
+            "file": Url(store.uri(result.path)),
             "features": result.n_features,
             "size_mb": round(result.n_bytes / 1e6, 2),
         }

@@ -135,8 +135,16 @@ def cell_type_heatmap(cell_types: pl.DataFrame, title: str, n_features: int = 40
     )
 
 
-def enrichment_dot_plot(enrichment: pl.DataFrame, title: str, n_terms: int = 25) -> alt.Chart:
-    """The strongest feature × term pairs: dot size = overlap, colour = −log10 q, one row per term."""
+def enrichment_dot_plot(enrichment: pl.DataFrame, where: str, n_terms: int = 25) -> alt.Chart:
+    """The pairs with the smallest p-values: dot size = overlap, colour = −log10 q, one row per term. The
+    title says whether any is significant; the colour scale starts at q = 1 and reaches at least
+    q = 0.01, so pairs that are all q = 1 look pale rather than filling the scale."""
+    n_significant = int(enrichment["significant"].sum())
+    title = (
+        f"{min(n_significant, n_terms)} most significant feature × term pairs (of {n_significant}), {where}"
+        if n_significant
+        else f"no significant feature × term pair: the {n_terms} smallest p-values (all q > FDR), {where}"
+    )
     frame = (
         enrichment.sort("log10_p_value")
         .head(n_terms)
@@ -157,7 +165,11 @@ def enrichment_dot_plot(enrichment: pl.DataFrame, title: str, n_terms: int = 25)
             y=alt.Y("term:N", title=None, sort=alt.EncodingSortField("log10_p_value")),
             size=alt.Size("overlap:Q", title="overlap"),
             color=alt.Color(
-                "minus_log10_q:Q", title="−log10 q", scale=alt.Scale(scheme="orangered", domainMin=0)
+                "minus_log10_q:Q",
+                title="−log10 q",
+                scale=alt.Scale(
+                    scheme="orangered", domain=[0, max(2.0, frame["minus_log10_q"].max() or 0.0)]
+                ),
             ),
             tooltip=["feature", "term", "overlap", "q_value", "log10_p_value"],
         )

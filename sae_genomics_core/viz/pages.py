@@ -27,6 +27,9 @@ from sae_genomics_core.warehouse.sql import connect_read_only, table_names
 TOP_GENES, TOP_CELLS = 20, 10
 TOP_EFFECT_GENES = 5  # per feature, intervention and direction
 TERMS_PER_DATABASE = 5  # best rows of each database per feature, plus every significant row
+# a cell type is shown as a finding only with q < 0.05, a lower bound above 0 and at least this fold
+# change (2^0.5 = 1.41×): with thousands of cells, log2 FC 0.1 reaches q 1e-60 and means little
+MIN_LOG2_FOLD_CHANGE = 0.5
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,7 @@ def render(data: dict[str, Any], vega_bundle: str) -> str:
     return (
         _TEMPLATE.replace("__TITLE__", html.escape(title))
         .replace("__TERMS_PER_DATABASE__", str(TERMS_PER_DATABASE))
+        .replace("__MIN_LOG2_FOLD_CHANGE__", str(MIN_LOG2_FOLD_CHANGE))
         .replace("__VEGA__", vega_bundle.replace("</script", "<\\/script"))
         .replace("__DATA__", payload)  # last: data must never be scanned for placeholders
     )
@@ -250,13 +254,15 @@ const stats = rows(D.stats), genes = byFeature(rows(D.genes)), cells = byFeature
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 const num = (x, d = 3) => x === null || x === undefined ? "" : (typeof x === "string" ? x : (Math.abs(x) >= 1e4 || (x !== 0 && Math.abs(x) < 1e-3) ? x.toExponential(2) : x.toFixed(d)));
 const sigTerms = (f) => (terms.get(f) || []).filter(t => t.significant);
-const bestType = (f) => (types.get(f) || [])[0];
+// a cell type is a finding only with q < 0.05, a fold change surely above 0 and large enough (MIN_LOG2_FOLD_CHANGE)
+const passes = (r) => r.q_value < 0.05 && r.log2_fold_change_lower > 0 && r.log2_fold_change >= __MIN_LOG2_FOLD_CHANGE__;
+const bestType = (f) => (types.get(f) || []).filter(passes).sort((a, b) => (b.replicated - a.replicated) || (b.log2_fold_change_lower - a.log2_fold_change_lower))[0];
 const table = (head, body) => `<table><tr>${head.map(h => `<th>${h}</th>`).join("")}</tr>${body.join("")}</table>`;
 
 function label(s) {
   const g = (genes.get(s.feature) || []).slice(0, 4).map(r => r.gene).join(", ");
   const t = sigTerms(s.feature)[0]; const c = bestType(s.feature);
-  return `<b>#${s.feature}</b> <small>${num(s.frequency, 4)} of tokens</small><br><small>${esc(g)}${t ? " · " + esc(t.term_name) : ""}${c && c.q_value < 0.05 ? " · " + esc(c.cell_type) : ""}</small>`;
+  return `<b>#${s.feature}</b> <small>${num(s.frequency, 4)} of tokens</small><br><small>${esc(g)}${t ? " · " + esc(t.term_name) : ""}${c ? ` · ${esc(c.cell_type)} <span class=muted>log2FC ${num(c.log2_fold_change, 2)}${c.replicated ? ", replicated" : ""}</span>` : ""}</small>`;
 }
 
 function listFeatures(items, note) {
@@ -271,8 +277,8 @@ function search(query) {
   const hits = new Map();
   const add = (f, why, weight) => { const h = hits.get(f) || {why: new Set(), weight: 0}; h.why.add(why); h.weight += weight; hits.set(f, h); };
   for (const [f, list] of genes) for (const r of list) if (String(r.gene).toLowerCase().includes(q) || String(r.ensembl_id).toLowerCase() === q) add(f, "gene " + r.gene + " (rank " + r.rank + ")", 2 + 1 / r.rank);
-  for (const [f, list] of terms) for (const r of list) if (String(r.term_name ?? "").toLowerCase().includes(q) || String(r.term_id).toLowerCase() === q) add(f, (r.significant ? "significant term " : "term ") + r.term_name, r.significant ? 4 : 0.5);
-  for (const [f, list] of types) for (const r of list) if (r.q_value < 0.05 && String(r.cell_type).toLowerCase().includes(q)) add(f, "cell type " + r.cell_type, 3);
+  for (const [f, list] of terms) for (const r of list) if (String(r.term_name ?? "").toLowerCase().includes(q) || String(r.term_id).toLowerCase() === q) add(f, `${r.significant ? "significant term" : "term (not significant)"} ${r.term_name ?? r.term_id}, q ${num(r.q_value, 2)}, odds ratio ${num(r.odds_ratio, 1)}`, r.significant ? 4 : 0.1);
+  for (const [f, list] of types) for (const r of list) if (passes(r) && String(r.cell_type).toLowerCase().includes(q)) add(f, `cell type ${r.cell_type}, log2FC ${num(r.log2_fold_change, 2)}, q ${num(r.q_value, 2)}`, 3);
   if (/^\d+$/.test(q) && stats.some(s => s.feature === Number(q))) add(Number(q), "feature number", 10);
   const found = stats.filter(s => hits.has(s.feature)).sort((a, b) => hits.get(b.feature).weight - hits.get(a.feature).weight || b.frequency - a.frequency);
   listFeatures(found, `${found.length} feature${found.length === 1 ? "" : "s"} match “${esc(query)}”`);
@@ -326,9 +332,9 @@ function featurePage(f) {
     <div class="charts"><div><h3>Top genes</h3><div id="genes-chart"></div></div>
       <div><h3>Activation histogram (cells)</h3><div id="hist-chart"></div><h3>Density: this feature in its layer</h3><div id="density"></div></div></div>
     <h3>Top genes</h3>${table(["rank", "gene", "Ensembl", "score", "specificity", "tokens", "held-out lift", "held out"], g.map(r => `<tr><td>${r.rank}</td><td>${esc(r.gene)}</td><td>${esc(r.ensembl_id)}</td><td>${num(r.score)}</td><td>${num(r.specificity)}</td><td>${r.n_tokens}</td><td>${num(r.held_out_specificity, 2)}</td><td>${heldOut(r)}</td></tr>`))}
-    <h3>Enrichment (BH q per database; its best __TERMS_PER_DATABASE__ rows each, and every significant one)</h3>${e.length ? table(["database", "term", "overlap", "set", "term size", "odds ratio", "log10 p", "q", "held-out odds ratio", "held out", "genes"], e.map(r => `<tr class="${r.significant ? "sig" : ""}"><td>${esc(r.database)}</td><td>${esc(r.term_name || r.term_id)} <small>${esc(r.term_id)}</small>${r.most_specific ? ' <span class=pill title="no significant descendant term">most specific</span>' : ""}</td><td>${r.overlap}</td><td>${r.feature_set_size}</td><td>${r.term_size}</td><td>${num(r.odds_ratio, 1)}</td><td>${num(r.log10_p_value, 2)}</td><td>${num(r.q_value)}</td><td>${num(r.held_out_odds_ratio, 1)}</td><td>${heldOut(r)}</td><td>${(r.overlap_genes || []).map(x => `<span class=pill>${esc(x)}</span>`).join("")}</td></tr>`)) : "<p class=muted>Not tested (no enrichment rows for this feature).</p>"}
+    <h3>Enrichment (BH q per database; its best __TERMS_PER_DATABASE__ rows each, and every significant one)</h3>${e.length ? table(["database", "term", "overlap", "set", "term size", "odds ratio", "log10 p", "q", "held-out odds ratio", "held out", "genes"], e.map(r => `<tr class="${r.significant && r.odds_ratio > 1 ? "sig" : ""}"><td>${esc(r.database)}</td><td>${esc(r.term_name || r.term_id)} <small>${esc(r.term_id)}</small>${r.most_specific ? ' <span class=pill title="no significant descendant term">most specific</span>' : ""}</td><td>${r.overlap}</td><td>${r.feature_set_size}</td><td>${r.term_size}</td><td>${num(r.odds_ratio, 1)}</td><td>${num(r.log10_p_value, 2)}</td><td>${num(r.q_value)}</td><td>${num(r.held_out_odds_ratio, 1)}</td><td>${heldOut(r)}</td><td>${(r.overlap_genes || []).map(x => `<span class=pill>${esc(x)}</span>`).join("")}</td></tr>`)) : "<p class=muted>Not tested (no enrichment rows for this feature).</p>"}
     <h3>Compared with the baselines of this layer</h3>${baselineTable()}
-    <h3>Cell types (a cell's mean activation per token; type vs rest by ${t.length && t[0].test_unit === "sample" ? "paired t over samples (pseudobulk)" : "Welch's t with cells as units"}; BH q; highlighted: q &lt; 0.05 and the fold change's 95% lower bound &gt; 0)</h3>${table(["cell type", "mean activation", "fraction of cells active", "log2 FC", "log2 FC lower bound", "q", "units", "held-out log2 FC", "held out"], t.map(r => `<tr class="${r.q_value < 0.05 && r.log2_fold_change_lower > 0 ? "sig" : ""}"><td>${esc(r.cell_type)}</td><td>${num(r.mean_activation)}</td><td>${num(r.frac_active)}</td><td>${num(r.log2_fold_change, 2)}</td><td>${num(r.log2_fold_change_lower, 2)}</td><td>${num(r.q_value)}</td><td>${r.n_units} ${esc(r.test_unit)}s</td><td>${num(r.held_out_log2_fold_change, 2)}</td><td>${heldOut(r)}</td></tr>`))}
+    <h3>Cell types (a cell's mean activation per token; type vs rest by ${t.length && t[0].test_unit === "sample" ? "paired t over samples (pseudobulk)" : "Welch's t with cells as units"}; BH q; highlighted: q &lt; 0.05, the fold change's 95% lower bound &gt; 0 and log2 FC ≥ __MIN_LOG2_FOLD_CHANGE__)</h3>${table(["cell type", "mean activation", "fraction of cells active", "log2 FC", "log2 FC lower bound", "q", "units", "held-out log2 FC", "held out"], t.map(r => `<tr class="${passes(r) ? "sig" : ""}"><td>${esc(r.cell_type)}</td><td>${num(r.mean_activation)}</td><td>${num(r.frac_active)}</td><td>${num(r.log2_fold_change, 2)}</td><td>${num(r.log2_fold_change_lower, 2)}</td><td>${num(r.q_value)}</td><td>${r.n_units} ${esc(r.test_unit)}s</td><td>${num(r.held_out_log2_fold_change, 2)}</td><td>${heldOut(r)}</td></tr>`))}
     <h3>Top cells</h3>${table(["rank", "cell", "cell type", "max activation"], c.map(r => `<tr><td>${r.rank}</td><td>${esc(r.cell_id)}</td><td>${esc(r.cell_type)}</td><td>${num(r.max_activation)}</td></tr>`))}
     ${whatItDoes(f)}`;
   const fx = (effects.get(f) || []).filter(r => r.intervention === "steer" && r.cells === "silent");

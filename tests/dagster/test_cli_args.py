@@ -91,7 +91,7 @@ def test_ui_starts_dagster_in_a_prepared_dagster_home(
     # `dagster dev` warns that dagster.yaml "will not be used" when its working folder holds one and is
     # not DAGSTER_HOME (dagster/_cli/dev.py); started in DAGSTER_HOME it uses that copy and says nothing
     assert folder == dagster_home
-    assert command[1:4] == ["dev", "-m", "sae_genomics_dagster.definitions"]
+    assert command[1:6] == ["-m", "sae_genomics_dagster.dev", "dev", "-m", "sae_genomics_dagster.definitions"]
     # what was relative to the caller's folder still points at the same place from DAGSTER_HOME
     assert env["SAE_GENOMICS_HOME"] == str(fresh_home)
     assert env["SAE_GENOMICS_SNAPSHOTS"] == str(REPO / "external" / "snapshots")

@@ -214,3 +214,34 @@ def test_materialize_only_chosen_assets_reads_upstream_as_stored(demo_home: Path
     refused = cli(demo_home, "materialize", "pbmc68k", "--assets", "feature_pagez")
     assert refused.returncode == 2 and "unknown asset or group feature_pagez" in refused.stderr
     assert "reports" in refused.stderr  # the groups it knows
+
+
+def test_feature_pages_are_served_over_http_where_the_ui_links(demo_home: Path) -> None:
+    import os
+    import socket
+    import sys
+    import urllib.request
+
+    from sae_genomics_dagster.instance import get_instance
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    env = {**os.environ, "SAE_GENOMICS_HOME": str(demo_home), "SAE_GENOMICS_PAGES_URL": url}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sae_genomics_dagster.cli", "pages"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert url in server.stdout.readline()  # printed once it listens
+        with urllib.request.urlopen(f"{url}/pbmc68k/L1/index.html", timeout=30) as response:
+            assert response.status == 200 and "feature-title" in response.read().decode()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    # the asset's link is that server's, not a file:// URL the UI's browser would refuse
+    event = get_instance(Home(demo_home)).get_latest_materialization_event(dg.AssetKey("feature_pages"))
+    link = event.asset_materialization.metadata["open"].value
+    assert link.startswith("http://127.0.0.1:") and link.endswith("/index.html")

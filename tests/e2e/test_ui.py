@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from sae_genomics_core.viz.pages import MIN_LOG2_FOLD_CHANGE
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -29,9 +31,14 @@ def ui_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def webserver(ui_home: Path) -> Iterator[str]:
+def pages_url() -> str:
+    return f"http://127.0.0.1:{_free_port()}"
+
+
+@pytest.fixture(scope="module")
+def webserver(ui_home: Path, pages_url: str) -> Iterator[str]:
     home = ui_home
-    env = {**os.environ, "SAE_GENOMICS_HOME": str(home)}
+    env = {**os.environ, "SAE_GENOMICS_HOME": str(home), "SAE_GENOMICS_PAGES_URL": pages_url}
     env.pop("DAGSTER_HOME", None)
     subprocess.run(
         [sys.executable, "-m", "sae_genomics_dagster.cli", "demo", "--sae-tokens", "20000"],
@@ -40,13 +47,13 @@ def webserver(ui_home: Path) -> Iterator[str]:
         capture_output=True,
         timeout=300,
     )
-    env["DAGSTER_HOME"] = str(home / "dagster")
     port = _free_port()
-    dagster = Path(sys.executable).with_name("dagster")
+    env["SAE_GENOMICS_PAGES_URL"] = pages_url
     log = (home / "ui.log").open("w")
-    # its own session, so that SIGTERM to the group stops webserver, daemon and code server together
+    # `make ui` itself: webserver, daemon and the feature pages' server; its own session, so that SIGTERM
+    # to the group stops webserver, daemon and code server together
     process = subprocess.Popen(
-        [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "sae_genomics_dagster.cli", "ui", "--host", "127.0.0.1", "--port", str(port)],
         cwd=REPO,
         env=env,
         stdout=log,
@@ -151,7 +158,9 @@ def test_ui_shows_one_running_schedule_per_annotation_database(webserver: str) -
     for database in CLIENTS:
         schedule = schedules[f"refresh_annotations_{database}_schedule"]
         assert schedule["cronSchedule"] == sources[database].refresh_cron
-        assert schedule["scheduleState"]["status"] == "RUNNING"
+        # a key-gated source without its key (none here) starts stopped; the others run
+        expected = "STOPPED" if sources[database].key_env else "RUNNING"
+        assert schedule["scheduleState"]["status"] == expected, database
     assert "refresh_gene_identifiers_schedule" in schedules
     data = _graphql(
         webserver, "{ assetNodes { assetKey { path } groupName assetMaterializations(limit: 1) { runId } } }"
@@ -169,6 +178,10 @@ def test_ui_shows_one_running_schedule_per_annotation_database(webserver: str) -
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = os.environ.get("SAE_GENOMICS_CHROMIUM", "/usr/bin/chromium")
 GROUPS = ("datasets", "activations", "sae", "features", "annotations", "enrichment", "reports")
+# what the pages count as a cell type finding (q, the fold change's lower bound, its size), as SQL
+PASSES = "{0}q_value < 0.05 and {0}log2_fold_change_lower > 0 and {0}log2_fold_change >= " + str(
+    MIN_LOG2_FOLD_CHANGE
+)
 
 
 @pytest.fixture(scope="module")
@@ -188,13 +201,8 @@ def browser(webserver: str) -> Iterator[object]:
 
 
 def _dismiss_welcome_dialog(url: str) -> None:
-    """On a first visit the UI opens "Join the Dagster community" (animated, at an unpredictable moment).
-
-    Its Skip button records `setNuxSeen` in the instance; doing the same up front keeps it from ever
-    covering the page, rather than racing its animation.
-    """
-    response = requests.post(f"{url}/graphql", json={"query": "mutation { setNuxSeen }"}, timeout=30)
-    response.raise_for_status()
+    """The UI's "Join the Dagster community" dialog (animated, at an unpredictable moment) is off in the
+    instance (`nux: enabled: false` in dagster.yaml): it never covers a first visit."""
     check = requests.post(f"{url}/graphql", json={"query": "{ shouldShowNux }"}, timeout=30)
     assert check.json()["data"]["shouldShowNux"] is False, check.text
 
@@ -290,15 +298,15 @@ def test_browser_feature_page_search(ui_home: Path, webserver: str, browser: obj
             "group by term_id order by n, term_id limit 1"
         ).fetchone()
         cell_type, n_typed = connection.execute(
-            "select cell_type, (select count(distinct feature) from feature_cell_types t where t.dataset = 'pbmc68k' "
-            "and t.layer = 1 and t.q_value < 0.05 and contains(lower(t.cell_type), lower(c.cell_type))) "
-            "from feature_cell_types c where dataset = 'pbmc68k' and layer = 1 and q_value < 0.05 "
+            f"select cell_type, (select count(distinct feature) from feature_cell_types t where t.dataset = 'pbmc68k' "
+            f"and t.layer = 1 and {PASSES.format('t.')} and contains(lower(t.cell_type), lower(c.cell_type))) "
+            f"from feature_cell_types c where dataset = 'pbmc68k' and layer = 1 and {PASSES.format('')} "
             "group by cell_type order by count(*), cell_type limit 1"
         ).fetchone()
     page.fill("#search", term)
     page.get_by_text(f"{n_term} feature{'' if n_term == 1 else 's'} match “{term}”").wait_for()
     assert page.locator(f'#list a[data-feature="{term_feature}"]').count() == 1
-    # by cell type: every feature for which that type is significant
+    # by cell type: every feature for which that type passes q, the lower bound and the minimal fold change
     page.fill("#search", cell_type)
     page.get_by_text(f"{n_typed} feature{'' if n_typed == 1 else 's'} match “{cell_type}”").wait_for()
     # what a feature does: its effects chart, ablation table and its SAE's loss recovered
@@ -314,4 +322,24 @@ def test_browser_feature_page_search(ui_home: Path, webserver: str, browser: obj
     assert "across 2 training seeds" in text  # the feature's seed stability
     page.screenshot(path=str(ARTIFACTS / "feature-effects.png"), full_page=True)
     assert not errors, errors
+    page.close()
+
+
+@pytest.mark.slow
+def test_browser_opens_the_served_feature_pages_from_the_uis_link(
+    webserver: str, pages_url: str, browser: object
+) -> None:
+    """Chromium refuses file:// links from an http page; the asset's link goes to the pages server that
+    `sae-genomics ui` runs beside the webserver."""
+    page = _page(browser)
+    page.goto(f"{webserver}/assets/feature_pages?view=events")
+    link = page.locator(f'a[href^="{pages_url}/pbmc68k/"]').first
+    link.wait_for()
+    with page.expect_popup() as opened:
+        link.click()
+    explorer = opened.value
+    explorer.locator("#density svg").wait_for()  # the explorer itself, over http
+    assert explorer.url.startswith(pages_url) and "layer" in explorer.inner_text("#page")
+    page.screenshot(path=str(ARTIFACTS / "ui-feature-pages-link.png"))
+    explorer.close()
     page.close()

@@ -237,3 +237,15 @@ def test_scores_do_not_depend_on_whether_counts_or_log1p_were_registered(setup, 
     assert ours.height > 0
     assert ours.select("feature", "gene_id", "rank").equals(theirs.select("feature", "gene_id", "rank"))
     np.testing.assert_allclose(ours["score"].to_numpy(), theirs["score"].to_numpy(), rtol=1e-5)
+
+
+def test_an_unmapped_gene_keeps_a_null_ensembl_id_and_its_symbol() -> None:
+    from sae_genomics_core.features.associate import attach_gene_ids
+
+    vocab = {"ENSG00000000001": 0, "RP11-782C8.1": 1}
+    genes = pl.DataFrame({"ensembl_id": ["ENSG00000000001", None], "symbol": ["GENE1", "RP11-782C8.1"]})
+    rows = attach_gene_ids(pl.DataFrame({"feature": [0, 0], "gene_id": [0, 1]}), vocab, genes).sort("gene_id")
+    assert rows.select("ensembl_id", "symbol").rows() == [
+        ("ENSG00000000001", "GENE1"),
+        (None, "RP11-782C8.1"),
+    ]
