@@ -201,6 +201,7 @@ def inspect_h5ad(
     scan = _read_dataset(path, options, problems, notes, max_cells=max_cells, chunk_cells=chunk_cells)
     value_kind = _check_values(scan.stats, scan.source, problems, notes, uns_log1p=scan.uns_log1p)
     n_empty = _check_empty_cells(scan.stats, scan.source, scan.scan_rows, problems, notes)
+    notes.extend(_few_genes_per_cell_note(scan.stats.genes_per_cell[: scan.scan_rows]))
     if problems:
         raise DatasetError(path, problems)
 
@@ -580,6 +581,23 @@ def _available(adata: Any, layer_names: list[str]) -> str:
 
 
 # -- genes ------------------------------------------------------------------------------------------
+
+FEW_GENES_PER_CELL = 200  # scanpy's usual `min_genes`: below it a cell is usually dropped as empty
+
+
+def _few_genes_per_cell_note(genes_per_cell: np.ndarray) -> list[str]:
+    """A warning when the median cell expresses few genes: a cell's tokens are its expressed genes, so
+    the model sees little of each cell and its expression bins are coarse."""
+    expressed = genes_per_cell[genes_per_cell > 0]
+    median = float(np.median(expressed)) if expressed.size else 0.0
+    if not expressed.size or median >= FEW_GENES_PER_CELL:
+        return []
+    return [
+        f"the median cell expresses {median:g} genes (under {FEW_GENES_PER_CELL}): the model sees one token "
+        "per expressed gene, so each cell gives it little to go on and its rank-based expression bins are "
+        "coarse. Check that the matrix holds all measured genes (not a panel or a filtered subset) and, for "
+        "droplet data, that empty droplets were removed (scanpy: sc.pp.filter_cells(adata, min_genes=200))."
+    ]
 
 
 def _gene_subset_note(adata: Any, var: pd.DataFrame, source: str, n_genes: int) -> str | None:

@@ -110,6 +110,14 @@ class StoreSource:
             self.layer, self.hook, batch_size, seed=self.seed, cells=self.held_out_cells
         )
 
+    @property
+    def n_train_tokens(self) -> int:
+        """About the tokens of the cells not held out (the training pool): the store's tokens times the
+        share of cells trained on (reading every token's cell would cost a pass over the store)."""
+        n_cells = sum(int(shard["n_cells"]) for shard in self.store.manifest["shards"])
+        kept = 1.0 - self.held_out_cells.size / max(1, n_cells)
+        return round(int(self.store.manifest["n_tokens"]) * kept)
+
     def eval_tokens(self, limit: int) -> torch.Tensor:
         batches, total = [], 0
         for batch in self.heldout_batches(8192):
@@ -184,6 +192,22 @@ class Schedule:
     def auxk_can_engage(self) -> bool:
         # the mask is read before each step: by the last one a latent can have missed (steps − 1) batches
         return self.dead_window_tokens <= (self.total_steps - 1) * self.batch_size
+
+
+MANY_PASSES = 10  # more passes than this over the training tokens: the SAE can memorise them
+
+
+def _passes_note(source: Any, config: SaeTrainingConfig) -> list[str]:
+    """A warning when training_tokens asks for many passes over a small training pool."""
+    pool = getattr(source, "n_train_tokens", None)
+    if not pool or config.training_tokens <= MANY_PASSES * pool:
+        return []
+    return [
+        f"training makes {config.training_tokens / pool:.0f} passes over {pool:,} training tokens "
+        f"(training_tokens {config.training_tokens:,}): with d_sae {source.d_in * config.expansion_factor:,} "
+        "latents the SAE can memorise them; register more cells, or lower training_tokens "
+        f"(at most about {MANY_PASSES * pool:,})"
+    ]
 
 
 def resolve_schedule(config: SaeTrainingConfig) -> Schedule:
@@ -348,10 +372,10 @@ class SaeTrainer:
         self.d_in = source.d_in
         d_sae = self.d_in * config.expansion_factor
         self.schedule = resolve_schedule(config)
-        for note in self.schedule.warnings:
+        self.notes = [*self.schedule.warnings, *_passes_note(source, config)]
+        for note in self.notes:
             logger.warning(note)
             warnings.warn(note, RuntimeWarning, stacklevel=3)  # at the caller of train_sae
-        self.notes = list(self.schedule.warnings)
         self._eval_raw = source.eval_tokens(config.eval_tokens)
         stats_sample = _take(
             source.train_batches(config.batch_size, seed=config.seed + 10_000), config.stats_tokens

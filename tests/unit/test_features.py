@@ -249,3 +249,20 @@ def test_an_unmapped_gene_keeps_a_null_ensembl_id_and_its_symbol() -> None:
         ("ENSG00000000001", "GENE1"),
         (None, "RP11-782C8.1"),
     ]
+
+
+def test_many_passes_over_few_training_tokens_are_warned(setup) -> None:
+    from sae_genomics_core.sae.train import MANY_PASSES, StoreSource, _passes_note
+
+    store = setup[0]
+    source = StoreSource(store, 2, "resid_post", 0.1, 0)
+    held = sum(
+        int(np.isin(np.asarray(store.tokens(s["name"])["cell_index"]), source.held_out_cells).sum())
+        for s in store.manifest["shards"]
+    )
+    pool = source.n_train_tokens
+    exact = store.manifest["n_tokens"] - held
+    assert 0 < held < pool and abs(pool - exact) < 0.2 * exact  # an estimate from the share of cells
+    (note,) = _passes_note(source, SaeTrainingConfig(training_tokens=(MANY_PASSES + 1) * pool))
+    assert f"over {pool:,} training tokens" in note and "register more cells" in note
+    assert _passes_note(source, SaeTrainingConfig(training_tokens=MANY_PASSES * pool)) == []

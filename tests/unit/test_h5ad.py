@@ -421,3 +421,18 @@ def test_an_empty_name_with_an_ensembl_id_is_a_gene(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="not unique"):
         ad.AnnData(X=counts(), obs=pd.DataFrame(index=[f"c{i}" for i in range(40)]), var=var).write_h5ad(path)
     assert inspect_h5ad(path).report.n_genes_with_ensembl == 30
+
+
+def test_few_genes_per_cell_is_warned_and_a_transcriptome_is_not(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    sparse = sp.random(
+        60, 400, density=0.05, format="csr", random_state=1, data_rvs=lambda n: rng.poisson(3, n) + 1
+    )
+    report = inspect_h5ad(write_h5ad(tmp_path / "sparse.h5ad", sparse)).report  # ~20 genes a cell
+    (note,) = [w for w in report.warnings if "median cell expresses" in w]
+    assert "min_genes=200" in note
+    dense = sp.random(
+        60, 400, density=0.6, format="csr", random_state=2, data_rvs=lambda n: rng.poisson(3, n) + 1
+    )
+    report = inspect_h5ad(write_h5ad(tmp_path / "dense.h5ad", dense)).report  # ~240 genes a cell
+    assert not [w for w in report.warnings if "median cell expresses" in w]
