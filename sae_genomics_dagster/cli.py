@@ -168,7 +168,9 @@ def _materialize(
     sae_config = {} if sae_tokens is None else {"training_tokens": sae_tokens}
     run_config = {"ops": {"sae_checkpoint": {"config": sae_config}}}
     sae_job = defs.resolve_job_def("sae_pipeline")
-    for layer in artefact_store(home).extracted_layers(name):
+    layers_done = artefact_store(home).extracted_layers(name)
+    for position, layer in enumerate(layers_done, 1):
+        print(f"{name}: layer {layer} ({position} of {len(layers_done)})", flush=True)
         key = dg.MultiPartitionKey({"dataset": name, "layer": str(layer)})
         if not _execute(sae_job, key, instance, run_config):
             return 1
@@ -249,7 +251,9 @@ def _materialize_assets(home: Home, name: str, names: Sequence[str], layers: lis
                 return 2
         else:
             partitions = [None]
-        for partition in partitions:
+        for position, partition in enumerate(partitions, 1):
+            if len(partitions) > 1:
+                print(f"{partition} ({position} of {len(partitions)})", flush=True)
             if not _execute(defs.resolve_job_def(job), partition, instance, assets=keys):
                 return 1
     return 0

@@ -24,6 +24,7 @@ Definitions (per dataset × layer, feature f with activation a, gene g, cell c):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,9 +75,11 @@ def associate(
     cells: pl.DataFrame,  # cell_index, cell_id, cell_type, optionally sample
     settings: AssociationSettings | None = None,
     with_cells: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> FeatureTables:
     """All four tables; `with_cells=False` leaves feature_cells and feature_cell_types empty (baselines
-    need only the genes, and the per-type tests are the slowest part)."""
+    need only the genes, and the per-type tests are the slowest part). `progress(tokens, total)` after
+    each shard."""
     settings = settings or AssociationSettings()
     sae = loaded.sae.to(settings.device)
     d_sae = int(sae.cfg.d_sae)
@@ -84,9 +87,12 @@ def associate(
     halves, split_unit = cell_halves(cells, settings.holdout_seed, MIN_UNITS, size=n_cells)
     per_cell = _PerCell(d_sae, _TypeSums(cells, d_sae, halves) if with_cells else None, settings.top_cells)
     totals = _Totals(d_sae, int(sae.cfg.k), halves.size, per_cell, halves)
+    total = sum(int(shard["n_tokens"]) for shard in store.manifest["shards"])
     for shard in store.manifest["shards"]:
         if shard["n_tokens"] > 0:
             totals.add_shard(_encode_shard(store, layer, hook, shard, sae, loaded.normalizer, settings))
+            if progress is not None:
+                progress(totals.n_tokens, total)
     stats = totals.stats().with_columns(pl.Series("n_cells_active", per_cell.n_cells_active))
     genes = totals.held_out_genes(
         rank_genes(totals.gene_sums, totals.gene_tokens, totals.moments(), settings), settings

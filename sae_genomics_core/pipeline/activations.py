@@ -52,8 +52,10 @@ def run_activations(
     log: Log | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> StageResult:
-    """Run the model over the dataset, write the activations under their content key and publish them."""
+    """Run the model over the dataset, write the activations under their content key and publish them
+    (`progress(done, total)` in cells; by default a bar or log lines with the rate and an ETA)."""
     from sae_genomics_core.activations.extract import extract_activations
+    from sae_genomics_core.progress import Progress
 
     log = log or default_log()
     with open_matrix(entry.path, entry.options) as opened:
@@ -77,7 +79,7 @@ def run_activations(
         header,
         device=device,
         genes=genes,
-        progress=progress,
+        progress=progress or Progress(f"{entry.name}: forward pass", "cells", log).update,
     )
     store.publish_activations(entry.name, folder, result.store.manifest["checksum"])
     return StageResult(summary=_summary(loaded, settings, device, store.uri(folder), result))

@@ -12,7 +12,7 @@ import polars as pl
 
 from sae_genomics_core.artefacts import ArtefactStore
 from sae_genomics_core.features.settings import AssociationSettings
-from sae_genomics_core.pipeline.result import Markdown, StageResult, keyed
+from sae_genomics_core.pipeline.result import Log, Markdown, StageResult, keyed
 from sae_genomics_core.warehouse.views import create_feature_summary
 from sae_genomics_core.warehouse.writer import replace_partition
 
@@ -75,14 +75,19 @@ def run_features(
     cells: pl.DataFrame,
     genes: pl.DataFrame,
     settings: AssociationSettings,
+    log: Log | None = None,
 ) -> StageResult:
     """Encode every token with the current SAE, build the five feature tables and write them (with the
     `feature_summary` view) in one transaction: a crash never leaves tables from two SAEs."""
     from sae_genomics_core.features.associate import associate, attach_gene_ids
+    from sae_genomics_core.progress import Progress
 
     activations, hook, loaded = open_partition(store, dataset, layer, settings.device)
     units = ["cell_index", "cell_id", "cell_type", *(["sample"] if "sample" in cells.columns else [])]
-    tables = associate(activations, layer, hook, loaded, cells.select(units), settings)
+    encoding = Progress(f"{dataset} layer {layer}: encoding tokens", "tokens", log)
+    tables = associate(
+        activations, layer, hook, loaded, cells.select(units), settings, progress=encoding.update
+    )
     vocab = json.loads((activations.root / "vocab.json").read_text())
     gene_rows = attach_gene_ids(tables.genes, vocab, genes)
     derived_from = {

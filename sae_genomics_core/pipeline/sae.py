@@ -57,8 +57,9 @@ def run_sae(
 ) -> StageResult:
     """Train (or resume) the SAE of one dataset × layer on its current activations and publish it; with
     `model`, measure its loss recovered on the held-out cells too."""
+    from sae_genomics_core.progress import Progress
     from sae_genomics_core.sae.checkpoint import save_checkpoint
-    from sae_genomics_core.sae.train import StoreSource, train_sae
+    from sae_genomics_core.sae.train import StoreSource, resolve_schedule, train_sae
     from sae_genomics_core.viz.charts import chart_markdown, save_chart, training_curves
 
     log = log or default_log()
@@ -75,12 +76,15 @@ def run_sae(
         dataset, layer, settings.hook, training_key(manifest["checksum"], settings.hook, training)
     )
     source = StoreSource(activations, layer, settings.hook, training.holdout_fraction, training.seed)
+    steps = Progress(f"{dataset} layer {layer}: SAE training", "steps", log)
     outcome = train_sae(
         source,
         training,
         state_path=work / "train_state.pt",
-        on_log=lambda row: log.info(
-            f"step {row['step']}: EV {row['explained_variance']:.4f}, dead {row['dead_fraction']:.3f}"
+        on_log=lambda row: steps.update(
+            int(row["step"]),
+            resolve_schedule(training).total_steps,
+            f"EV {row['explained_variance']:.4f}, dead {row['dead_fraction']:.3f}",
         ),
     )
     for note in outcome.warnings:

@@ -5,7 +5,74 @@ Dagster shows these as column schemas; tests check that written tables carry eve
 
 from __future__ import annotations
 
-TABLES: dict[str, dict[str, tuple[str, str]]] = {
+Columns = dict[str, tuple[str, str]]
+
+# the partition keys of a dataset × layer table (pipeline.result.keyed puts them first)
+_DATASET_LAYER: Columns = {
+    "dataset": ("VARCHAR", "dataset key"),
+    "layer": ("BIGINT", "the SAE's layer"),
+}
+_CHECKPOINT_ID: Columns = {
+    "checkpoint_id": (
+        "VARCHAR",
+        "the SAE checkpoint the rows were derived from (<hook>-<content key>, its run folder's name)",
+    ),
+}
+# what a dataset × layer table's rows were derived from (keyed() puts them last)
+_DERIVED_FROM: Columns = {
+    **_CHECKPOINT_ID,
+    "activations_checksum": (
+        "VARCHAR",
+        "the activation set the rows were computed from (activation_sets.checksum)",
+    ),
+}
+
+# the ten annotations_<db> tables share one layout (annotations.base.ANNOTATION_SCHEMA), one row per gene × term
+ANNOTATION_COLUMNS: Columns = {
+    "database": ("VARCHAR", "the annotation database (the table's <db>)"),
+    "ensembl_id": (
+        "VARCHAR",
+        "unversioned Ensembl gene id, mapped from the source's gene id through gene_identifiers; "
+        "with term_id, the key",
+    ),
+    "term_id": (
+        "VARCHAR",
+        "the source's term id (e.g. HP:…, MONDO:…, OMIM:…, EFO_…, ORPHA:…; STRING: the partner protein, "
+        "STRING:<protein id>)",
+    ),
+    "symbol": ("VARCHAR", "the gene's approved HGNC symbol"),
+    "term_name": ("VARCHAR", "the term's name in the source (STRING: the partner's preferred name)"),
+    "term_kind": (
+        "VARCHAR",
+        "what the term is: disease, phenotype, inheritance, trait or interaction (the database's default "
+        "unless the source says otherwise)",
+    ),
+    "score": (
+        "DOUBLE",
+        "strength of the gene–term link on the source's own scale, the highest of the merged source rows "
+        "(e.g. Open Targets association score, HPO frequency as a fraction, GWAS −log10 p, STRING score / "
+        "1000, an evidence class mapped to 0–1); NULL: the source gives none",
+    ),
+    "evidence": (
+        "VARCHAR",
+        "the source's evidence for the link: up to 10 distinct strings, sorted, joined by '; ' (NULL: none)",
+    ),
+    "n_evidence": ("BIGINT", "distinct evidence strings, all of them (evidence keeps 10)"),
+    "source_gene_id": (
+        "VARCHAR",
+        "the gene id as the source gave it (Entrez, HGNC id, symbol or Ensembl; the first of merged rows)",
+    ),
+    "source_version": ("VARCHAR", "the source release the table was built from"),
+    "retrieved_at": ("TIMESTAMP WITH TIME ZONE", "when the table was refreshed"),
+}
+# the databases with an annotations_<db> table: the keys of annotations.refresh.CLIENTS (listed here so
+# that this module imports nothing; tests/unit/test_table_descriptions.py checks the two agree)
+ANNOTATION_DATABASES = (
+    *("opentargets", "hpo", "gwas_catalog", "disgenet", "monarch"),
+    *("string", "omim", "orphanet", "clinvar", "gencc"),
+)
+
+TABLES: dict[str, Columns] = {
     "datasets": {
         "dataset": ("VARCHAR", "dataset key (sanitised file stem or --name)"),
         "source_path": ("VARCHAR", "absolute path of the registered .h5ad"),

@@ -44,7 +44,6 @@ def activations(
             model.choice(),
             model.settings(),
             log=context.log,
-            progress=lambda done, total: context.log.info(f"{dataset}: {done}/{total} cells"),
         )
     return dg.MaterializeResult(metadata=metadata(result.summary))
 

@@ -108,6 +108,6 @@ def feature_tables(
     dataset, layer = dataset_layer(context)
     with user_errors():
         result = run_features(
-            dataset, layer, artefacts.store, home.home.warehouse, cells, genes, config.settings()
+            dataset, layer, artefacts.store, home.home.warehouse, cells, genes, config.settings(), context.log
         )
     yield from table_results(result)
