@@ -82,12 +82,16 @@ def add_core_commands(commands: argparse._SubParsersAction) -> None:
     )
     sql.set_defaults(handler=_sql)
 
-    validate = commands.add_parser("validate", help="check an .h5ad file and print its validation report")
+    validate = commands.add_parser(
+        "validate",
+        help="check an .h5ad file (or a 10x .h5 file or Matrix Market folder) and print its validation report",
+    )
     validate.add_argument("path")
     add_dataset_options(validate)
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
     validate.set_defaults(handler=_validate)
     _add_steer_command(commands)
+    _add_export_command(commands)
     pages = commands.add_parser(
         "pages", help="serve the feature pages over http (the links in the Dagster UI point here)"
     )
@@ -162,6 +166,61 @@ def _add_steer_command(commands: argparse._SubParsersAction) -> None:
         help="with --feature: print only this table (default: all three as tables; genes in csv and json)",
     )
     steer.set_defaults(handler=_steer)
+
+
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export",
+        help="write a copy of a dataset's .h5ad with each cell's SAE feature activations in "
+        "obsm['X_sae_L<layer>'] (sparse cells × features), for scanpy or cellxgene",
+    )
+    export.add_argument("dataset", help="a registered dataset (`sae-genomics datasets`)")
+    export.add_argument("--out", required=True, metavar="FILE.h5ad", help="the .h5ad to write")
+    export.add_argument(
+        "--layers", type=int, nargs="+", metavar="L", help="these layers (default: every layer with an SAE)"
+    )
+    export.add_argument(
+        "--statistic",
+        choices=("max", "mean"),
+        default="max",
+        help="a cell's value of a feature: its max over the cell's tokens (default) or its mean over them",
+    )
+    export.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from sae_genomics_core.artefacts import artefact_store
+    from sae_genomics_core.config import sae_device
+    from sae_genomics_core.data.registry import Registry
+    from sae_genomics_core.errors import SaeGenomicsError
+    from sae_genomics_core.features.settings import AssociationSettings
+    from sae_genomics_core.pipeline.export import export_activations, obsm_key
+
+    home = Home.from_env()
+    try:
+        source = Registry(home).get(args.dataset).path
+        done = export_activations(
+            args.dataset,
+            args.layers,
+            artefact_store(home),
+            source,
+            args.out,
+            args.statistic,
+            AssociationSettings(device=sae_device()),
+        )
+    except SaeGenomicsError as error:
+        print(f"error: {error.explain()}", file=sys.stderr)
+        return 2
+    print(f"wrote {done.path}: a copy of {source} ({done.n_cells} cells) with")
+    for layer in done.layers:
+        active = int((layer.matrix.getnnz(axis=1) > 0).sum())
+        print(
+            f"  obsm['{obsm_key(layer.layer)}']: {layer.matrix.shape[1]} features, {args.statistic} per cell, "
+            f"{layer.matrix.nnz} nonzero values, {active} cells with a firing feature "
+            f"(checkpoint {layer.metadata['checkpoint_id']})"
+        )
+    print("  uns['sae_genomics'] describes each layer (feature_ids, checkpoint_id, statistic, model_id)")
+    return 0
 
 
 def _non_negative(kind: type[float] | type[int]) -> Callable[[str], float | int]:
@@ -265,11 +324,18 @@ def _dataset_rows(table: Any, dataset: str, name: str) -> Any:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from sae_genomics_core.data.formats import readable_h5ad
+
     try:
-        report = inspect_h5ad(args.path, dataset_options(args)).report
+        # a 10x input is converted into a temporary folder for the check; `register` keeps its conversion
+        with readable_h5ad(args.path) as found:
+            report = inspect_h5ad(found.path, dataset_options(args)).report
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if found.converted:
+        report.path = str(found.source)
+        report.warnings.insert(0, f"read as a {found.kind}; `register` converts it to an .h5ad once")
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_markdown())
     return 0
 

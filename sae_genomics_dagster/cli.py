@@ -363,7 +363,24 @@ def _unregister_everywhere(home: Home, name: str) -> dict[str, int]:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    return _register(_home(), args.path, args.name, args, source="cli")
+    from sae_genomics_core.data.formats import CONVERTED_SUBFOLDER, h5ad_for
+
+    home = _home()
+    # a 10x .h5 file or Matrix Market folder is registered as its .h5ad conversion in the home
+    try:
+        found = h5ad_for(args.path, home.root / CONVERTED_SUBFOLDER)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not found.converted:
+        return _register(home, args.path, args.name, args, source="cli")
+    done = "converted" if found.created else "reusing the conversion of"
+    print(f"{done} {found.source} ({found.kind}) to {found.path}")
+    try:
+        return _register(home, str(found.path), args.name or found.name, args, source="cli")
+    finally:  # a refused input leaves no conversion behind
+        if found.created and Registry(home).find_by_path(found.path) is None:
+            found.path.unlink(missing_ok=True)
 
 
 def _cmd_unregister(args: argparse.Namespace) -> int:

@@ -94,8 +94,9 @@ def associate(
             if progress is not None:
                 progress(totals.n_tokens, total)
     stats = totals.stats().with_columns(pl.Series("n_cells_active", per_cell.n_cells_active))
+    keys, sums = totals.gene_totals()
     genes = totals.held_out_genes(
-        rank_genes(totals.gene_sums, totals.gene_tokens, totals.moments(), settings), settings
+        keys, sums, _rank(keys, sums, totals.gene_tokens, totals.moments(), settings), settings
     )
     cell_types = (
         per_cell.cell_types.table(settings.fdr)
@@ -119,18 +120,17 @@ class _TypeSums:
 
     def __init__(self, cells: pl.DataFrame, d_sae: int, halves: np.ndarray) -> None:
         self.halves = halves
-        half = pl.Series(halves[cells["cell_index"].to_numpy()])
-        self.all = CellTypeSums(cells, d_sae)
-        self.parts = [CellTypeSums(cells.filter(half == h), d_sae) for h in (SELECTION, EVALUATION)]
+        # each half counts only its own cells; all cells are their sum
+        self.parts = [CellTypeSums(cells, d_sae) for _ in (SELECTION, EVALUATION)]
 
     def add(self, cell_index: np.ndarray, per_cell_mean: sp.csr_matrix) -> None:
-        self.all.add(cell_index, per_cell_mean)
         for h, part in enumerate(self.parts):
             inside = self.halves[cell_index] == h
             part.add(cell_index[inside], per_cell_mean[np.flatnonzero(inside)])
 
     def table(self, fdr: float) -> pl.DataFrame:
-        return replicate_cell_types(self.all.table(), *(part.table() for part in self.parts), fdr)
+        everything = self.parts[SELECTION].combined(self.parts[EVALUATION])
+        return replicate_cell_types(everything.table(), *(part.table() for part in self.parts), fdr)
 
 
 @dataclass
@@ -261,23 +261,34 @@ class _Totals:
         squares = self.act_squares[rows].sum(axis=0) / max(1, n_tokens)
         return FeatureMoments(n_tokens, mean, np.maximum(squares - mean**2, 0.0))
 
-    def held_out_genes(self, ranked: pl.DataFrame, settings: AssociationSettings) -> pl.DataFrame:
+    def gene_totals(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (gene × d_sae + feature) keys in key order (see rank_genes) and their sums."""
+        keys, sums = self.gene_sums.totals(min_count=1)
+        order = np.argsort(keys, kind="stable")
+        return keys[order], sums[order]
+
+    def held_out_genes(
+        self, keys: np.ndarray, sums: np.ndarray, ranked: pl.DataFrame, settings: AssociationSettings
+    ) -> pl.DataFrame:
         """`ranked` (the top genes over all cells) with their held-out evaluation. The claims are each
         feature's top genes ranked on the selection half alone (`selected`); on the evaluation half
         every row gets its lift (`held_out_specificity`) and a one-sided test of the feature firing on
         the gene more often than on other tokens (`held_out_p_value`, see _held_out_lift). `replicated`:
         selected and significant there, BH over every selected claim, shown or not (the rows shown were
         chosen with the evaluation half too, so a family of those alone would not hold its level)."""
-        keys, sums = self.gene_sums.totals(min_count=1)
-        order = np.argsort(keys, kind="stable")  # a fixed order: see rank_genes
-        keys, sums = keys[order], sums[order]
+        selection = self._selection_ranking(keys, sums, settings)
+        shown = np.union1d(
+            ranked["gene_id"].to_numpy() * self.d_sae + ranked["feature"].to_numpy(),
+            selection["gene_id"].to_numpy() * self.d_sae + selection["feature"].to_numpy(),
+        )
+        needed = np.isin(keys, shown, assume_unique=True)  # the held-out test of these rows only
         fire_rate = self.held_out_fires / max(1, int(self.half_tokens[EVALUATION]))
         held_out = _held_out_lift(
-            keys, sums[:, 3:5], self.held_out_gene_tokens, self.moments(EVALUATION), fire_rate
+            keys[needed], sums[needed, 3:5], self.held_out_gene_tokens, self.moments(EVALUATION), fire_rate
         )
         pair = ["feature", "gene_id"]
         claims = replicated_claims(
-            self._selection_ranking(keys, sums, settings).join(held_out, on=pair, how="left"),
+            selection.join(held_out, on=pair, how="left"),
             pl.lit(True),
             pl.col("held_out_p_value"),
             pl.col("held_out_specificity") > 1,

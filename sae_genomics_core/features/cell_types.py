@@ -22,6 +22,8 @@ as p = 1.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
@@ -105,6 +107,14 @@ class CellTypeSums:
         shape = (self.types.size, n_features)
         self.sums, self.squares, self.active = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         self.group_sums = np.zeros((self.sample_ids.size * self.types.size, n_features))
+
+    def combined(self, other: CellTypeSums) -> CellTypeSums:
+        """The sums of both sets of cells (built from the same cells table: the same types and groups)."""
+        both = copy.copy(self)
+        both.seen = self.seen | other.seen
+        for name in ("sums", "squares", "active", "group_sums"):
+            setattr(both, name, getattr(self, name) + getattr(other, name))
+        return both
 
     def add(self, cell_index: np.ndarray, per_cell_mean: sp.csr_matrix) -> None:
         """Cells (each added once) and their rows of mean activations."""

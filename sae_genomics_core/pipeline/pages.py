@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sae_genomics_core.artefacts import ArtefactStore
 from sae_genomics_core.config import Environment
@@ -16,7 +17,10 @@ def run_pages(
     from sae_genomics_core.viz.serve import page_url
 
     log = log or default_log()
-    result = build_feature_pages(warehouse, dataset, layer, store.pages(dataset, layer))
+    similar, why = _similar_features(dataset, layer, store, warehouse)
+    if similar is None:
+        log.warning(f"feature pages without similar features: {why}")
+    result = build_feature_pages(warehouse, dataset, layer, store.pages(dataset, layer), similar)
     store.publish_pages(dataset, layer)
     log.info(f"feature pages: {result.path} ({result.n_features} features, {result.n_bytes / 1e6:.1f} MB)")
     return StageResult(
@@ -27,5 +31,25 @@ def run_pages(
             "file": Url(store.uri(result.path)),
             "features": result.n_features,
             "size_mb": round(result.n_bytes / 1e6, 2),
+            "similar_features": why,
         }
     )
+
+
+def _similar_features(dataset: str, layer: int, store: ArtefactStore, warehouse: Path) -> tuple[Any, str]:
+    """(each feature's nearest features by decoder cosine, or None; what was done or why not): only from
+    the SAE checkpoint the feature tables came from, else the neighbours would be another SAE's."""
+    from sae_genomics_core.sae.checkpoint import checkpoint_id, load_checkpoint
+    from sae_genomics_core.viz.pages import SIMILAR, features_checkpoint, similar_features
+
+    checkpoint = store.current_checkpoint(dataset, layer)
+    if checkpoint is None:
+        return None, "no SAE checkpoint"
+    tables_from = features_checkpoint(warehouse, dataset, layer)
+    if tables_from != checkpoint_id(checkpoint):
+        return (
+            None,
+            f"the feature tables come from checkpoint {tables_from}, the current SAE is {checkpoint_id(checkpoint)}",
+        )
+    decoder = load_checkpoint(checkpoint).sae.W_dec.detach().cpu()
+    return similar_features(decoder), f"{SIMILAR} per feature, by decoder cosine"

@@ -1,9 +1,11 @@
 """Feature pages: one self-contained HTML explorer per dataset × layer, rebuilt from the warehouse.
 
 In the spirit of Neuronpedia's feature pages, with the biology: search by gene, term or cell type; one
-page per feature (`index.html#feature=42`) with its top genes, top cells, cell types, activation
-histogram, where it sits in the layer's density, its enrichment with q-values, and the layer's SAE vs
-PCA vs random baseline rates. Everything (data, the Vega-Lite renderer from vl-convert's bundle) is
+page per feature (`index.html#feature=42`) with a short label from its replicated claims, its top genes
+(linked to HGNC, Ensembl, Open Targets, STRING and Monarch), top cells, cell types, activation
+histogram, where it sits in the layer's density, its enrichment with q-values, its nearest features by
+decoder cosine in this SAE and its matches in other layers and datasets, and the layer's SAE vs PCA vs
+random baseline rates; every table downloads as CSV. Everything (data, the Vega-Lite renderer from vl-convert's bundle) is
 inside the one file, so it opens offline, from a file:// URL or any static host, and never rots with a
 hosted service (InterPLM's dashboards did).
 """
@@ -30,6 +32,8 @@ TERMS_PER_DATABASE = 5  # best rows of each database per feature, plus every sig
 # a cell type is shown as a finding only with q < 0.05, a lower bound above 0 and at least this fold
 # change (2^0.5 = 1.41×): with thousands of cells, log2 FC 0.1 reaches q 1e-60 and means little
 MIN_LOG2_FOLD_CHANGE = 0.5
+SIMILAR = 5  # nearest features by decoder cosine, per feature
+SIMILAR_CHUNK_ROWS = 1024  # rows per product: 1024 × 16,384 floats, never the d_sae × d_sae matrix
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,14 @@ _OPTIONAL_QUERIES = {  # key: (the table it needs, else the page shows none, que
         "held_out_odds_ratio from ("
         "  select *, row_number() over (partition by feature, database order by log10_p_value) as position "
         "  from enrichment where dataset = ? and layer = ?"
-        f") where position <= {TERMS_PER_DATABASE} or significant order by feature, log10_p_value",
+        f") where position <= {TERMS_PER_DATABASE} or significant or replicated order by feature, log10_p_value",
+    ),
+    "matches": (  # the feature's best match in other layers and datasets, when above chance
+        "feature_matches",
+        "select feature, other_dataset, other_layer, best_match, round(best_cosine, 3) as best_cosine, mutual, "
+        "matched_feature, round(matched_cosine, 3) as matched_cosine, round(chance_cosine, 3) as chance_cosine "
+        "from feature_matches where dataset = ? and layer = ? and best_cosine > chance_cosine "
+        "order by feature, other_dataset, other_layer",
     ),
     "baselines": (
         "enrichment_baselines",
@@ -116,8 +127,9 @@ def _frame(
     return connection.execute(sql, params).pl() if needs in tables else None
 
 
-def collect(warehouse: Path, dataset: str, layer: int) -> dict[str, Any]:
-    """Everything a page shows, as JSON-ready columns (compact: one list per column)."""
+def collect(warehouse: Path, dataset: str, layer: int, similar: pl.DataFrame | None = None) -> dict[str, Any]:
+    """Everything a page shows, as JSON-ready columns (compact: one list per column); `similar` is
+    `similar_features` of the SAE the feature tables came from (None: the pages show no neighbours)."""
     with connect_read_only(Path(warehouse)) as connection:
         tables = table_names(connection)
         key = [dataset, layer]
@@ -133,8 +145,47 @@ def collect(warehouse: Path, dataset: str, layer: int) -> dict[str, Any]:
         "layer": layer,
         "sae": sae.row(0, named=True) if sae is not None and sae.height else {},
         "seeds": seeds.row(0, named=True) if seeds is not None and seeds.height else {},
+        "similar": _columns(similar),
         **{name: _columns(frame) for name, frame in frames.items()},
     }
+
+
+def similar_features(decoder: Any, k: int = SIMILAR, chunk_rows: int = SIMILAR_CHUNK_ROWS) -> pl.DataFrame:
+    """Each feature's `k` nearest other features of its SAE by decoder cosine, nearest first (columns
+    feature, similar, cosine), from `chunk_rows` rows of the cosine matrix at a time."""
+    import numpy as np
+    import torch
+
+    from sae_genomics_core.sae.matching import unit_rows
+
+    rows = unit_rows(decoder).detach()
+    n, k = rows.shape[0], min(k, rows.shape[0] - 1)
+    found, cosines = [], []
+    for start in range(0, n, chunk_rows):
+        block = rows[start : start + chunk_rows] @ rows.T
+        own = torch.arange(block.shape[0])
+        block[own, own + start] = -torch.inf  # never its own neighbour
+        top = block.topk(k, dim=1)
+        found.append(top.indices.numpy())
+        cosines.append(top.values.numpy())
+    return pl.DataFrame(
+        {
+            "feature": np.repeat(np.arange(n, dtype=np.int64), k),
+            "similar": np.concatenate(found).ravel().astype(np.int64),
+            "cosine": np.concatenate(cosines).ravel().astype(np.float64).round(3),
+        }
+    )
+
+
+def features_checkpoint(warehouse: Path, dataset: str, layer: int) -> str | None:
+    """The SAE checkpoint the layer's feature tables were derived from (None: no feature tables)."""
+    with connect_read_only(Path(warehouse)) as connection:
+        if "feature_stats" not in table_names(connection):
+            return None
+        return connection.execute(
+            "select any_value(checkpoint_id) from feature_stats where dataset = ? and layer = ?",
+            [dataset, layer],
+        ).fetchone()[0]  # type: ignore[index]
 
 
 def _require_feature_stats(
@@ -185,11 +236,13 @@ def render(data: dict[str, Any], vega_bundle: str) -> str:
     )
 
 
-def build_feature_pages(warehouse: Path, dataset: str, layer: int, out_dir: Path) -> PagesResult:
+def build_feature_pages(
+    warehouse: Path, dataset: str, layer: int, out_dir: Path, similar: pl.DataFrame | None = None
+) -> PagesResult:
     """Write `out_dir/index.html` (atomically: a failed build leaves the previous pages)."""
     import vl_convert as vlc
 
-    data = collect(warehouse, dataset, layer)
+    data = collect(warehouse, dataset, layer, similar)
     page = render(data, vlc.javascript_bundle())
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "index.html"
@@ -223,6 +276,7 @@ _TEMPLATE = r"""<!DOCTYPE html>
   th { background: #f6f7fb; } .sig { font-weight: 600; color: #a3261b; }
   .charts { display: flex; gap: 20px; flex-wrap: wrap; }
   .pill.replicated { background: #e3f6e8; }
+  a.out { font-size: 12px; margin-right: 6px; } a.csv { font-size: 12px; font-weight: normal; margin-left: 8px; }
   .pill { display: inline-block; background: #eef4ff; border-radius: 10px; padding: 0 8px; margin: 1px; font-size: 12px; }
 </style>
 <script>__VEGA__</script>
@@ -231,6 +285,7 @@ _TEMPLATE = r"""<!DOCTYPE html>
 <header>
   <h1>__TITLE__</h1>
   <input id="search" type="search" placeholder="Search a gene, term or cell type…" autocomplete="off">
+  <label class="muted">list by <select id="order"></select></label>
   <span id="summary" class="muted"></span>
   <a href="#">overview</a>
 </header>
@@ -250,7 +305,8 @@ const byFeature = (list) => { const m = new Map(); for (const r of list) { if (!
 const stats = rows(D.stats), genes = byFeature(rows(D.genes)), cells = byFeature(rows(D.cells)),
       types = byFeature(rows(D.cell_types)), hist = byFeature(rows(D.histograms)), terms = byFeature(rows(D.enrichment)),
       baselines = rows(D.baselines), effects = byFeature(rows(D.effects)), effectTypes = byFeature(rows(D.effect_types)),
-      stability = new Map(rows(D.stability).map(r => [r.feature, r]));
+      stability = new Map(rows(D.stability).map(r => [r.feature, r])), similar = byFeature(rows(D.similar)),
+      matches = byFeature(rows(D.matches));
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 const num = (x, d = 3) => x === null || x === undefined ? "" : (typeof x === "string" ? x : (Math.abs(x) >= 1e4 || (x !== 0 && Math.abs(x) < 1e-3) ? x.toExponential(2) : x.toFixed(d)));
 const sigTerms = (f) => (terms.get(f) || []).filter(t => t.significant);
@@ -259,11 +315,20 @@ const passes = (r) => r.q_value < 0.05 && r.log2_fold_change_lower > 0 && r.log2
 const bestType = (f) => (types.get(f) || []).filter(passes).sort((a, b) => (b.replicated - a.replicated) || (b.log2_fold_change_lower - a.log2_fold_change_lower))[0];
 const NO_CELL_TYPES = "<p class=muted>This dataset has no cell types, so no feature is tested against them. Register it again with <code>--cell-type-key COLUMN</code> (the obs column that holds them; <code>sae-genomics validate FILE</code> lists the columns), then materialise the features.</p>";
 const table = (head, body) => `<table><tr>${head.map(h => `<th>${h}</th>`).join("")}</tr>${body.join("")}</table>`;
+const TITLE = document.title;
+
+// what a feature's label may claim: its best replicated term (smallest q) and best replicated cell type
+function claims(f) {
+  const t = (terms.get(f) || []).filter(r => r.replicated).sort((a, b) => a.q_value - b.q_value)[0];
+  const c = bestType(f);  // a replicated one when there is one
+  return [t && (t.term_name || t.term_id), c?.replicated && c.cell_type].filter(Boolean);
+}
+const topGenes = (f, n) => (genes.get(f) || []).slice(0, n).map(r => r.gene).join(", ");
+const autoLabel = (f) => claims(f).join(" · ") || (genes.has(f) ? "top genes: " + topGenes(f, 3) : "no genes");
 
 function label(s) {
-  const g = (genes.get(s.feature) || []).slice(0, 4).map(r => r.gene).join(", ");
-  const t = sigTerms(s.feature)[0]; const c = bestType(s.feature);
-  return `<b>#${s.feature}</b> <small>${num(s.frequency, 4)} of tokens</small><br><small>${esc(g)}${t ? " · " + esc(t.term_name) : ""}${c ? ` · ${esc(c.cell_type)} <span class=muted>log2FC ${num(c.log2_fold_change, 2)}${c.replicated ? ", replicated" : ""}</span>` : ""}</small>`;
+  const named = claims(s.feature).length;
+  return `<b>#${s.feature}</b> ${esc(autoLabel(s.feature))}<br><small>${num(s.frequency, 4)} of tokens${named ? " · " + esc(topGenes(s.feature, 4)) : ""}</small>`;
 }
 
 function listFeatures(items, note) {
@@ -271,17 +336,35 @@ function listFeatures(items, note) {
     items.slice(0, 400).map(s => `<a href="#feature=${s.feature}" data-feature="${s.feature}">${label(s)}</a>`).join("");
 }
 
+// the list's orderings: each a feature's sort keys, largest first
+const ORDERS = {
+  default: ["significant terms, then frequency", s => [sigTerms(s.feature).length, s.frequency]],
+  specificity: ["top gene's specificity", s => [(genes.get(s.feature) || [{}])[0].specificity ?? -Infinity]],
+  frequency: ["frequency", s => [s.frequency]],
+  enrichment: ["replicated, then significant terms", s => [(terms.get(s.feature) || []).filter(r => r.replicated).length, sigTerms(s.feature).length]],
+  cell_type: ["cell-type effect (log2 FC lower bound)", s => [bestType(s.feature)?.log2_fold_change_lower ?? -Infinity]],
+};
+const order = document.getElementById("order");
+order.innerHTML = Object.entries(ORDERS).map(([k, [text]]) => `<option value="${k}">${esc(text)}</option>`).join("");
+const byKeys = (a, b) => { for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return b[i] - a[i]; return 0; };
+const ordered = (list) => { const key = ORDERS[order.value][1]; return list.map(s => [key(s), s]).sort((a, b) => byKeys(a[0], b[0])).map(x => x[1]); };
+
 function search(query) {
   const q = query.trim().toLowerCase();
   if (!q) { listFeatures(defaultOrder(), ""); return; }
-  // a feature's weight: a significant term or cell type counts most, then a top gene (by rank), then other terms
+  // whole gene symbols (or Ensembl ids) first; then a feature's weight: a significant term or cell type
+  // counts most, then a top gene (by rank), then other terms
   const hits = new Map();
-  const add = (f, why, weight) => { const h = hits.get(f) || {why: new Set(), weight: 0}; h.why.add(why); h.weight += weight; hits.set(f, h); };
-  for (const [f, list] of genes) for (const r of list) if (String(r.gene).toLowerCase().includes(q) || String(r.ensembl_id).toLowerCase() === q) add(f, "gene " + r.gene + " (rank " + r.rank + ")", 2 + 1 / r.rank);
+  const add = (f, why, weight, exact = false) => { const h = hits.get(f) || {why: new Set(), weight: 0, exact: false}; h.why.add(why); h.weight += weight; h.exact ||= exact; hits.set(f, h); };
+  for (const [f, list] of genes) for (const r of list) {
+    const exact = String(r.gene).toLowerCase() === q || String(r.ensembl_id).toLowerCase() === q;
+    if (exact || String(r.gene).toLowerCase().includes(q)) add(f, "gene " + r.gene + " (rank " + r.rank + ")", 2 + 1 / r.rank, exact);
+  }
   for (const [f, list] of terms) for (const r of list) if (String(r.term_name ?? "").toLowerCase().includes(q) || String(r.term_id).toLowerCase() === q) add(f, `${r.significant ? "significant term" : "term (not significant)"} ${r.term_name ?? r.term_id}, q ${num(r.q_value, 2)}, odds ratio ${num(r.odds_ratio, 1)}`, r.significant ? 4 : 0.1);
   for (const [f, list] of types) for (const r of list) if (passes(r) && String(r.cell_type).toLowerCase().includes(q)) add(f, `cell type ${r.cell_type}, log2FC ${num(r.log2_fold_change, 2)}, q ${num(r.q_value, 2)}`, 3);
   if (/^\d+$/.test(q) && stats.some(s => s.feature === Number(q))) add(Number(q), "feature number", 10);
-  const found = stats.filter(s => hits.has(s.feature)).sort((a, b) => hits.get(b.feature).weight - hits.get(a.feature).weight || b.frequency - a.frequency);
+  const found = ordered(stats.filter(s => hits.has(s.feature))).map(s => [hits.get(s.feature), s])
+    .sort(([a], [b]) => (b.exact - a.exact) || (b.weight - a.weight)).map(x => x[1]);
   listFeatures(found, `${found.length} feature${found.length === 1 ? "" : "s"} match “${esc(query)}”`);
   for (const a of document.querySelectorAll("#list a")) {
     const why = [...hits.get(Number(a.dataset.feature)).why];
@@ -290,7 +373,7 @@ function search(query) {
 }
 
 function defaultOrder() {
-  return [...stats].filter(s => s.fire_count > 0).sort((a, b) => sigTerms(b.feature).length - sigTerms(a.feature).length || b.frequency - a.frequency);
+  return ordered(stats.filter(s => s.fire_count > 0));
 }
 
 function chart(el, spec) { vegaEmbed(el, spec, {renderer: "svg", actions: false}).catch(e => { document.querySelector(el).textContent = "chart failed: " + e; }); }
@@ -309,7 +392,8 @@ function overview() {
     ${seedSummary()}
     <h3>Fraction of units with at least one significant term (BH q ≤ 0.05)</h3>${baselineTable()}
     <h3>Feature density</h3><div id="density"></div>
-    <p class=muted>Search above, or pick a feature on the left (ordered by significant terms, then frequency).</p>`;
+    <p class=muted>Search above, or pick a feature on the left (ordered as chosen above it).</p>`;
+  document.title = TITLE;
   chart("#density", densitySpec(null));
 }
 
@@ -326,17 +410,19 @@ function featurePage(f) {
   for (const a of document.querySelectorAll("#list a")) a.classList.toggle("current", Number(a.dataset.feature) === f);
   const g = genes.get(f) || [], c = cells.get(f) || [], t = types.get(f) || [], e = terms.get(f) || [], h = hist.get(f) || [];
   const sig = e.filter(r => r.significant), replicatedTerms = e.filter(r => r.replicated);
-  document.getElementById("page").innerHTML = `<h2 id="feature-title">Feature ${f}</h2>
+  document.title = `#${f} ${autoLabel(f)} · ${TITLE}`;
+  document.getElementById("page").innerHTML = `<h2 id="feature-title">Feature ${f} · ${esc(autoLabel(f))}</h2>
     <p>fires on ${num(s.frequency, 5)} of tokens (${s.fire_count} tokens, ${s.n_cells_active} cells) · mean activation ${num(s.mean_activation)} · max ${num(s.max_activation)}
     · ${sig.length ? `<span class=sig>${sig.length} significant term${sig.length === 1 ? "" : "s"}</span>, ${replicatedTerms.length} replicated on held-out genes` : "no significant term"}
     · ${stableText(f)}</p>
     <div class="charts"><div><h3>Top genes</h3><div id="genes-chart"></div></div>
       <div><h3>Activation histogram (cells)</h3><div id="hist-chart"></div><h3>Density: this feature in its layer</h3><div id="density"></div></div></div>
-    <h3>Top genes</h3>${table(["rank", "gene", "Ensembl", "score", "specificity", "tokens", "held-out lift", "held out"], g.map(r => `<tr><td>${r.rank}</td><td>${esc(r.gene)}</td><td>${esc(r.ensembl_id)}</td><td>${num(r.score)}</td><td>${num(r.specificity)}</td><td>${r.n_tokens}</td><td>${num(r.held_out_specificity, 2)}</td><td>${heldOut(r)}</td></tr>`))}
-    <h3>Enrichment (BH q per database; its best __TERMS_PER_DATABASE__ rows each, and every significant one)</h3>${e.length ? table(["database", "term", "overlap", "set", "term size", "odds ratio", "log10 p", "q", "held-out odds ratio", "held out", "genes"], e.map(r => `<tr class="${r.significant && r.odds_ratio > 1 ? "sig" : ""}"><td>${esc(r.database)}</td><td>${esc(r.term_name || r.term_id)} <small>${esc(r.term_id)}</small>${r.most_specific ? ' <span class=pill title="no significant descendant term">most specific</span>' : ""}</td><td>${r.overlap}</td><td>${r.feature_set_size}</td><td>${r.term_size}</td><td>${num(r.odds_ratio, 1)}</td><td>${num(r.log10_p_value, 2)}</td><td>${num(r.q_value)}</td><td>${num(r.held_out_odds_ratio, 1)}</td><td>${heldOut(r)}</td><td>${(r.overlap_genes || []).map(x => `<span class=pill>${esc(x)}</span>`).join("")}</td></tr>`)) : "<p class=muted>Not tested (no enrichment rows for this feature).</p>"}
+    <h3>Top genes${csvLink(f, "genes")}</h3>${table(["rank", "gene", "Ensembl", "score", "specificity", "tokens", "held-out lift", "held out", "look up"], g.map(r => `<tr><td>${r.rank}</td><td>${esc(r.gene)}</td><td>${esc(r.ensembl_id)}</td><td>${num(r.score)}</td><td>${num(r.specificity)}</td><td>${r.n_tokens}</td><td>${num(r.held_out_specificity, 2)}</td><td>${heldOut(r)}</td><td>${geneLinks(r)}</td></tr>`))}
+    ${similarSection(f)}${matchesSection(f)}
+    <h3>Enrichment (BH q per database; its best __TERMS_PER_DATABASE__ rows each, and every significant one)${csvLink(f, "enrichment")}</h3>${e.length ? table(["database", "term", "overlap", "set", "term size", "odds ratio", "log10 p", "q", "held-out odds ratio", "held out", "genes"], e.map(r => `<tr class="${r.significant && r.odds_ratio > 1 ? "sig" : ""}"><td>${esc(r.database)}</td><td>${esc(r.term_name || r.term_id)} <small>${termLink(r.term_id)}</small>${r.most_specific ? ' <span class=pill title="no significant descendant term">most specific</span>' : ""}</td><td>${r.overlap}</td><td>${r.feature_set_size}</td><td>${r.term_size}</td><td>${num(r.odds_ratio, 1)}</td><td>${num(r.log10_p_value, 2)}</td><td>${num(r.q_value)}</td><td>${num(r.held_out_odds_ratio, 1)}</td><td>${heldOut(r)}</td><td>${(r.overlap_genes || []).map(x => `<span class=pill>${esc(x)}</span>`).join("")}</td></tr>`)) : "<p class=muted>Not tested (no enrichment rows for this feature).</p>"}
     <h3>Compared with the baselines of this layer</h3>${baselineTable()}
-    <h3>Cell types (a cell's mean activation per token; type vs rest by ${t.length && t[0].test_unit === "sample" ? "paired t over samples (pseudobulk)" : "Welch's t with cells as units"}; BH q; highlighted: q &lt; 0.05, the fold change's 95% lower bound &gt; 0 and log2 FC ≥ __MIN_LOG2_FOLD_CHANGE__)</h3>${types.size ? table(["cell type", "mean activation", "fraction of cells active", "log2 FC", "log2 FC lower bound", "q", "units", "held-out log2 FC", "held out"], t.map(r => `<tr class="${passes(r) ? "sig" : ""}"><td>${esc(r.cell_type)}</td><td>${num(r.mean_activation)}</td><td>${num(r.frac_active)}</td><td>${num(r.log2_fold_change, 2)}</td><td>${num(r.log2_fold_change_lower, 2)}</td><td>${num(r.q_value)}</td><td>${r.n_units} ${esc(r.test_unit)}s</td><td>${num(r.held_out_log2_fold_change, 2)}</td><td>${heldOut(r)}</td></tr>`)) : NO_CELL_TYPES}
-    <h3>Top cells</h3>${table(["rank", "cell", "cell type", "max activation"], c.map(r => `<tr><td>${r.rank}</td><td>${esc(r.cell_id)}</td><td>${esc(r.cell_type)}</td><td>${num(r.max_activation)}</td></tr>`))}
+    <h3>Cell types (a cell's mean activation per token; type vs rest by ${t.length && t[0].test_unit === "sample" ? "paired t over samples (pseudobulk)" : "Welch's t with cells as units"}; BH q; highlighted: q &lt; 0.05, the fold change's 95% lower bound &gt; 0 and log2 FC ≥ __MIN_LOG2_FOLD_CHANGE__)${csvLink(f, "cell_types")}</h3>${types.size ? table(["cell type", "mean activation", "fraction of cells active", "log2 FC", "log2 FC lower bound", "q", "units", "held-out log2 FC", "held out"], t.map(r => `<tr class="${passes(r) ? "sig" : ""}"><td>${esc(r.cell_type)}</td><td>${num(r.mean_activation)}</td><td>${num(r.frac_active)}</td><td>${num(r.log2_fold_change, 2)}</td><td>${num(r.log2_fold_change_lower, 2)}</td><td>${num(r.q_value)}</td><td>${r.n_units} ${esc(r.test_unit)}s</td><td>${num(r.held_out_log2_fold_change, 2)}</td><td>${heldOut(r)}</td></tr>`)) : NO_CELL_TYPES}
+    <h3>Top cells${csvLink(f, "cells")}</h3>${table(["rank", "cell", "cell type", "max activation"], c.map(r => `<tr><td>${r.rank}</td><td>${esc(r.cell_id)}</td><td>${esc(r.cell_type)}</td><td>${num(r.max_activation)}</td></tr>`))}
     ${whatItDoes(f)}`;
   const fx = (effects.get(f) || []).filter(r => r.intervention === "steer" && r.cells === "silent");
   if (fx.length) chart("#effects-chart", {width: 300, height: Math.max(80, 15 * fx.length), data: {values: fx}, mark: "bar",
@@ -357,6 +443,62 @@ function featurePage(f) {
 function heldOut(r) {
   if (r.replicated) return '<span class="pill replicated" title="selected on one half, significant on the other">replicated</span>';
   return r.selected ? '<span class=muted title="selected on one half, not significant on the other">not replicated</span>' : "";
+}
+
+// links out open in a new tab; symbol links only where the gene has a symbol (else its Ensembl id shows)
+const out = (url, text) => `<a class=out href="${esc(url)}" target="_blank" rel="noopener">${esc(text)}</a>`;
+function geneLinks(r) {
+  const id = r.ensembl_id, symbol = r.gene !== id ? r.gene : null, q = encodeURIComponent;
+  return [symbol && out(`https://www.genenames.org/tools/search/#!/?query=${q(symbol)}`, "HGNC"),
+    id && out(`https://www.ensembl.org/Homo_sapiens/Gene/Summary?g=${q(id)}`, "Ensembl"),
+    id && out(`https://platform.opentargets.org/target/${q(id)}`, "Open Targets"),
+    symbol && out(`https://string-db.org/cgi/network?identifiers=${q(symbol)}&species=9606`, "STRING"),
+    symbol && out(`https://monarchinitiative.org/search?q=${q(symbol)}`, "Monarch")].filter(Boolean).join("");
+}
+
+// HPO terms to HPO, MONDO / OMIM / Orphanet ids (Open Targets writes MONDO_…) to Monarch; others as text
+function termLink(id) {
+  const m = String(id ?? "").match(/^(HP|MONDO|OMIM|ORPHA)[:_](\w+)$/);
+  if (!m) return esc(id);
+  const curie = `${m[1]}:${m[2]}`;
+  return out(m[1] === "HP" ? `https://hpo.jax.org/browse/term/${curie}` : `https://monarchinitiative.org/${curie}`, id);
+}
+
+// a feature on another page: another layer of this dataset, or this layer in another dataset
+function featureHref(dataset, layer, f) {
+  if (dataset !== D.dataset) return `../../${encodeURIComponent(dataset)}/L${layer}/index.html#feature=${f}`;
+  return layer === D.layer ? `#feature=${f}` : `../L${layer}/index.html#feature=${f}`;
+}
+const featureLink = (dataset, layer, f) => f === null || f < 0 ? "none" : `<a href="${esc(featureHref(dataset, layer, f))}">#${f}</a>`;
+
+function similarSection(f) {
+  if (!D.similar.feature) return "";  // no checkpoint of these tables when the pages were built
+  return `<h3>Similar features (nearest decoder directions in this SAE)${csvLink(f, "similar")}</h3>${table(["feature", "decoder cosine", "label"],
+    (similar.get(f) || []).map(r => `<tr><td>${featureLink(D.dataset, D.layer, r.similar)}</td><td>${num(r.cosine, 3)}</td><td>${esc(autoLabel(r.similar))}</td></tr>`))}`;
+}
+
+function matchesSection(f) {
+  if (!D.matches.feature) return "";  // no feature_matches table
+  const m = matches.get(f) || [], where = (r) => r.other_dataset === D.dataset ? `layer ${r.other_layer}` : `${esc(r.other_dataset)} · layer ${r.other_layer}`;
+  return `<h3>In other layers and datasets (best decoder match above chance)${csvLink(f, "matches")}</h3>${m.length ? table(["where", "best match", "cosine", "chance", "mutual", "one-to-one partner", "its cosine"],
+    m.map(r => `<tr><td>${where(r)}</td><td>${featureLink(r.other_dataset, r.other_layer, r.best_match)}</td><td>${num(r.best_cosine, 3)}</td><td>${num(r.chance_cosine, 3)}</td><td>${r.mutual ? "yes" : "no"}</td><td>${featureLink(r.other_dataset, r.other_layer, r.matched_feature)}</td><td>${num(r.matched_cosine, 3)}</td></tr>`))
+    : "<p class=muted>No match above chance in the other layers and datasets matched.</p>"}`;
+}
+
+// a table of the feature as CSV, built on click from the same rows the page shows
+const CSV_TABLES = {genes, cell_types: types, enrichment: terms, cells, similar, matches};
+const csvLink = (f, name) => `<a class=csv href="#" data-csv="${name}" data-feature="${f}">CSV</a>`;
+const csvCell = (v) => { const s = v === null || v === undefined ? "" : Array.isArray(v) ? v.join(";") : String(v); return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s; };
+const toCsv = (list) => { const keys = Object.keys(list[0] || {}); return [keys, ...list.map(r => keys.map(k => r[k]))].map(r => r.map(csvCell).join(",")).join("\r\n") + "\r\n"; };
+function download(ev) {
+  const a = ev.target.closest("a[data-csv]");
+  if (!a) return;
+  ev.preventDefault();
+  const link = document.createElement("a"), f = Number(a.dataset.feature);
+  link.href = URL.createObjectURL(new Blob([toCsv(CSV_TABLES[a.dataset.csv].get(f) || [])], {type: "text/csv"}));
+  link.download = `${D.dataset}-L${D.layer}-feature-${f}-${a.dataset.csv}.csv`;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 40000);  // after the download has read it
 }
 
 function stableText(f) {
@@ -394,6 +536,8 @@ function route() {
   if (m) featurePage(Number(m[1])); else overview();
 }
 document.getElementById("search").addEventListener("input", (ev) => search(ev.target.value));
+order.addEventListener("change", () => search(document.getElementById("search").value));
+document.getElementById("page").addEventListener("click", download);
 window.addEventListener("hashchange", route);
 document.getElementById("summary").textContent = `${stats.length} features · ${rows(D.enrichment).filter(r => r.significant).length} significant feature–term pairs shown`;
 listFeatures(defaultOrder(), "");

@@ -107,7 +107,7 @@ def _gene_tables(seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     totals.add_shard(_EncodedShard(rows, features, rng.exponential(1.0, rows.size), l0, tokens))
     settings = AssociationSettings(top_genes=20, fdr=FDR)
     ranked = rank_genes(totals.gene_sums, totals.gene_tokens, totals.moments(), settings)
-    return ranked, totals.held_out_genes(ranked, settings)
+    return ranked, totals.held_out_genes(*totals.gene_totals(), ranked, settings)
 
 
 def test_a_planted_gene_replicates_and_null_top_genes_do_not() -> None:
@@ -121,3 +121,22 @@ def test_a_planted_gene_replicates_and_null_top_genes_do_not() -> None:
     # positive control: each null feature's best gene tested on the data that chose it looks significant
     best = null.filter(pl.col("rank") == 1)
     assert (norm.sf(best["specificity_z"].to_numpy()) <= FDR).mean() >= 0.5
+
+
+def test_the_table_over_all_cells_is_the_sum_of_the_halves() -> None:
+    from polars.testing import assert_frame_equal
+
+    from sae_genomics_core.features.cell_types import TESTED_COLUMNS, CellTypeSums
+
+    rng = np.random.default_rng(5)
+    types = np.repeat(["A", "B", "C"], 100)
+    means = sp.csr_matrix(
+        rng.gamma(2.0, 1.0, (types.size, N_FEATURES)) * (rng.random((types.size, N_FEATURES)) < 0.3)
+    )
+    cells = _cells(types, np.tile(["s1", "s2", "s3"], 100))
+    whole = CellTypeSums(cells, N_FEATURES)
+    whole.add(np.arange(types.size), means)
+    halves, _ = cell_halves(cells, 0, min_units=2)
+    split = _TypeSums(cells, N_FEATURES, halves)
+    split.add(np.arange(types.size), means)
+    assert_frame_equal(split.table(FDR).select(TESTED_COLUMNS), whole.table(), rtol=1e-9)

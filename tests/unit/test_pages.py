@@ -8,10 +8,14 @@ import re
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
+import torch
 
-from sae_genomics_core.viz.pages import PagesUnavailable, build_feature_pages, collect
+from sae_genomics_core.artefacts import ArtefactStore
+from sae_genomics_core.pipeline.pages import run_pages
+from sae_genomics_core.viz.pages import PagesUnavailable, build_feature_pages, collect, similar_features
 
 
 def _warehouse(path: Path, with_enrichment: bool = True) -> Path:
@@ -26,6 +30,7 @@ def _warehouse(path: Path, with_enrichment: bool = True) -> Path:
                 "mean_activation": 1.0,
                 "max_activation": 2.0,
                 "n_cells_active": [3, 0, 4],
+                "checkpoint_id": "resid_post-k1",
             }
         ),
         "feature_genes": pl.DataFrame(
@@ -39,6 +44,9 @@ def _warehouse(path: Path, with_enrichment: bool = True) -> Path:
                 "score": [3.0, 2.0, 1.0],
                 "specificity": [4.0, 3.0, 2.0],
                 "n_tokens": [5, 4, 3],
+                "selected": True,
+                "replicated": [True, False, True],
+                "held_out_specificity": [3.5, 1.0, 2.5],
             }
         ),
         "feature_cells": pl.DataFrame(
@@ -66,6 +74,9 @@ def _warehouse(path: Path, with_enrichment: bool = True) -> Path:
                 "q_value": [0.001],
                 "test_unit": ["cell"],
                 "n_units": [40],
+                "selected": [True],
+                "replicated": [True],
+                "held_out_log2_fold_change": [1.8],
             }
         ),
         "feature_histograms": pl.DataFrame(
@@ -98,6 +109,9 @@ def _warehouse(path: Path, with_enrichment: bool = True) -> Path:
                 "significant": [True, False],
                 "most_specific": [True, None],
                 "overlap_genes": [["LYZ", "S100A8", "S100A9"], None],
+                "selected": [True, False],
+                "replicated": [True, False],
+                "held_out_odds_ratio": [5.0, None],
             }
         )
     with duckdb.connect(str(path)) as connection:
@@ -176,8 +190,15 @@ def test_every_database_keeps_its_best_rows_on_the_page(tmp_path: Path) -> None:
             "significant": [i < 8 for i in range(20)],
             "most_specific": None,
             "overlap_genes": None,
+            "selected": False,
+            "replicated": False,
+            "held_out_odds_ratio": None,
         },
-        schema_overrides={"most_specific": pl.Boolean, "overlap_genes": pl.List(pl.String)},
+        schema_overrides={
+            "most_specific": pl.Boolean,
+            "overlap_genes": pl.List(pl.String),
+            "held_out_odds_ratio": pl.Float64,
+        },
     )
     string = many_hpo.head(1).with_columns(  # weaker than every HPO row, still shown: its own database
         database=pl.lit("string"), term_id=pl.lit("STRING:within-set-edges"), log10_p_value=pl.lit(-0.1)
@@ -198,3 +219,112 @@ def test_every_database_keeps_its_best_rows_on_the_page(tmp_path: Path) -> None:
     assert enrichment.filter(pl.col("database") == "hpo")["term_id"].to_list() == [
         f"HP:{i:07d}" for i in range(8)
     ]
+
+
+def _planted_decoder() -> torch.Tensor:
+    """Random directions, with feature 17 along 200 (another norm, a little noise) and 5 opposite 200."""
+    generator = torch.Generator().manual_seed(0)
+    decoder = torch.randn(300, 64, generator=generator)
+    decoder[17] = 3 * decoder[200] + 0.01 * torch.randn(64, generator=generator)
+    decoder[5] = -decoder[200]
+    return decoder
+
+
+def test_similar_features_are_the_nearest_decoder_directions() -> None:
+    decoder = _planted_decoder()
+    similar = similar_features(decoder, chunk_rows=7)  # 7 does not divide 300: a short last chunk
+    neighbours = similar["similar"].to_numpy().reshape(300, 5)
+    cosines = similar["cosine"].to_numpy().reshape(300, 5)
+    assert similar["feature"].to_list() == np.repeat(np.arange(300), 5).tolist()
+    assert neighbours[17, 0] == 200 and neighbours[200, 0] == 17 and cosines[17, 0] > 0.99
+    assert 5 not in neighbours[200] and (neighbours != np.arange(300)[:, None]).all()  # not itself
+    assert (np.diff(cosines, axis=1) <= 0).all()  # nearest first
+    unit = decoder / decoder.norm(dim=1, keepdim=True)
+    whole = (unit @ unit.T).fill_diagonal_(-2.0)  # the d_sae × d_sae matrix the chunks avoid
+    assert (neighbours == whole.topk(5).indices.numpy()).all()
+    few = similar_features(decoder[:3])  # fewer than 5 others: each has the other two
+    assert few.group_by("feature").agg(pl.col("similar").sort()).sort("feature").rows() == [
+        (0, [1, 2]),
+        (1, [0, 2]),
+        (2, [0, 1]),
+    ]
+
+
+def _matches(warehouse: Path) -> None:
+    matches = pl.DataFrame(
+        {
+            "dataset": ["d", "d", "d", "e"],
+            "layer": [0, 0, 0, 0],
+            "feature": [0, 0, 2, 0],
+            "other_dataset": ["d", "e", "d", "d"],
+            "other_layer": [1, 0, 1, 0],
+            "best_match": [7, 3, 4, 0],
+            "best_cosine": [0.81234, 0.5, 0.2, 0.9],
+            "mutual": [True, False, False, True],
+            "matched_feature": [7, -1, 4, 0],
+            "matched_cosine": [0.81234, float("nan"), 0.2, 0.9],
+            "chance_cosine": [0.3, 0.3, 0.3, 0.3],
+        }
+    )
+    with duckdb.connect(str(warehouse)) as connection:
+        connection.register("frame", matches.to_arrow())
+        connection.execute("create table feature_matches as select * from frame")
+        connection.unregister("frame")
+
+
+def test_pages_carry_similar_features_and_the_matches_above_chance(tmp_path: Path) -> None:
+    warehouse = _warehouse(tmp_path / "w.duckdb")
+    bare = collect(warehouse, "d", 0)
+    assert bare["similar"] == {} and bare["matches"] == {}  # no checkpoint, no atlas: no sections
+    _matches(warehouse)
+    similar = similar_features(torch.randn(3, 4))
+    page = build_feature_pages(warehouse, "d", 0, tmp_path / "pages", similar).path.read_text()
+    data = _embedded(page)
+    assert data["similar"] == {name: similar[name].to_list() for name in similar.columns}
+    # feature 2's best match is below chance, and dataset e's rows belong to e's pages
+    assert data["matches"] == {
+        "feature": [0, 0],
+        "other_dataset": ["d", "e"],
+        "other_layer": [1, 0],
+        "best_match": [7, 3],
+        "best_cosine": [0.812, 0.5],
+        "mutual": [True, False],
+        "matched_feature": [7, -1],
+        "matched_cosine": [0.812, None],  # no one-to-one partner
+        "chance_cosine": [0.3, 0.3],
+    }
+
+
+def _publish_checkpoint(store: ArtefactStore, decoder: torch.Tensor) -> str:
+    """A real sae-lens checkpoint with this decoder, published as the current SAE of d layer 0; its id."""
+    from sae_genomics_core.sae.checkpoint import checkpoint_id, save_checkpoint
+    from sae_genomics_core.sae.settings import SaeTrainingConfig
+    from sae_genomics_core.sae.train import Normalizer, TrainingOutcome, build_sae
+
+    d_sae, d_in = decoder.shape
+    sae = build_sae(d_in, SaeTrainingConfig(expansion_factor=d_sae // d_in, k=2))
+    sae.W_dec.data = decoder.clone()
+    outcome = TrainingOutcome(sae, Normalizer(torch.zeros(d_in), 1.0), [], {}, 0.0, 0, 0)
+    checkpoint = store.new_sae_run("d", 0, "resid_post", "k1") / "checkpoint"
+    save_checkpoint(checkpoint, outcome, {"layer": 0, "hook": "resid_post"})
+    store.publish_checkpoint("d", 0, checkpoint)
+    return checkpoint_id(checkpoint)
+
+
+def test_run_pages_takes_similar_features_from_the_checkpoint_of_the_tables(tmp_path: Path) -> None:
+    warehouse, store = _warehouse(tmp_path / "w.duckdb"), ArtefactStore(tmp_path / "artefacts")
+    page = store.pages("d", 0) / "index.html"
+    assert run_pages("d", 0, store, warehouse).summary["similar_features"] == "no SAE checkpoint"
+    assert _embedded(page.read_text())["similar"] == {}  # the pages build without one
+    decoder = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))
+    decoder[9] = 2 * decoder[30]
+    assert _publish_checkpoint(store, decoder) == "resid_post-k1"  # the tables' checkpoint_id
+    assert run_pages("d", 0, store, warehouse).summary["similar_features"] == "5 per feature, by decoder cosine"
+    similar = pl.DataFrame(_embedded(page.read_text())["similar"])
+    assert similar.filter(pl.col("feature") == 9)["similar"][0] == 30
+    assert similar.height == 32 * 5
+    with duckdb.connect(str(warehouse)) as connection:  # tables of an older SAE: its neighbours would lie
+        connection.execute("update feature_stats set checkpoint_id = 'resid_post-old'")
+    summary = run_pages("d", 0, store, warehouse).summary
+    assert "come from checkpoint resid_post-old, the current SAE is resid_post-k1" in summary["similar_features"]
+    assert _embedded(page.read_text())["similar"] == {}
