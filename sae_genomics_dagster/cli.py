@@ -174,8 +174,10 @@ def _materialize(
         key = dg.MultiPartitionKey({"dataset": name, "layer": str(layer)})
         if not _execute(sae_job, key, instance, run_config):
             return 1
-    # the atlas matches the new SAEs against the other layers and datasets
-    return 0 if _execute(defs.resolve_job_def("atlas"), None, instance) else 1
+    # the atlas matches the new SAEs against the other layers and datasets; the pages then show those matches
+    if not _execute(defs.resolve_job_def("atlas"), None, instance):
+        return 1
+    return _materialize_assets(home, name, ["feature_pages"], layers_done)
 
 
 STAGE_JOBS = {"dataset": "dataset_pipeline", "dataset × layer": "sae_pipeline", "whole warehouse": "atlas"}

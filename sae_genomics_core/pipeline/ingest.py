@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 
+from sae_genomics_core.data.clusters import CLUSTER_KEY, MIN_CELLS
 from sae_genomics_core.data.gene_ids import default_resolver, map_gene_ids
 from sae_genomics_core.data.h5ad import ValidationReport, file_checksum, inspect_h5ad
 from sae_genomics_core.data.registry import DatasetEntry
@@ -20,6 +22,9 @@ def run_ingest(entry: DatasetEntry, warehouse: Path, log: Log | None = None) -> 
     log = log or default_log()
     tables = inspect_h5ad(entry.path, entry.options)
     report = tables.report
+    cells = tables.cells
+    if report.cell_type_key is None and report.n_cells >= MIN_CELLS:
+        cells, report = _clustered(entry, cells, report, log)
     resolver, resolver_label = default_resolver(warehouse)
     genes, mapping = map_gene_ids(tables.genes, resolver)
     n_with_ensembl = int(genes["ensembl_id"].is_not_null().sum())
@@ -36,14 +41,14 @@ def run_ingest(entry: DatasetEntry, warehouse: Path, log: Log | None = None) -> 
         "checksum": checksum,
     }
     cell_type_counts = (
-        tables.cells.group_by("cell_type").len().sort("len", descending=True).rename({"len": "n_cells"})
+        cells.group_by("cell_type").len().sort("len", descending=True).rename({"len": "n_cells"})
     )
     mapping_summary = (
         {"id_mapping": mapping.as_metadata(), "id_mapping_summary": mapping.summary()} if mapping else {}
     )
     return StageResult(
         tables={
-            "cells": tables.cells.select(key, pl.all()),
+            "cells": cells.select(key, pl.all()),
             "genes": genes.select(key, pl.all()),
             "datasets": _dataset_row(entry, report, checksum, n_with_ensembl, resolver_label),
         },
@@ -69,6 +74,21 @@ def run_ingest(entry: DatasetEntry, warehouse: Path, log: Log | None = None) -> 
             "datasets": {**shared, "value_kind": report.value_kind},
         },
     )
+
+
+def _clustered(
+    entry: DatasetEntry, cells: pl.DataFrame, report: ValidationReport, log: Log
+) -> tuple[pl.DataFrame, ValidationReport]:
+    """Leiden clusters as the cell types of a dataset without them (labelled as clusters)."""
+    from sae_genomics_core.data.clusters import leiden_clusters, with_clusters
+
+    labels = leiden_clusters(entry.path, entry.options, report.value_kind)
+    n_clusters = len(set(labels.tolist()))
+    log.warning(
+        f"{entry.name} has no cell-type column: its cells are grouped into {n_clusters} Leiden clusters "
+        "(scanpy), tested as 'cluster N'; register it with --cell-type-key COLUMN to use real types"
+    )
+    return with_clusters(cells, labels), replace(report, cell_type_key=CLUSTER_KEY, n_cell_types=n_clusters)
 
 
 def _dataset_row(

@@ -45,11 +45,8 @@ def _similar_features(dataset: str, layer: int, store: ArtefactStore, warehouse:
     checkpoint = store.current_checkpoint(dataset, layer)
     if checkpoint is None:
         return None, "no SAE checkpoint"
-    tables_from = features_checkpoint(warehouse, dataset, layer)
-    if tables_from != checkpoint_id(checkpoint):
-        return (
-            None,
-            f"the feature tables come from checkpoint {tables_from}, the current SAE is {checkpoint_id(checkpoint)}",
-        )
+    tables_from, current = features_checkpoint(warehouse, dataset, layer), checkpoint_id(checkpoint)
+    if tables_from != current:
+        return None, f"the feature tables come from checkpoint {tables_from}, the current SAE is {current}"
     decoder = load_checkpoint(checkpoint).sae.W_dec.detach().cpu()
     return similar_features(decoder), f"{SIMILAR} per feature, by decoder cosine"

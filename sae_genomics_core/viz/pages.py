@@ -5,9 +5,9 @@ page per feature (`index.html#feature=42`) with a short label from its replicate
 (linked to HGNC, Ensembl, Open Targets, STRING and Monarch), top cells, cell types, activation
 histogram, where it sits in the layer's density, its enrichment with q-values, its nearest features by
 decoder cosine in this SAE and its matches in other layers and datasets, and the layer's SAE vs PCA vs
-random baseline rates; every table downloads as CSV. Everything (data, the Vega-Lite renderer from vl-convert's bundle) is
-inside the one file, so it opens offline, from a file:// URL or any static host, and never rots with a
-hosted service (InterPLM's dashboards did).
+random baseline rates; every table downloads as CSV. Everything (data, the Vega-Lite renderer from
+vl-convert's bundle) is inside the one file, so it opens offline, from a file:// URL or any static host,
+and never rots with a hosted service (InterPLM's dashboards did).
 """
 
 from __future__ import annotations
@@ -73,12 +73,14 @@ _OPTIONAL_QUERIES = {  # key: (the table it needs, else the page shows none, que
         "held_out_odds_ratio from ("
         "  select *, row_number() over (partition by feature, database order by log10_p_value) as position "
         "  from enrichment where dataset = ? and layer = ?"
-        f") where position <= {TERMS_PER_DATABASE} or significant or replicated order by feature, log10_p_value",
+        f") where position <= {TERMS_PER_DATABASE} or significant or replicated "
+        "order by feature, log10_p_value",
     ),
     "matches": (  # the feature's best match in other layers and datasets, when above chance
         "feature_matches",
-        "select feature, other_dataset, other_layer, best_match, round(best_cosine, 3) as best_cosine, mutual, "
-        "matched_feature, round(matched_cosine, 3) as matched_cosine, round(chance_cosine, 3) as chance_cosine "
+        "select feature, other_dataset, other_layer, best_match, round(best_cosine, 3) as best_cosine, "
+        "mutual, matched_feature, round(matched_cosine, 3) as matched_cosine, "
+        "round(chance_cosine, 3) as chance_cosine "
         "from feature_matches where dataset = ? and layer = ? and best_cosine > chance_cosine "
         "order by feature, other_dataset, other_layer",
     ),
@@ -276,7 +278,7 @@ _TEMPLATE = r"""<!DOCTYPE html>
   th { background: #f6f7fb; } .sig { font-weight: 600; color: #a3261b; }
   .charts { display: flex; gap: 20px; flex-wrap: wrap; }
   .pill.replicated { background: #e3f6e8; }
-  a.out { font-size: 12px; margin-right: 6px; } a.csv { font-size: 12px; font-weight: normal; margin-left: 8px; }
+  a.out { font-size: 12px; margin-right: 6px; white-space: nowrap; } a.csv { font-size: 12px; font-weight: normal; margin-left: 8px; }
   .pill { display: inline-block; background: #eef4ff; border-radius: 10px; padding: 0 8px; margin: 1px; font-size: 12px; }
 </style>
 <script>__VEGA__</script>

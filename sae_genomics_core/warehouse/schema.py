@@ -96,7 +96,11 @@ TABLES: dict[str, Columns] = {
         "gene_id_source": ("VARCHAR", "ensembl:<var column> or symbol:<var column>"),
         "n_genes_with_ensembl": ("BIGINT", "genes with an Ensembl id (from the file or mapped through HGNC)"),
         "gene_id_mapping": ("VARCHAR", "the HGNC table symbols were mapped with (and its release)"),
-        "cell_type_key": ("VARCHAR", "obs column used for cell types (NULL if none)"),
+        "cell_type_key": (
+            "VARCHAR",
+            "obs column used for cell types; leiden (computed: …) when the file has none and the cells were "
+            "clustered instead (50 cells or more); NULL if none",
+        ),
         "n_cell_types": ("BIGINT", "distinct cell types"),
         "n_empty_cells": ("BIGINT", "cells with no expressed gene"),
         "validation_warnings": ("VARCHAR[]", "what validation reported but did not refuse"),

@@ -97,7 +97,8 @@ def _assert_reads_as_written(path: Path) -> None:
     np.testing.assert_array_equal(cells["total_counts"].to_numpy(), _counts().sum(axis=1))
     adata = ad.read_h5ad(path)
     np.testing.assert_array_equal(adata.X.toarray(), _counts())
-    assert list(adata.var_names) == ["TP53", "BRCA1", "BRCA2", "PTEN", "PTEN-1"]  # unique, as scanpy makes them
+    # unique, as scanpy makes them
+    assert list(adata.var_names) == ["TP53", "BRCA1", "BRCA2", "PTEN", "PTEN-1"]
 
 
 def test_a_10x_h5_file_becomes_an_h5ad_with_counts_ids_and_symbols(tmp_path: Path) -> None:
@@ -145,7 +146,7 @@ def _empty_matrix_group(path: Path) -> None:
     ("make", "says"),
     [
         (lambda p: p.write_bytes(b"not hdf5 at all" * 100), "not HDF5"),
-        (_empty_matrix_group, "cannot be read as a 10x .h5"),
+        (_empty_matrix_group, r"cannot be read as a 10x \.h5"),
     ],
     ids=["not-hdf5", "hdf5-without-the-matrix"],
 )
@@ -162,7 +163,7 @@ def test_a_truncated_h5_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
     whole = write_tenx_h5(tmp_path / "whole.h5").read_bytes()
     source = tmp_path / "cut.h5"
     source.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(DatasetError, match="cut.h5"):
+    with pytest.raises(DatasetError, match=r"cut\.h5"):
         h5ad_for(source, tmp_path / "converted")
     assert not (tmp_path / "converted").exists()
 
@@ -172,7 +173,7 @@ def test_an_incomplete_or_corrupt_mtx_folder_is_refused_and_leaves_nothing(tmp_p
     (folder / "features.tsv.gz").unlink()
     with pytest.raises(DatasetError, match="not one of the 10x file sets"):
         h5ad_for(folder, tmp_path / "converted")
-    with pytest.raises(DatasetError, match="no matrix.mtx"):
+    with pytest.raises(DatasetError, match=r"no matrix\.mtx"):
         h5ad_for(tmp_path, tmp_path / "converted")
     broken = write_mtx_folder(tmp_path / "broken")
     (broken / "matrix.mtx.gz").write_bytes(b"\x1f\x8b garbage")
@@ -183,7 +184,10 @@ def test_an_incomplete_or_corrupt_mtx_folder_is_refused_and_leaves_nothing(tmp_p
 
 def test_a_validation_problem_of_a_conversion_names_the_input(tmp_path: Path) -> None:
     source = write_tenx_h5(tmp_path / "sample.h5")
-    with pytest.raises(DatasetError, match="--cell-type-key 'nope'") as raised, readable_h5ad(source) as found:
+    with (
+        pytest.raises(DatasetError, match="--cell-type-key 'nope'") as raised,
+        readable_h5ad(source) as found,
+    ):
         converted = found.path
         inspect_h5ad(found.path, DatasetOptions(cell_type_key="nope"))
     assert raised.value.path == source.resolve()

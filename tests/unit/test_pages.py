@@ -319,12 +319,16 @@ def test_run_pages_takes_similar_features_from_the_checkpoint_of_the_tables(tmp_
     decoder = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))
     decoder[9] = 2 * decoder[30]
     assert _publish_checkpoint(store, decoder) == "resid_post-k1"  # the tables' checkpoint_id
-    assert run_pages("d", 0, store, warehouse).summary["similar_features"] == "5 per feature, by decoder cosine"
+    assert (
+        run_pages("d", 0, store, warehouse).summary["similar_features"] == "5 per feature, by decoder cosine"
+    )
     similar = pl.DataFrame(_embedded(page.read_text())["similar"])
     assert similar.filter(pl.col("feature") == 9)["similar"][0] == 30
     assert similar.height == 32 * 5
     with duckdb.connect(str(warehouse)) as connection:  # tables of an older SAE: its neighbours would lie
         connection.execute("update feature_stats set checkpoint_id = 'resid_post-old'")
     summary = run_pages("d", 0, store, warehouse).summary
-    assert "come from checkpoint resid_post-old, the current SAE is resid_post-k1" in summary["similar_features"]
+    assert (
+        "come from checkpoint resid_post-old, the current SAE is resid_post-k1" in summary["similar_features"]
+    )
     assert _embedded(page.read_text())["similar"] == {}

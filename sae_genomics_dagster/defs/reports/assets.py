@@ -20,10 +20,13 @@ GROUP = "reports"
     kinds={"html", "duckdb"},
     owners=OWNERS,
     deps=list(PAGE_TABLES),
-    description="A feature explorer for one dataset × layer: search by gene, term or cell type; one page per "
-    "feature with top genes, top cells, cell types, activation histogram, density, enrichment with q-values "
-    "and the SAE vs PCA vs random baseline rates. One self-contained HTML file (opens offline) under "
-    "`$SAE_GENOMICS_HOME/artefacts/pages/{dataset}/L{layer}/index.html`.",
+    description="A feature explorer for one dataset × layer: search by gene, term or cell type, a sortable "
+    "index with a label per feature from its replicated claims; one page per feature with top genes (linked "
+    "to HGNC, Ensembl, Open Targets, STRING, Monarch), top cells, cell types with effect sizes, held-out "
+    "replication, activation histogram, density, enrichment with q-values, similar features (decoder "
+    "cosine), its matches in other layers and datasets, what it does, CSV downloads, and the SAE vs PCA vs "
+    "random baseline rates. One self-contained HTML file (opens offline) under "
+    "`$SAE_GENOMICS_HOME/artefacts/pages/{dataset}/L{layer}/index.html`, served by `make ui`.",
 )
 def feature_pages(
     context: dg.AssetExecutionContext, home: HomeResource, artefacts: ArtefactsResource

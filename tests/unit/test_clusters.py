@@ -1,0 +1,46 @@
+"""Leiden clusters stand in for cell types when a file has none: planted groups are found again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from sklearn.metrics import adjusted_rand_score
+
+from sae_genomics_core.data.clusters import CLUSTER_KEY, leiden_clusters
+from sae_genomics_core.data.h5ad import DatasetOptions
+from sae_genomics_core.data.registry import DatasetEntry
+from sae_genomics_core.pipeline.ingest import run_ingest
+from tests.conftest import write_h5ad
+
+
+def _three_programs(path: Path) -> tuple[Path, np.ndarray]:
+    """300 cells in three groups, each expressing its own 40 of 300 genes five times more."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat([0, 1, 2], 100)
+    rate = np.full((groups.size, 300), 0.5)
+    for group in range(3):
+        rate[groups == group, group * 40 : (group + 1) * 40] = 2.5
+    counts = sp.csr_matrix(rng.poisson(rate).astype(np.float32))
+    return write_h5ad(path, counts, obs={"donor": ["d"] * groups.size}), groups
+
+
+def test_planted_groups_come_back_as_clusters(tmp_path: Path) -> None:
+    path, groups = _three_programs(tmp_path / "programs.h5ad")
+    labels = leiden_clusters(path, DatasetOptions(), "raw_counts")
+    assert adjusted_rand_score(groups, labels) > 0.9
+    assert set(labels) >= {"cluster 0", "cluster 1", "cluster 2"}
+    sizes = pl.Series(labels).value_counts().sort("count", descending=True)["count"].to_list()
+    assert labels.tolist().count("cluster 0") == sizes[0]  # numbered by decreasing size
+
+
+def test_ingest_labels_a_file_without_cell_types_by_its_clusters(tmp_path: Path) -> None:
+    path, groups = _three_programs(tmp_path / "programs.h5ad")
+    entry = DatasetEntry("programs", path, DatasetOptions(), registered_at="now", source="cli", mtime=0.0)
+    result = run_ingest(entry, tmp_path / "warehouse.duckdb")
+    cells, dataset = result.tables["cells"], result.tables["datasets"]
+    assert cells["cell_type"].str.starts_with("cluster ").all()
+    assert adjusted_rand_score(groups, cells.sort("cell_index")["cell_type"].to_numpy()) > 0.9
+    assert dataset["cell_type_key"][0] == CLUSTER_KEY and dataset["n_cell_types"][0] >= 3
