@@ -202,7 +202,11 @@ HELD_OUT_SCHEMA: dict[str, pl.DataType] = {
     "held_out_p_value": pl.Float64(),
     "held_out_q_value": pl.Float64(),
     "replicated": pl.Boolean(),
+    "held_out_f1": pl.Float64(),
+    "best_for_term": pl.Boolean(),
 }
+# a term's genes and a feature's gene set as two sets: F1 = 2·overlap / (set size + term size)
+_F1 = 2 * pl.col("overlap") / (pl.col("feature_set_size") + pl.col("term_size"))
 
 
 def enrich_held_out(
@@ -219,6 +223,9 @@ def enrich_held_out(
     selection half's genes, and `replicated` when the term's other genes, those of the evaluation half,
     are enriched too (odds ratio > 1, BH over the database's selected pairs). A term that a feature
     "hits" through a few of its own top genes does not replicate; a feature that prefers the term does.
+    Per term, InterPLM's per-concept best feature: `best_for_term` marks the feature whose gene set
+    matches the term best (F1) on the selection half, `held_out_f1` is each pair's F1 on the evaluation
+    half (NULL where fewer than min_overlap genes are shared there).
     """
     from sae_genomics_core.features.holdout import SELECTION, gene_half, replicated_claims
 
@@ -228,17 +235,32 @@ def enrich_held_out(
     selection = enrich(unit_genes, genes.filter(in_selection), annotations, settings, ontologies).table
     evaluation = enrich(unit_genes, genes.filter(~in_selection), annotations, settings, ontologies).table
     pair = ["feature", "database", "term_id"]
-    joined = result.table.join(
-        selection.filter("significant").select(*pair, pl.lit(True).alias("selected")), on=pair, how="left"
-    ).join(
-        evaluation.select(
-            *pair,
-            pl.col("overlap").alias("held_out_overlap"),
-            pl.col("odds_ratio").alias("held_out_odds_ratio"),
-            pl.col("p_value").alias("held_out_p_value"),
-        ),
-        on=pair,
-        how="left",
+    hypergeometric = pl.col("statistic") == "hypergeometric"
+    best = (
+        selection.filter(hypergeometric)
+        .with_columns(_F1.alias("f1"))
+        .sort(["database", "term_id", "f1", "feature"], descending=[False, False, True, False])
+        .group_by(["database", "term_id"], maintain_order=True)
+        .head(1)
+        .select(*pair, pl.lit(True).alias("best_for_term"))
+    )
+    joined = (
+        result.table.join(
+            selection.filter("significant").select(*pair, pl.lit(True).alias("selected")), on=pair, how="left"
+        )
+        .join(
+            evaluation.select(
+                *pair,
+                pl.col("overlap").alias("held_out_overlap"),
+                pl.col("odds_ratio").alias("held_out_odds_ratio"),
+                pl.col("p_value").alias("held_out_p_value"),
+                pl.when(hypergeometric).then(_F1).alias("held_out_f1"),
+            ),
+            on=pair,
+            how="left",
+        )
+        .join(best, on=pair, how="left")
+        .with_columns(pl.col("best_for_term").fill_null(False))
     )
     per_database = [
         replicated_claims(

@@ -130,7 +130,9 @@ class _TypeSums:
 
     def table(self, fdr: float) -> pl.DataFrame:
         everything = self.parts[SELECTION].combined(self.parts[EVALUATION])
-        return replicate_cell_types(everything.table(), *(part.table() for part in self.parts), fdr)
+        halves = [part.table() for part in self.parts]
+        f1 = (self.parts[SELECTION].f1(), self.parts[EVALUATION].f1())
+        return replicate_cell_types(everything.table(), *halves, fdr, f1)
 
 
 @dataclass

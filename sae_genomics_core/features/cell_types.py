@@ -54,16 +54,25 @@ SCHEMA = {
     "held_out_p_value": pl.Float64,
     "held_out_q_value": pl.Float64,
     "replicated": pl.Boolean,
+    "held_out_f1": pl.Float64,
+    "best_for_type": pl.Boolean,
 }
 TESTED_COLUMNS = list(SCHEMA)[: list(SCHEMA).index("selected")]  # what CellTypeSums.table gives
 
 
 def replicate_cell_types(
-    table: pl.DataFrame, selection: pl.DataFrame, evaluation: pl.DataFrame, fdr: float
+    table: pl.DataFrame,
+    selection: pl.DataFrame,
+    evaluation: pl.DataFrame,
+    fdr: float,
+    f1: tuple[pl.DataFrame, pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
     """The table over all cells with each pair's held-out evaluation (features.holdout): selected when
     significant with a positive lower bound on the selection half's cells; replicated when the evaluation
-    half's one-sided test agrees (BH over the selected pairs)."""
+    half's one-sided test agrees (BH over the selected pairs). With `f1` (CellTypeSums.f1 of the
+    selection and the evaluation half), each type's best feature as a detector of the type, InterPLM's
+    per-concept best feature: `best_for_type` picked by F1 on the selection half, `held_out_f1` its F1
+    (and every other pair's) on the evaluation half."""
     keys = ["feature", "cell_type"]
     passing = (pl.col("q_value") <= fdr) & (pl.col("log2_fold_change_lower") > 0)
     chosen = selection.filter(passing).select(*keys, pl.lit(True).alias("selected"))
@@ -76,6 +85,23 @@ def replicate_cell_types(
     claims = replicated_claims(
         joined, pl.col("selected"), pl.col("held_out_p_value"), pl.col("held_out_log2_fold_change") > 0, fdr
     )
+    if f1 is None:
+        claims = claims.with_columns(
+            pl.lit(None, pl.Float64).alias("held_out_f1"), pl.lit(False).alias("best_for_type")
+        )
+    else:
+        best = (
+            f1[0]
+            .sort(["cell_type", "f1", "feature"], descending=[False, True, False])
+            .group_by("cell_type", maintain_order=True)
+            .head(1)
+            .select(*keys, pl.lit(True).alias("best_for_type"))
+        )
+        claims = (
+            claims.join(f1[1].rename({"f1": "held_out_f1"}), on=keys, how="left")
+            .join(best, on=keys, how="left")
+            .with_columns(pl.col("best_for_type").fill_null(False))
+        )
     return claims.select(list(SCHEMA))
 
 
@@ -107,6 +133,23 @@ class CellTypeSums:
         shape = (self.types.size, n_features)
         self.sums, self.squares, self.active = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         self.group_sums = np.zeros((self.sample_ids.size * self.types.size, n_features))
+
+    def f1(self) -> pl.DataFrame:
+        """Per cell type × feature (fired on some cell): F1 of "the feature fires in the cell" as a detector
+        of the type, over the cells added: 2·TP / (cells of the type + cells where the feature fires)."""
+        seen_types = self.type_of[self.seen & (self.type_of >= 0)]
+        counts = np.bincount(seen_types, minlength=self.types.size).astype(np.float64)
+        fired = self.active.sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scores = 2 * self.active / (counts[:, None] + fired[None, :])
+        type_index, feature = np.nonzero((counts[:, None] > 0) & (fired[None, :] > 0))
+        return pl.DataFrame(
+            {
+                "feature": feature.astype(np.int64),
+                "cell_type": self.types[type_index].astype(str),
+                "f1": scores[type_index, feature],
+            }
+        )
 
     def combined(self, other: CellTypeSums) -> CellTypeSums:
         """The sums of both sets of cells (built from the same cells table: the same types and groups)."""

@@ -429,6 +429,16 @@ TABLES: dict[str, Columns] = {
         "held_out_p_value": ("DOUBLE", "p_value on the evaluation half (NULL: not tested there)"),
         "held_out_q_value": ("DOUBLE", "BH over the selected pairs (NULL: not selected)"),
         "replicated": ("BOOLEAN", "selected, held-out fold change > 0 and held-out q ≤ fdr (0.05)"),
+        "held_out_f1": (
+            "DOUBLE",
+            "F1 of 'the feature fires in the cell' as a detector of the type, on the evaluation half "
+            "(2·TP / (cells of the type + cells where it fires)); NULL: it fires on no cell there",
+        ),
+        "best_for_type": (
+            "BOOLEAN",
+            "the type's best detector among the features, chosen by F1 on the selection half (its "
+            "held_out_f1 is the unbiased score; InterPLM's per-concept best feature)",
+        ),
         **_DERIVED_FROM,
     },
     "feature_histograms": {
@@ -577,6 +587,16 @@ TABLES: dict[str, Columns] = {
         "held_out_p_value": ("DOUBLE", "p-value there (NULL: not tested there)"),
         "held_out_q_value": ("DOUBLE", "BH over the database's selected pairs (NULL: not selected)"),
         "replicated": ("BOOLEAN", "selected, held-out odds ratio > 1 and held-out q ≤ fdr (0.05)"),
+        "held_out_f1": (
+            "DOUBLE",
+            "F1 of the feature's gene set against the term's genes on the evaluation half of the genes: "
+            "2·overlap / (set size + term size); NULL: under min_overlap genes shared there, or STRING",
+        ),
+        "best_for_term": (
+            "BOOLEAN",
+            "the feature whose gene set matches the term best (F1) on the selection half of the genes; "
+            "its held_out_f1 is the unbiased score (InterPLM's per-concept best feature)",
+        ),
         "evidence_source": (
             "VARCHAR",
             "the independent source the row counts for: databases linked by derived_from share one, named "

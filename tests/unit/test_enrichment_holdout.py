@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 
 from sae_genomics_core.enrichment.enrich import EnrichmentSettings, enrich_held_out
 from sae_genomics_core.features.holdout import EVALUATION, SELECTION, gene_half
@@ -64,6 +65,9 @@ def test_a_preferred_term_replicates_and_a_top_set_artefact_does_not() -> None:
     null = table.filter(pl.col("feature") >= 2)
     assert null.filter("replicated")["feature"].n_unique() <= 0.05 * N_NULL
     assert (table["replicated"] <= table["selected"]).all()  # only a selected pair can replicate
+    # per term its best feature, chosen by F1 on the selection half and scored on the other
+    assert good["best_for_term"] and good["held_out_f1"] > 0.2
+    assert table.filter("best_for_term").group_by("database", "term_id").len()["len"].max() == 1
 
 
 def test_null_features_replicate_at_most_at_the_level_over_many_worlds() -> None:
@@ -89,5 +93,7 @@ def test_the_held_out_overlap_counts_the_terms_other_genes_among_the_features_ot
     for row in table.filter(pl.col("held_out_overlap").is_not_null()).iter_rows(named=True):
         members = set(_members(annotations, row["term_id"])) & evaluation_genes
         assert row["held_out_overlap"] == len(members.intersection(evaluation_set))
+        f1 = 2 * row["held_out_overlap"] / (len(evaluation_set) + len(members))
+        assert row["held_out_f1"] == pytest.approx(f1)
         checked += 1
     assert checked >= 3
