@@ -168,16 +168,17 @@ def _materialize(
     sae_config = {} if sae_tokens is None else {"training_tokens": sae_tokens}
     run_config = {"ops": {"sae_checkpoint": {"config": sae_config}}}
     sae_job = defs.resolve_job_def("sae_pipeline")
+    # the pages come last, once the atlas has matched the new SAEs against the other layers and datasets
+    before_pages = chosen_assets(defs, ["sae", "features", "effects", "enrichment"])["sae_pipeline"]
     layers_done = artefact_store(home).extracted_layers(name)
     for position, layer in enumerate(layers_done, 1):
         print(f"{name}: layer {layer} ({position} of {len(layers_done)})", flush=True)
         key = dg.MultiPartitionKey({"dataset": name, "layer": str(layer)})
-        if not _execute(sae_job, key, instance, run_config):
+        if not _execute(sae_job, key, instance, run_config, assets=before_pages):
             return 1
-    # the atlas matches the new SAEs against the other layers and datasets; the pages then show those matches
     if not _execute(defs.resolve_job_def("atlas"), None, instance):
         return 1
-    return _materialize_assets(home, name, ["feature_pages"], layers_done)
+    return _materialize_assets(home, name, ["reports"], layers_done)
 
 
 STAGE_JOBS = {"dataset": "dataset_pipeline", "dataset × layer": "sae_pipeline", "whole warehouse": "atlas"}
