@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from sae_genomics_core.config import Home
-from tests.conftest import cli, counts, write_h5ad
+from tests.conftest import TENX_H5, cli, counts, write_h5ad
 from tests.unit.test_registry import late_nan_h5ad, one_gene_vocab_model
 
 
@@ -123,11 +123,17 @@ def test_register_bad_file_writes_nothing(tmp_path: Path) -> None:
     assert list((home / "registry").iterdir()) == []
 
 
-def test_register_with_options_and_list(tmp_path: Path, tenx_h5ad: Path) -> None:
+def test_a_10x_file_registered_as_it_is_gets_clusters_and_pages_offline(tmp_path: Path) -> None:
+    """A new user's own data: CellRanger's .h5 (raw counts, Ensembl ids, no cell types), no annotation
+    tables, no network: the product converts it, clusters its cells and builds every layer's pages."""
     home = tmp_path / "home"
-    result = cli(home, "register", str(tenx_h5ad), "--name", "chr21", "--ensembl-column", "gene_ids")
+    result = cli(home, "register", str(TENX_H5), "--name", "chr21", "--ensembl-column", "gene_ids")
     assert result.returncode == 0, result.stderr
-    assert "1107 cells × 507 genes" in result.stdout
+    assert "1107 cells × 507 genes" in result.stdout and "converted" in result.stdout
+    query = "select count(distinct cell_type) as n from cells where cell_type like 'cluster %'"
+    assert int(_csv(cli(home, "sql", query, "--format", "csv"))[0]["n"]) > 1
+    pages = sorted((home / "artefacts" / "pages" / "chr21").glob("L*/index.html"))
+    assert len(pages) == 4 and all(page.stat().st_size > 0 for page in pages)
     listed = cli(home, "datasets").stdout
     assert listed.startswith("chr21\t")
     genes = cli(
