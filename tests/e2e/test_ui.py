@@ -41,7 +41,18 @@ def webserver(ui_home: Path, pages_url: str) -> Iterator[str]:
     env = {**os.environ, "SAE_GENOMICS_HOME": str(home), "SAE_GENOMICS_PAGES_URL": pages_url}
     env.pop("DAGSTER_HOME", None)
     subprocess.run(
-        [sys.executable, "-m", "sae_genomics_dagster.cli", "demo", "--sae-tokens", "20000"],
+        # two layers are enough for the UI (CI time): every asset and partition kind is there
+        [
+            sys.executable,
+            "-m",
+            "sae_genomics_dagster.cli",
+            "demo",
+            "--sae-tokens",
+            "20000",
+            "--layers",
+            "0",
+            "1",
+        ],
         env=env,
         check=True,
         capture_output=True,
