@@ -18,6 +18,9 @@ Definitions (per dataset × layer, feature f with activation a, gene g, cell c):
   specificity_z = (m_g − μ_f) / (σ_f / √n_g), which does not favour rare or common genes under the null.
   Genes need `min_gene_tokens` firing tokens; the top `top_genes` are kept.
 - feature_cells: a cell's activation is its maximum over its tokens; the top `top_cells` cells.
+- feature_cell_genes: in each of a feature's top `cells_with_genes` cells, the genes (tokens) where it
+  fires, strongest first (at most `genes_per_cell`), with the expression bin the model saw: what
+  Neuronpedia shows as a top example's highlighted tokens.
 - feature_cell_types: see sae_genomics_core.features.cell_types (a cell's mean activation over its
   tokens, Welch or pseudobulk paired t-tests, shrunk fold changes with a lower bound, BH).
 """
@@ -41,6 +44,12 @@ from sae_genomics_core.features.settings import AssociationSettings
 
 HISTOGRAM_BINS = 20
 TOP_CELLS_SCHEMA = {"feature": pl.Int64, "cell_index": pl.Int64, "max_activation": pl.Float64}
+FIRED_GENES_SCHEMA = {
+    **TOP_CELLS_SCHEMA,
+    "gene_id": pl.Int64,
+    "activation": pl.Float64,
+    "expression_bin": pl.Int64,
+}
 
 
 @dataclass
@@ -50,6 +59,8 @@ class FeatureTables:
     cells: pl.DataFrame
     cell_types: pl.DataFrame
     n_tokens: int
+    # the genes firing in each of a feature's top cells (gene_id: vocab token id)
+    cell_genes: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=FIRED_GENES_SCHEMA))
     # tokens by how many latents fire on them (index = L0), for the L0 histogram
     l0_counts: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
     # per feature, its cells' (max) activations in HISTOGRAM_BINS equal bins from 0 to below twice its
@@ -85,7 +96,7 @@ def associate(
     d_sae = int(sae.cfg.d_sae)
     n_cells = int(store.manifest["n_cells_total"])
     halves, split_unit = cell_halves(cells, settings.holdout_seed, MIN_UNITS, size=n_cells)
-    per_cell = _PerCell(d_sae, _TypeSums(cells, d_sae, halves) if with_cells else None, settings.top_cells)
+    per_cell = _PerCell(d_sae, _TypeSums(cells, d_sae, halves) if with_cells else None, settings)
     totals = _Totals(d_sae, int(sae.cfg.k), halves.size, per_cell, halves)
     total = sum(int(shard["n_tokens"]) for shard in store.manifest["shards"])
     for shard in store.manifest["shards"]:
@@ -103,12 +114,14 @@ def associate(
         if per_cell.cell_types
         else pl.DataFrame(schema=CELL_TYPE_SCHEMA)
     )
+    top_cells = _cell_table(per_cell.top, cells)
     return FeatureTables(
         stats,
         genes,
-        _cell_table(per_cell.top, cells),
+        top_cells,
         cell_types,
         totals.n_tokens,
+        per_cell.fired_genes(top_cells),
         totals.l0_counts,
         per_cell.histograms.frame(),
         split_unit,
@@ -133,6 +146,18 @@ class _TypeSums:
         halves = [part.table() for part in self.parts]
         f1 = (self.parts[SELECTION].f1(), self.parts[EVALUATION].f1())
         return replicate_cell_types(everything.table(), *halves, fdr, f1)
+
+
+@dataclass(frozen=True)
+class _Firing:
+    """A shard's firing tokens: per (token, feature) pair its cell, feature, activation, and the token's
+    gene and expression bin."""
+
+    owners: np.ndarray
+    features: np.ndarray
+    activation: np.ndarray
+    gene_ids: np.ndarray
+    bins: np.ndarray
 
 
 @dataclass
@@ -207,7 +232,7 @@ class _Totals:
         # per (gene × d_sae + feature): firing tokens, Σ activation, Σ activation × bin, and on the
         # evaluation half Σ activation and the firing tokens
         self.gene_sums = _KeyedSums()
-        self.per_cell = per_cell or _PerCell(d_sae, None, 0)
+        self.per_cell = per_cell or _PerCell(d_sae, None, AssociationSettings(top_cells=0))
 
     @property
     def n_tokens(self) -> int:
@@ -239,7 +264,9 @@ class _Totals:
             activation * held_out,
             held_out,
         )
-        self.per_cell.add_shard(owners, owners[rows], features, activation)
+        self.per_cell.add_shard(
+            owners, _Firing(owners[rows], features, activation, gene_ids[rows], bins[rows])
+        )
 
     def stats(self) -> pl.DataFrame:
         fired = self.fire_count > 0
@@ -366,24 +393,31 @@ class _PerCell:
     A cell's activation of a feature is its maximum over the cell's tokens (top cells, histograms,
     n_cells_active) or its mean over them (the cell-type tests)."""
 
-    def __init__(self, d_sae: int, cell_types: _TypeSums | None, top_cells: int) -> None:
-        self.d_sae, self.cell_types, self.top_cells = d_sae, cell_types, top_cells
+    def __init__(self, d_sae: int, cell_types: _TypeSums | None, settings: AssociationSettings) -> None:
+        self.d_sae, self.cell_types, self.top_cells = d_sae, cell_types, settings.top_cells
+        self.genes_per_cell = settings.genes_per_cell
+        self.cells_with_genes = min(settings.cells_with_genes, settings.top_cells)
         self.n_cells_active = np.zeros(d_sae, dtype=np.int64)
         self.histograms = _MaxHistograms(d_sae)
         self.top = pl.DataFrame(schema=TOP_CELLS_SCHEMA)
+        self.fired = pl.DataFrame(schema=FIRED_GENES_SCHEMA)
 
-    def add_shard(
-        self, owners: np.ndarray, firing_owners: np.ndarray, features: np.ndarray, activation: np.ndarray
-    ) -> None:
-        """owners: every token's cell; the other three: the firing (cell, feature, activation) triples."""
+    def add_shard(self, owners: np.ndarray, firing: _Firing) -> None:
+        """owners: every token's cell; firing: the shard's firing triples."""
         shard_cells, tokens = np.unique(owners, return_counts=True)
-        cell, feature, value = _reduce_per_cell(firing_owners, features, activation, self.d_sae, "amax")
+        cell, feature, value = _reduce_per_cell(
+            firing.owners, firing.features, firing.activation, self.d_sae, "amax"
+        )
         self.n_cells_active += np.bincount(feature, minlength=self.d_sae)
         self.histograms.add(feature, value)
         if self.top_cells > 0:
             self._keep_top(cell, feature, value)
+            if self.cells_with_genes > 0:
+                self._keep_fired_genes(shard_cells, firing)
         if self.cell_types is not None:
-            cell, feature, value = _reduce_per_cell(firing_owners, features, activation, self.d_sae, "sum")
+            cell, feature, value = _reduce_per_cell(
+                firing.owners, firing.features, firing.activation, self.d_sae, "sum"
+            )
             row = np.searchsorted(shard_cells, cell)
             means = sp.csr_matrix((value / tokens[row], (row, feature)), shape=(shard_cells.size, self.d_sae))
             self.cell_types.add(shard_cells, means)
@@ -402,6 +436,60 @@ class _PerCell:
             .sort(["feature", "max_activation", "cell_index"], descending=[False, True, False])
             .group_by("feature", maintain_order=True)
             .head(self.top_cells)
+        )
+
+    def _keep_fired_genes(self, shard_cells: np.ndarray, firing: _Firing) -> None:
+        """The firing genes of the top pairs that entered from this shard (a cell lives in one shard, so
+        its genes are complete here); pairs that left the top drop theirs."""
+        entered = self.top.filter(pl.col("cell_index").is_in(pl.Series(shard_cells)))
+        if entered.height:
+            # a dense (shard cells × d_sae) mask, read once per firing triple: no sort of the triples
+            wanted = np.zeros(shard_cells.size * self.d_sae, dtype=bool)
+            row = np.searchsorted(shard_cells, entered["cell_index"].to_numpy())
+            wanted[row * self.d_sae + entered["feature"].to_numpy()] = True
+            keep = wanted[np.searchsorted(shard_cells, firing.owners) * self.d_sae + firing.features]
+            genes = pl.DataFrame(
+                {
+                    "feature": firing.features[keep].astype(np.int64),
+                    "cell_index": firing.owners[keep].astype(np.int64),
+                    "gene_id": firing.gene_ids[keep].astype(np.int64),
+                    "activation": firing.activation[keep],
+                    "expression_bin": firing.bins[keep].astype(np.int64),
+                }
+            )
+            genes = (
+                genes.sort(
+                    ["feature", "cell_index", "activation", "gene_id"], descending=[False, False, True, False]
+                )
+                .group_by(["feature", "cell_index"], maintain_order=True)
+                .head(self.genes_per_cell)
+            )
+            self.fired = pl.concat([self.fired, genes], how="diagonal_relaxed")
+        self.fired = self.fired.join(
+            self.top.select("feature", "cell_index"), on=["feature", "cell_index"], how="semi"
+        )
+
+    def fired_genes(self, top_cells: pl.DataFrame) -> pl.DataFrame:
+        """feature_cell_genes: the genes of each feature's top `cells_with_genes` cells, ranked."""
+        ranked = top_cells.filter(pl.col("rank") <= self.cells_with_genes).select(
+            "feature", "cell_index", "cell_id", pl.col("rank").alias("cell_rank")
+        )
+        return (
+            self.fired.join(ranked, on=["feature", "cell_index"])
+            .sort(["feature", "cell_rank", "activation", "gene_id"], descending=[False, False, True, False])
+            .with_columns(
+                pl.int_range(1, pl.len() + 1).over("feature", "cell_index").cast(pl.Int64).alias("rank")
+            )
+            .select(
+                "feature",
+                "cell_rank",
+                "cell_index",
+                "cell_id",
+                "rank",
+                "gene_id",
+                "activation",
+                "expression_bin",
+            )
         )
 
 

@@ -1,4 +1,4 @@
-"""Stage runner: the features of one dataset × layer tied to genes, cells and cell types (five tables,
+"""Stage runner: the features of one dataset × layer tied to genes, cells and cell types (six tables,
 written together in one transaction)."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ FEATURE_TABLES = (
     "feature_stats",
     "feature_genes",
     "feature_cells",
+    "feature_cell_genes",
     "feature_cell_types",
     "feature_histograms",
 )
@@ -27,6 +28,11 @@ GENE_COLUMNS = [
     *("feature", "ensembl_id", "symbol", "score", "n_tokens", "mean_activation", "specificity", "rank"),
     *("gene_id", "raw_specificity", "specificity_z"),
     *("selected", "held_out_specificity", "held_out_p_value", "held_out_q_value", "replicated"),
+]
+
+CELL_GENE_COLUMNS = [
+    *("feature", "cell_rank", "cell_index", "cell_id", "rank", "gene_id", "ensembl_id", "symbol"),
+    *("activation", "expression_bin"),
 ]
 
 
@@ -77,7 +83,7 @@ def run_features(
     settings: AssociationSettings,
     log: Log | None = None,
 ) -> StageResult:
-    """Encode every token with the current SAE, build the five feature tables and write them (with the
+    """Encode every token with the current SAE, build the six feature tables and write them (with the
     `feature_summary` view) in one transaction: a crash never leaves tables from two SAEs."""
     from sae_genomics_core.features.associate import associate, attach_gene_ids
     from sae_genomics_core.progress import Progress
@@ -101,6 +107,10 @@ def run_features(
             ("feature_stats", tables.stats),
             ("feature_genes", gene_rows.select(GENE_COLUMNS)),
             ("feature_cells", tables.cells),
+            (
+                "feature_cell_genes",
+                attach_gene_ids(tables.cell_genes, vocab, genes).select(CELL_GENE_COLUMNS),
+            ),
             ("feature_cell_types", tables.cell_types),
             ("feature_histograms", tables.histograms),
         )

@@ -54,7 +54,7 @@ _REQUIRED_QUERIES = {  # the feature tables, there whenever feature_stats has th
     "genes": "select feature, rank, coalesce(symbol, ensembl_id) as gene, ensembl_id, score, specificity, n_tokens, "
     "selected, replicated, held_out_specificity "
     f"from feature_genes where dataset = ? and layer = ? and rank <= {TOP_GENES} order by feature, rank",
-    "cells": "select fc.feature, fc.rank, fc.cell_id, c.cell_type, fc.max_activation from feature_cells fc "
+    "cells": "select fc.feature, fc.rank, fc.cell_index, fc.cell_id, c.cell_type, fc.max_activation from feature_cells fc "
     "left join cells c on c.dataset = fc.dataset and c.cell_index = fc.cell_index "
     f"where fc.dataset = ? and fc.layer = ? and fc.rank <= {TOP_CELLS} order by fc.feature, fc.rank",
     "cell_types": "select feature, cell_type, mean_activation, frac_active, log2_fold_change, log2_fold_change_lower, "
@@ -62,6 +62,12 @@ _REQUIRED_QUERIES = {  # the feature tables, there whenever feature_stats has th
     "from feature_cell_types where dataset = ? and layer = ? order by feature, q_value",
 }
 _OPTIONAL_QUERIES = {  # key: (the table it needs, else the page shows none, query)
+    "cell_genes": (  # the genes firing in each top cell shown
+        "feature_cell_genes",
+        "select feature, cell_index, rank, coalesce(symbol, ensembl_id) as gene, activation, expression_bin "
+        f"from feature_cell_genes where dataset = ? and layer = ? and cell_rank <= {TOP_CELLS} "
+        "order by feature, cell_rank, rank",
+    ),
     "histograms": (
         "feature_histograms",
         "select feature, bin_start, bin_end, n_cells from feature_histograms where dataset = ? and layer = ? order by feature, bin",
@@ -308,7 +314,7 @@ const stats = rows(D.stats), genes = byFeature(rows(D.genes)), cells = byFeature
       types = byFeature(rows(D.cell_types)), hist = byFeature(rows(D.histograms)), terms = byFeature(rows(D.enrichment)),
       baselines = rows(D.baselines), effects = byFeature(rows(D.effects)), effectTypes = byFeature(rows(D.effect_types)),
       stability = new Map(rows(D.stability).map(r => [r.feature, r])), similar = byFeature(rows(D.similar)),
-      matches = byFeature(rows(D.matches));
+      matches = byFeature(rows(D.matches)), cellGenes = byFeature(rows(D.cell_genes));
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 const num = (x, d = 3) => x === null || x === undefined ? "" : (typeof x === "string" ? x : (Math.abs(x) >= 1e4 || (x !== 0 && Math.abs(x) < 1e-3) ? x.toExponential(2) : x.toFixed(d)));
 const sigTerms = (f) => (terms.get(f) || []).filter(t => t.significant);
@@ -424,7 +430,7 @@ function featurePage(f) {
     <h3>Enrichment (BH q per database; its best __TERMS_PER_DATABASE__ rows each, and every significant one)${csvLink(f, "enrichment")}</h3>${e.length ? table(["database", "term", "overlap", "set", "term size", "odds ratio", "log10 p", "q", "held-out odds ratio", "held out", "genes"], e.map(r => `<tr class="${r.significant && r.odds_ratio > 1 ? "sig" : ""}"><td>${esc(r.database)}</td><td>${esc(r.term_name || r.term_id)} <small>${termLink(r.term_id)}</small>${r.most_specific ? ' <span class=pill title="no significant descendant term">most specific</span>' : ""}</td><td>${r.overlap}</td><td>${r.feature_set_size}</td><td>${r.term_size}</td><td>${num(r.odds_ratio, 1)}</td><td>${num(r.log10_p_value, 2)}</td><td>${num(r.q_value)}</td><td>${num(r.held_out_odds_ratio, 1)}</td><td>${heldOut(r)}</td><td>${(r.overlap_genes || []).map(x => `<span class=pill>${esc(x)}</span>`).join("")}</td></tr>`)) : "<p class=muted>Not tested (no enrichment rows for this feature).</p>"}
     <h3>Compared with the baselines of this layer</h3>${baselineTable()}
     <h3>Cell types (a cell's mean activation per token; type vs rest by ${t.length && t[0].test_unit === "sample" ? "paired t over samples (pseudobulk)" : "Welch's t with cells as units"}; BH q; highlighted: q &lt; 0.05, the fold change's 95% lower bound &gt; 0 and log2 FC ≥ __MIN_LOG2_FOLD_CHANGE__)${csvLink(f, "cell_types")}</h3>${types.size ? table(["cell type", "mean activation", "fraction of cells active", "log2 FC", "log2 FC lower bound", "q", "units", "held-out log2 FC", "held out"], t.map(r => `<tr class="${passes(r) ? "sig" : ""}"><td>${esc(r.cell_type)}</td><td>${num(r.mean_activation)}</td><td>${num(r.frac_active)}</td><td>${num(r.log2_fold_change, 2)}</td><td>${num(r.log2_fold_change_lower, 2)}</td><td>${num(r.q_value)}</td><td>${r.n_units} ${esc(r.test_unit)}s</td><td>${num(r.held_out_log2_fold_change, 2)}</td><td>${heldOut(r)}</td></tr>`)) : NO_CELL_TYPES}
-    <h3>Top cells${csvLink(f, "cells")}</h3>${table(["rank", "cell", "cell type", "max activation"], c.map(r => `<tr><td>${r.rank}</td><td>${esc(r.cell_id)}</td><td>${esc(r.cell_type)}</td><td>${num(r.max_activation)}</td></tr>`))}
+    <h3>Top cells, with the genes it fires on in each (shaded by activation; the cell's expression bin of the gene on hover)${csvLink(f, "cells")}${csvLink(f, "cell_genes", "genes CSV")}</h3>${table(["rank", "cell", "cell type", "max activation", "genes it fires on, strongest first"], c.map(r => `<tr><td>${r.rank}</td><td>${esc(r.cell_id)}</td><td>${esc(r.cell_type)}</td><td>${num(r.max_activation)}</td><td>${firedGenes(f, r)}</td></tr>`))}
     ${whatItDoes(f)}`;
   const fx = (effects.get(f) || []).filter(r => r.intervention === "steer" && r.cells === "silent");
   if (fx.length) chart("#effects-chart", {width: 300, height: Math.max(80, 15 * fx.length), data: {values: fx}, mark: "bar",
@@ -439,6 +445,13 @@ function featurePage(f) {
     encoding: {x: {field: "bin_start", type: "quantitative", title: "cell's max activation"}, x2: {field: "bin_end"},
                y: {field: "n_cells", type: "quantitative", title: "cells"}, y2: {datum: 0}}});
   chart("#density", densitySpec(s.frequency > 0 ? Math.log10(s.frequency) : null));
+}
+
+// a top cell's genes where the feature fires, shaded by activation relative to the cell's maximum
+function firedGenes(f, cell) {
+  const list = (cellGenes.get(f) || []).filter(r => r.cell_index === cell.cell_index);
+  if (!D.cell_genes.feature) return "<span class=muted>not recorded (feature tables older than feature_cell_genes)</span>";
+  return list.map(r => `<span class="pill fired" style="background: rgba(230, 120, 20, ${(0.12 + 0.78 * r.activation / cell.max_activation).toFixed(2)})" title="activation ${num(r.activation)}, expression bin ${r.expression_bin}">${esc(r.gene)}</span>`).join("");
 }
 
 // a claim chosen on one half of the data and tested on the other (features.holdout)
@@ -488,8 +501,8 @@ function matchesSection(f) {
 }
 
 // a table of the feature as CSV, built on click from the same rows the page shows
-const CSV_TABLES = {genes, cell_types: types, enrichment: terms, cells, similar, matches};
-const csvLink = (f, name) => `<a class=csv href="#" data-csv="${name}" data-feature="${f}">CSV</a>`;
+const CSV_TABLES = {genes, cell_types: types, enrichment: terms, cells, cell_genes: cellGenes, similar, matches};
+const csvLink = (f, name, text = "CSV") => `<a class=csv href="#" data-csv="${name}" data-feature="${f}">${text}</a>`;
 const csvCell = (v) => { const s = v === null || v === undefined ? "" : Array.isArray(v) ? v.join(";") : String(v); return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s; };
 const toCsv = (list) => { const keys = Object.keys(list[0] || {}); return [keys, ...list.map(r => keys.map(k => r[k]))].map(r => r.map(csvCell).join(",")).join("\r\n") + "\r\n"; };
 function download(ev) {

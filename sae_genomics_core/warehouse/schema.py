@@ -389,6 +389,23 @@ TABLES: dict[str, Columns] = {
         "cell_id": ("VARCHAR", "obs name of the cell"),
         **_DERIVED_FROM,
     },
+    "feature_cell_genes": {
+        **_DATASET_LAYER,
+        "feature": ("BIGINT", "SAE latent index"),
+        "cell_rank": (
+            "BIGINT",
+            "the cell's rank in feature_cells (the top cells_with_genes, 10, have genes)",
+        ),
+        "cell_index": ("BIGINT", "row of the cell in the .h5ad (0-based)"),
+        "cell_id": ("VARCHAR", "obs name of the cell"),
+        "rank": ("BIGINT", "1 = the gene (token) where the feature fires most strongly in this cell"),
+        "gene_id": ("BIGINT", "the gene's tahoe-x1 vocabulary token id"),
+        "ensembl_id": ("VARCHAR", "Ensembl gene id (NULL: the gene has none)"),
+        "symbol": ("VARCHAR", "gene symbol"),
+        "activation": ("DOUBLE", "the feature's activation on this gene's token in this cell"),
+        "expression_bin": ("BIGINT", "the gene's expression bin in this cell, the value tahoe-x1 saw"),
+        **_DERIVED_FROM,
+    },
     "feature_cell_types": {
         **_DATASET_LAYER,
         "feature": ("BIGINT", "SAE latent index (only features firing on some typed cell)"),

@@ -95,6 +95,18 @@ def test_stats_genes_and_cells_equal_the_dense_computation(setup) -> None:
     assert top["max_activation"][0] == pytest.approx(max(per_cell.values()), rel=1e-5)
     assert top["rank"].to_list() == list(range(1, top.height + 1))
     assert top["cell_id"].null_count() == 0
+    # the top cell's firing genes: its tokens where the feature fires, strongest first
+    first = int(top["cell_index"][0])
+    in_cell = (tokens["cell_index"] == first) & (dense[:, feature] > 0)
+    order = np.argsort(-dense[in_cell, feature], kind="stable")
+    fired = tables.cell_genes.filter((pl.col("feature") == feature) & (pl.col("cell_rank") == 1)).sort("rank")
+    expected_genes = tokens["gene_id"][in_cell][order][: fired.height]
+    assert fired.height == min(10, int(in_cell.sum())) and fired["cell_index"].unique().to_list() == [first]
+    assert fired["gene_id"].to_list() == expected_genes.tolist()
+    assert fired["expression_bin"].to_list() == tokens["bin"][in_cell][order][: fired.height].tolist()
+    np.testing.assert_allclose(
+        fired["activation"].to_numpy(), dense[in_cell, feature][order][: fired.height], rtol=1e-5
+    )
 
 
 def test_genes_are_ranked_by_specificity_with_enough_support(setup) -> None:
@@ -152,17 +164,24 @@ def test_l0_counts_and_activation_histograms_equal_the_dense_computation(setup) 
 
 def test_histograms_and_top_cells_kept_shard_by_shard_equal_those_of_all_cells_at_once() -> None:
     """Maxima grow 3× per shard, so each feature's histogram range doubles several times on the way."""
-    from sae_genomics_core.features.associate import HISTOGRAM_BINS, _PerCell
+    from sae_genomics_core.features.associate import HISTOGRAM_BINS, _Firing, _PerCell
 
-    rng, d_sae, per_cell = np.random.default_rng(8), 6, _PerCell(6, None, top_cells=5)
+    settings = AssociationSettings(top_cells=5, cells_with_genes=3, genes_per_cell=2)
+    rng, d_sae, per_cell = np.random.default_rng(8), 6, _PerCell(6, None, settings)
     triples = []
     for shard in range(4):
         owners = np.repeat(np.arange(shard * 50, (shard + 1) * 50), 10)  # 50 cells of 10 tokens
+        genes, bins = np.tile(np.arange(10), 50), rng.integers(1, 51, owners.size)  # a gene per token
         fires = np.flatnonzero(rng.random(owners.size) < 0.6)
         features, activation = rng.integers(0, d_sae, fires.size), rng.exponential(3.0**shard, fires.size)
-        per_cell.add_shard(owners, owners[fires], features, activation)
-        triples.append(pl.DataFrame({"cell_index": owners[fires], "feature": features, "a": activation}))
-    maxima = pl.concat(triples).group_by("cell_index", "feature").agg(pl.col("a").max())
+        per_cell.add_shard(owners, _Firing(owners[fires], features, activation, genes[fires], bins[fires]))
+        triples.append(
+            pl.DataFrame(
+                {"cell_index": owners[fires], "feature": features, "a": activation, "gene_id": genes[fires]}
+            )
+        )
+    everything = pl.concat(triples)
+    maxima = everything.group_by("cell_index", "feature").agg(pl.col("a").max())
     histograms = per_cell.histograms.frame()
     for feature in range(d_sae):
         values = maxima.filter(pl.col("feature") == feature)["a"].to_numpy()
@@ -176,6 +195,20 @@ def test_histograms_and_top_cells_kept_shard_by_shard_equal_those_of_all_cells_a
     expected_top = maxima.sort(["feature", "a", "cell_index"], descending=[False, True, False])
     expected_top = expected_top.group_by("feature", maintain_order=True).head(5)
     assert per_cell.top["cell_index"].to_list() == expected_top["cell_index"].to_list()
+    # the genes firing in each feature's top 3 cells, the strongest 2 of each, from the shard the cell was in
+    top3 = expected_top.group_by("feature", maintain_order=True).head(3).select("feature", "cell_index")
+    expected_genes = (
+        everything.join(top3, on=["feature", "cell_index"])
+        .sort(["feature", "cell_index", "a"], descending=[False, False, True])
+        .group_by(["feature", "cell_index"], maintain_order=True)
+        .head(2)
+    )
+    top_cells = per_cell.top.with_columns(pl.int_range(1, pl.len() + 1).over("feature").alias("rank"))
+    fired = per_cell.fired_genes(top_cells.with_columns(pl.lit("c").alias("cell_id")))
+    key = ["feature", "cell_index", "gene_id"]
+    assert sorted(fired.select(key).iter_rows()) == sorted(expected_genes.select(key).iter_rows())
+    assert 6 * 3 < fired.height == expected_genes.height  # some top cells with two genes, some with one
+    assert fired["rank"].max() == 2 and fired["cell_rank"].max() == 3
 
 
 def test_keyed_sums_folded_along_the_way_equal_one_grouping_at_the_end(monkeypatch) -> None:

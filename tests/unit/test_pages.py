@@ -60,6 +60,21 @@ def _warehouse(path: Path, with_enrichment: bool = True) -> Path:
                 "rank": [1],
             }
         ),
+        "feature_cell_genes": pl.DataFrame(
+            {
+                "dataset": "d",
+                "layer": 0,
+                "feature": 0,
+                "cell_rank": 1,
+                "cell_index": 7,
+                "cell_id": "AAAC-1",
+                "rank": [1, 2],
+                "symbol": ["LYZ", "S100A8"],
+                "ensembl_id": ["ENSG00000090382", "ENSG00000143546"],
+                "activation": [2.0, 1.0],
+                "expression_bin": [40, 12],
+            }
+        ),
         "cells": pl.DataFrame({"dataset": "d", "cell_index": [7], "cell_type": ["CD14+ Monocyte"]}),
         "feature_cell_types": pl.DataFrame(
             {

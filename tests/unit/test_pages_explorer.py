@@ -160,6 +160,16 @@ def test_a_feature_page_links_its_neighbours_and_the_databases(page: Any) -> Non
     assert title.inner_text() == "Feature 3 · top genes: CD40, CD44"
 
 
+def test_top_cells_show_the_genes_the_feature_fires_on(page: Any) -> None:
+    page.goto(page.url.split("#")[0] + "#feature=0")
+    page.locator("#feature-title").filter(has_text="Feature 0").wait_for()
+    fired = page.locator("span.fired")
+    assert fired.all_inner_texts() == ["LYZ", "S100A8"]  # strongest first
+    assert fired.first.get_attribute("title") == "activation 2.000, expression bin 40"
+    # shaded by activation relative to the cell's maximum (2.0): full for LYZ, half for S100A8
+    assert "0.90" in fired.first.get_attribute("style") and "0.51" in fired.last.get_attribute("style")
+
+
 def test_term_ids_link_to_monarch(page: Any) -> None:
     page.goto(page.url.split("#")[0] + "#feature=4")
     page.locator("#feature-title").filter(has_text="Feature 4").wait_for()

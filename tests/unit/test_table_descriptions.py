@@ -42,6 +42,7 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
 # table → column names the code writes (where it names them without types)
 NAMES: dict[str, list[str]] = {
     "feature_genes": list(features.GENE_COLUMNS),
+    "feature_cell_genes": list(features.CELL_GENE_COLUMNS),
     "feature_effects": list(effects.GENE_COLUMNS),
     "sae_checkpoints": list(FIDELITY_COLUMNS),
     "sae_stability": [f"{name}_{stat}" for name in stability.SEED_METRICS for stat in ("mean", "sd")],

@@ -36,6 +36,13 @@ class FeatureConfig(dg.Config):
     top_cells: int = Field(
         default=ASSOCIATION.top_cells, description="cells kept per feature in feature_cells"
     )
+    cells_with_genes: int = Field(
+        default=ASSOCIATION.cells_with_genes,
+        description="top cells per feature whose firing genes feature_cell_genes keeps",
+    )
+    genes_per_cell: int = Field(
+        default=ASSOCIATION.genes_per_cell, description="firing genes kept per such cell, strongest first"
+    )
     min_gene_tokens: int = Field(
         default=ASSOCIATION.min_gene_tokens, description="a gene needs this many firing tokens to be ranked"
     )
@@ -51,6 +58,8 @@ class FeatureConfig(dg.Config):
         return AssociationSettings(
             top_genes=self.top_genes,
             top_cells=self.top_cells,
+            cells_with_genes=self.cells_with_genes,
+            genes_per_cell=self.genes_per_cell,
             min_gene_tokens=self.min_gene_tokens,
             batch_tokens=self.batch_tokens,
             fdr=self.fdr,
@@ -79,6 +88,11 @@ def _spec(name: str, description: str) -> dg.AssetSpec:
         ),
         _spec("feature_cells", "Per feature: top cells by max activation. Table `feature_cells`."),
         _spec(
+            "feature_cell_genes",
+            "Per feature × top cell: the genes where the feature fires in that cell, strongest first, with "
+            "their expression bins. Table `feature_cell_genes`.",
+        ),
+        _spec(
             "feature_cell_types",
             "Per feature × cell type: a cell's mean activation over its tokens, type vs rest by Welch's t "
             "(cells) or a paired t over samples (pseudobulk), log2 FC with its lower bound, BH q. Held out: "
@@ -91,7 +105,7 @@ def _spec(name: str, description: str) -> dg.AssetSpec:
             "the feature pages' activation histograms. Table `feature_histograms`.",
         ),
     ],
-    can_subset=False,  # the five tables are written together, in one transaction
+    can_subset=False,  # the six tables are written together, in one transaction
     ins={"cells": dg.AssetIn(), "genes": dg.AssetIn()},
     partitions_def=partitions,
     pool=GPU_POOL,
