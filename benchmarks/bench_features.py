@@ -79,6 +79,7 @@ def run_ours(root: Path) -> None:
             "cell_index": np.arange(N_CELLS),
             "cell_id": [f"c{i}" for i in range(N_CELLS)],
             "cell_type": [f"T{i % 5}" for i in range(N_CELLS)],
+            "umap_1": np.zeros(N_CELLS),  # every cell on the map (a dataset's map holds up to 2,000)
         }
     )
     associate(ActivationStore(root), 0, "resid_post", sae(), cells, AssociationSettings())

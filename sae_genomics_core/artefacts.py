@@ -171,7 +171,13 @@ class ArtefactStore:
         self._publish(self.sae_folder(dataset, layer), checkpoint)
 
     def publish_pages(self, dataset: str, layer: int) -> None:
-        self._upload(self.pages(dataset, layer))
+        """The layer's explorer folder, and the dataset's entry page beside it."""
+        folder = self.pages(dataset, layer)
+        self._upload(folder)
+        entry = folder.parent / "index.html"
+        if self.remote and entry.exists():
+            with self._reaching():
+                self._remote(entry).fs.put_file(str(entry), self._remote(entry).path)
 
     def save_chart(self, dataset: str, layer: int, name: str, chart: Any) -> str:
         """Save an Altair chart (HTML and PNG) among the dataset × layer's charts; its markdown image."""

@@ -114,7 +114,7 @@ def _serve_pages(args: argparse.Namespace) -> int:
         print(f"error: cannot serve on {url}: {error}; pass another --url", file=sys.stderr)
         return 2
     print(
-        f"feature pages of {root} on {url.rstrip('/')}/<dataset>/L<layer>/index.html (Ctrl-C stops)",
+        f"feature pages of {root} on {url.rstrip('/')}/<dataset>/ (a layer switcher inside; Ctrl-C stops)",
         flush=True,
     )
     try:

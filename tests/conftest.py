@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import warnings
@@ -72,8 +73,8 @@ def counts(n_cells: int = 40, n_genes: int = 30, seed: int = 0) -> sp.csr_matrix
     return sp.csr_matrix(dense)
 
 
-def cli(home: Path, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SAE_GENOMICS_HOME": str(home)}
+def cli(home: Path, *args: str, timeout_s: float = 300, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SAE_GENOMICS_HOME": str(home), **env_vars}
     env.pop("DAGSTER_HOME", None)  # the CLI must set it from the home itself
     return subprocess.run(
         [sys.executable, "-m", "sae_genomics_dagster.cli", *args],
@@ -84,10 +85,24 @@ def cli(home: Path, *args: str, timeout_s: float = 300) -> subprocess.CompletedP
     )
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_pages_url() -> str:
+    """Where the demo home's feature_pages asset links: the UI test serves the pages there."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory: pytest.TempPathFactory, demo_pages_url: str) -> Path:
+    """The whole graph of the demo, built once: the CLI, cookbook, enrichment and UI tests read it."""
     home = tmp_path_factory.mktemp("cli") / "home"
-    result = cli(home, "demo", "--sae-tokens", "60000", timeout_s=900)  # the whole graph, on 2 busy cores
+    # on 2 busy cores
+    result = cli(home, "demo", "--sae-tokens", "60000", timeout_s=900, SAE_GENOMICS_PAGES_URL=demo_pages_url)
     assert result.returncode == 0, result.stderr
     assert "registered pbmc68k" in result.stdout
     return home

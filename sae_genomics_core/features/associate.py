@@ -21,6 +21,8 @@ Definitions (per dataset × layer, feature f with activation a, gene g, cell c):
 - feature_cell_genes: in each of a feature's top `cells_with_genes` cells, the genes (tokens) where it
   fires, strongest first (at most `genes_per_cell`), with the expression bin the model saw: what
   Neuronpedia shows as a top example's highlighted tokens.
+- feature_cell_map: a feature's (max) activation in each cell drawn on the dataset's UMAP map (cells with
+  `umap_1`), where it fires: what the feature pages colour the map by.
 - feature_cell_types: see sae_genomics_core.features.cell_types (a cell's mean activation over its
   tokens, Welch or pseudobulk paired t-tests, shrunk fold changes with a lower bound, BH).
 """
@@ -61,6 +63,7 @@ class FeatureTables:
     n_tokens: int
     # the genes firing in each of a feature's top cells (gene_id: vocab token id)
     cell_genes: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=FIRED_GENES_SCHEMA))
+    cell_map: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=TOP_CELLS_SCHEMA))
     # tokens by how many latents fire on them (index = L0), for the L0 histogram
     l0_counts: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
     # per feature, its cells' (max) activations in HISTOGRAM_BINS equal bins from 0 to below twice its
@@ -83,7 +86,7 @@ def associate(
     layer: int,
     hook: str,
     loaded: Any,  # sae_genomics_core.sae.checkpoint.LoadedSae
-    cells: pl.DataFrame,  # cell_index, cell_id, cell_type, optionally sample
+    cells: pl.DataFrame,  # cell_index, cell_id, cell_type, optionally sample and umap_1
     settings: AssociationSettings | None = None,
     with_cells: bool = True,
     progress: Callable[[int, int], None] | None = None,
@@ -97,6 +100,9 @@ def associate(
     n_cells = int(store.manifest["n_cells_total"])
     halves, split_unit = cell_halves(cells, settings.holdout_seed, MIN_UNITS, size=n_cells)
     per_cell = _PerCell(d_sae, _TypeSums(cells, d_sae, halves) if with_cells else None, settings)
+    if with_cells and "umap_1" in cells.columns:
+        per_cell.mapped = np.zeros(n_cells, dtype=bool)
+        per_cell.mapped[cells.filter(pl.col("umap_1").is_not_null())["cell_index"].to_numpy()] = True
     totals = _Totals(d_sae, int(sae.cfg.k), halves.size, per_cell, halves)
     total = sum(int(shard["n_tokens"]) for shard in store.manifest["shards"])
     for shard in store.manifest["shards"]:
@@ -122,6 +128,9 @@ def associate(
         cell_types,
         totals.n_tokens,
         per_cell.fired_genes(top_cells),
+        pl.concat(per_cell.map_parts, how="vertical")
+        if per_cell.map_parts
+        else pl.DataFrame(schema=TOP_CELLS_SCHEMA),
         totals.l0_counts,
         per_cell.histograms.frame(),
         split_unit,
@@ -401,6 +410,8 @@ class _PerCell:
         self.histograms = _MaxHistograms(d_sae)
         self.top = pl.DataFrame(schema=TOP_CELLS_SCHEMA)
         self.fired = pl.DataFrame(schema=FIRED_GENES_SCHEMA)
+        self.mapped: np.ndarray | None = None  # per cell: drawn on the map (None: no map)
+        self.map_parts: list[pl.DataFrame] = []
 
     def add_shard(self, owners: np.ndarray, firing: _Firing) -> None:
         """owners: every token's cell; firing: the shard's firing triples."""
@@ -410,6 +421,14 @@ class _PerCell:
         )
         self.n_cells_active += np.bincount(feature, minlength=self.d_sae)
         self.histograms.add(feature, value)
+        if self.mapped is not None:
+            drawn = self.mapped[cell]
+            self.map_parts.append(
+                pl.DataFrame(
+                    {"feature": feature[drawn], "cell_index": cell[drawn], "max_activation": value[drawn]},
+                    schema=TOP_CELLS_SCHEMA,
+                )
+            )
         if self.top_cells > 0:
             self._keep_top(cell, feature, value)
             if self.cells_with_genes > 0:

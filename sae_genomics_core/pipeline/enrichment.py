@@ -78,7 +78,7 @@ def run_enrichment(
     """Test every feature's top genes against every database's terms, and calibrate the tests on shuffled
     gene sets (`calibration`: CalibrationSettings, None for its defaults). Skipped, not failed, before any
     annotation table exists."""
-    from sae_genomics_core.enrichment.enrich import CalibrationSettings, calibrate, enrich_held_out
+    from sae_genomics_core.enrichment.enrich import CalibrationSettings, calibrate
     from sae_genomics_core.enrichment.inputs import background_genes
 
     log = log or default_log()
@@ -98,7 +98,7 @@ def run_enrichment(
         return StageResult(tables={"enrichment": table}, summary=_not_run(), checks=[not_run])
     unit_genes = _unit_genes(feature_genes)
     background = background_genes(genes, _vocab(store, dataset))
-    result = enrich_held_out(unit_genes, background, annotations.tables, settings, annotations.ontologies)
+    result = _enriched_by_database(dataset, layer, unit_genes, background, annotations, settings, log)
     table = _keyed(_with_sources(result.table, annotations.versions), dataset, layer, feature_genes)
     table = table.sort("database", "feature", "log10_p_value")
     summary = result.summary_frame()
@@ -121,6 +121,35 @@ def run_enrichment(
             **_enrichment_summary(table, summary, len(background), annotations),
         },
         checks=[calibration_check(null)],
+    )
+
+
+def _enriched_by_database(
+    dataset: str,
+    layer: int,
+    unit_genes: pl.DataFrame,
+    background: list[str],
+    annotations: _Annotations,
+    settings: EnrichmentSettings,
+    log: Log,
+) -> Any:
+    """`enrich_held_out` one database at a time (its tests and BH are per database, so the result is the
+    same), with progress after each."""
+    from sae_genomics_core.enrichment.enrich import EnrichmentResult, enrich_held_out
+    from sae_genomics_core.progress import Progress
+
+    progress = Progress(
+        f"{dataset} layer {layer}: enrichment", "databases", log, total=len(annotations.tables)
+    )
+    parts = []
+    for done, (database, frame) in enumerate(annotations.tables.items(), start=1):
+        parts.append(
+            enrich_held_out(unit_genes, background, {database: frame}, settings, annotations.ontologies)
+        )
+        progress.update(done, note=database)
+    return EnrichmentResult(
+        table=pl.concat([part.table for part in parts]),
+        summaries=[summary for part in parts for summary in part.summaries],
     )
 
 

@@ -1,4 +1,4 @@
-"""Stage runner: the features of one dataset × layer tied to genes, cells and cell types (six tables,
+"""Stage runner: the features of one dataset × layer tied to genes, cells and cell types (seven tables,
 written together in one transaction)."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ FEATURE_TABLES = (
     "feature_genes",
     "feature_cells",
     "feature_cell_genes",
+    "feature_cell_map",
     "feature_cell_types",
     "feature_histograms",
 )
@@ -83,13 +84,14 @@ def run_features(
     settings: AssociationSettings,
     log: Log | None = None,
 ) -> StageResult:
-    """Encode every token with the current SAE, build the six feature tables and write them (with the
+    """Encode every token with the current SAE, build the seven feature tables and write them (with the
     `feature_summary` view) in one transaction: a crash never leaves tables from two SAEs."""
     from sae_genomics_core.features.associate import associate, attach_gene_ids
     from sae_genomics_core.progress import Progress
 
     activations, hook, loaded = open_partition(store, dataset, layer, settings.device)
-    units = ["cell_index", "cell_id", "cell_type", *(["sample"] if "sample" in cells.columns else [])]
+    optional = [name for name in ("sample", "umap_1") if name in cells.columns]
+    units = ["cell_index", "cell_id", "cell_type", *optional]
     encoding = Progress(f"{dataset} layer {layer}: encoding tokens", "tokens", log)
     tables = associate(
         activations, layer, hook, loaded, cells.select(units), settings, progress=encoding.update
@@ -111,6 +113,7 @@ def run_features(
                 "feature_cell_genes",
                 attach_gene_ids(tables.cell_genes, vocab, genes).select(CELL_GENE_COLUMNS),
             ),
+            ("feature_cell_map", tables.cell_map.sort("feature", "cell_index")),
             ("feature_cell_types", tables.cell_types),
             ("feature_histograms", tables.histograms),
         )

@@ -25,6 +25,7 @@ def run_ingest(entry: DatasetEntry, warehouse: Path, log: Log | None = None) -> 
     cells = tables.cells
     if report.cell_type_key is None and report.n_cells >= MIN_CELLS:
         cells, report = _clustered(entry, cells, report, log)
+    cells = _mapped(entry, cells, report, log)
     resolver, resolver_label = default_resolver(warehouse)
     genes, mapping = map_gene_ids(tables.genes, resolver)
     n_with_ensembl = int(genes["ensembl_id"].is_not_null().sum())
@@ -89,6 +90,22 @@ def _clustered(
         "(scanpy), tested as 'cluster N'; register it with --cell-type-key COLUMN to use real types"
     )
     return with_clusters(cells, labels), replace(report, cell_type_key=CLUSTER_KEY, n_cell_types=n_clusters)
+
+
+def _mapped(entry: DatasetEntry, cells: pl.DataFrame, report: ValidationReport, log: Log) -> pl.DataFrame:
+    """`cells` with UMAP coordinates for the cells drawn on the feature pages' map (NULL for the others,
+    and for every cell of a dataset too small for a neighbourhood graph)."""
+    from sae_genomics_core.data.clusters import cell_map
+
+    if report.n_cells < MIN_CELLS:
+        return cells.with_columns(
+            pl.lit(None, pl.Float64).alias("umap_1"), pl.lit(None, pl.Float64).alias("umap_2")
+        )
+    coordinates = cell_map(entry.path, entry.options, report.value_kind)
+    log.info(
+        f"{entry.name}: UMAP of {coordinates.height} of {report.n_cells} cells (scanpy) for the feature pages"
+    )
+    return cells.join(coordinates, on="cell_index", how="left")
 
 
 def _dataset_row(

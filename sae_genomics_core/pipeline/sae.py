@@ -77,13 +77,14 @@ def run_sae(
     )
     source = StoreSource(activations, layer, settings.hook, training.holdout_fraction, training.seed)
     steps = Progress(f"{dataset} layer {layer}: SAE training", "steps", log)
+    total_steps = resolve_schedule(training).total_steps
     outcome = train_sae(
         source,
         training,
         state_path=work / "train_state.pt",
         on_log=lambda row: steps.update(
             int(row["step"]),
-            resolve_schedule(training).total_steps,
+            total_steps,
             f"EV {row['explained_variance']:.4f}, dead {row['dead_fraction']:.3f}",
         ),
     )

@@ -51,6 +51,24 @@ def match(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, one_to_one
     return Matching(best_cosine, best_match.astype(np.int64), matched_cosine, matched_feature, mutual)
 
 
+def nearest_directions(
+    directions: torch.Tensor | np.ndarray, k: int, chunk_rows: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, cosines), rows × k: each row's `k` nearest other rows by cosine, nearest first, from
+    `chunk_rows` rows of the cosine matrix at a time (never the whole n × n matrix)."""
+    rows = unit_rows(directions).detach()
+    n, k = rows.shape[0], min(k, rows.shape[0] - 1)
+    found, cosines = [], []
+    for start in range(0, n, chunk_rows):
+        block = rows[start : start + chunk_rows] @ rows.T
+        own = torch.arange(block.shape[0])
+        block[own, own + start] = -torch.inf  # never its own neighbour
+        top = block.topk(k, dim=1)
+        found.append(top.indices.numpy())
+        cosines.append(top.values.numpy())
+    return np.concatenate(found), np.concatenate(cosines)
+
+
 def random_directions(n: int, d: int, seed: int) -> torch.Tensor:
     """n random unit directions in d dimensions (the null). Drawn by numpy's generator with a stream of
     its own: torch's, seeded alike, is what initialises an SAE's decoder, and latents that never trained

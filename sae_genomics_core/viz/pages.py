@@ -12,7 +12,9 @@ and never rots with a hosted service (InterPLM's dashboards did).
 
 from __future__ import annotations
 
+import base64
 import html
+import itertools
 import json
 import os
 import re
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import polars as pl
 
 from sae_genomics_core.errors import SaeGenomicsError
@@ -32,6 +35,7 @@ TERMS_PER_DATABASE = 5  # best rows of each database per feature, plus every sig
 # a cell type is shown as a finding only with q < 0.05, a lower bound above 0 and at least this fold
 # change (2^0.5 = 1.41×): with thousands of cells, log2 FC 0.1 reaches q 1e-60 and means little
 MIN_LOG2_FOLD_CHANGE = 0.5
+MAP_LEVELS = 255  # a map cell's activation as a byte: level / 255 of the feature's maximum there
 SIMILAR = 5  # nearest features by decoder cosine, per feature
 SIMILAR_CHUNK_ROWS = 1024  # rows per product: 1024 × 16,384 floats, never the d_sae × d_sae matrix
 
@@ -135,9 +139,17 @@ def _frame(
     return connection.execute(sql, params).pl() if needs in tables else None
 
 
-def collect(warehouse: Path, dataset: str, layer: int, similar: pl.DataFrame | None = None) -> dict[str, Any]:
+def collect(
+    warehouse: Path,
+    dataset: str,
+    layer: int,
+    similar: pl.DataFrame | None = None,
+    extracted: tuple[int, ...] = (),
+) -> dict[str, Any]:
     """Everything a page shows, as JSON-ready columns (compact: one list per column); `similar` is
-    `similar_features` of the SAE the feature tables came from (None: the pages show no neighbours)."""
+    `similar_features` of the SAE the feature tables came from (None: the pages show no neighbours);
+    `extracted`: the dataset's layers with activations, offered by the layer switcher (with those that
+    have feature tables)."""
     with connect_read_only(Path(warehouse)) as connection:
         tables = table_names(connection)
         key = [dataset, layer]
@@ -147,6 +159,13 @@ def collect(warehouse: Path, dataset: str, layer: int, similar: pl.DataFrame | N
         }
         for name, (needs, sql) in _OPTIONAL_QUERIES.items():
             frames[name] = _frame(connection, sql, key, tables, needs)
+        cell_map = _cell_map(connection, tables, dataset, layer)
+        built = {
+            row[0]
+            for row in connection.execute(
+                "select distinct layer from feature_stats where dataset = ?", [dataset]
+            ).fetchall()
+        }
     sae, seeds = frames.pop("sae"), frames.pop("seed_summary")
     return {
         "dataset": dataset,
@@ -154,33 +173,76 @@ def collect(warehouse: Path, dataset: str, layer: int, similar: pl.DataFrame | N
         "sae": sae.row(0, named=True) if sae is not None and sae.height else {},
         "seeds": seeds.row(0, named=True) if seeds is not None and seeds.height else {},
         "similar": _columns(similar),
+        "map": cell_map,
+        "layers": [{"layer": n, "built": n in built} for n in sorted(built | set(extracted))],
         **{name: _columns(frame) for name, frame in frames.items()},
     }
 
 
-def similar_features(decoder: Any, k: int = SIMILAR, chunk_rows: int = SIMILAR_CHUNK_ROWS) -> pl.DataFrame:
+def _cell_map(
+    connection: duckdb.DuckDBPyConnection, tables: set[str], dataset: str, layer: int
+) -> dict[str, Any]:
+    """The cells drawn on the dataset's UMAP and each feature's activations there, packed (see _packed);
+    empty without a map (cells ingested before it, or feature tables older than feature_cell_map)."""
+    has_map = (
+        "feature_cell_map" in tables
+        and connection.execute(
+            "select count(*) from information_schema.columns where table_name = 'cells' and column_name = 'umap_1'"
+        ).fetchone()[0]
+    )  # type: ignore[index]
+    if not has_map:
+        return {}
+    drawn = connection.execute(
+        "select cell_index, round(umap_1, 3) as x, round(umap_2, 3) as y, cell_type from cells "
+        "where dataset = ? and umap_1 is not null order by cell_index",
+        [dataset],
+    ).pl()
+    values = connection.execute(
+        "select feature, cell_index, max_activation from feature_cell_map where dataset = ? and layer = ? "
+        "order by feature, cell_index",
+        [dataset, layer],
+    ).pl()
+    return {"cells": _columns(drawn), **_packed(values, drawn["cell_index"].to_numpy())}
+
+
+def _packed(values: pl.DataFrame, drawn: np.ndarray) -> dict[str, list[Any]]:
+    """Per feature: its maximum on the map and its cells' activations as bytes in base64, each a level of
+    that maximum (1–255; 0 = silent): one byte per drawn cell (dense), or (position: 2 bytes little-endian,
+    level) per firing cell (sparse), whichever is shorter. 2,000 cells × 16k features fit in a page."""
+    features = values["feature"].to_numpy()
+    bounds = np.r_[np.unique(features, return_index=True)[1], features.size]  # rows sorted by feature
+    positions = np.searchsorted(drawn, values["cell_index"].to_numpy())
+    activation = values["max_activation"].to_numpy()
+    packed: dict[str, list[Any]] = {"feature": [], "max": [], "dense": [], "data": []}
+    for start, stop in itertools.pairwise(bounds):
+        where, level = positions[start:stop], activation[start:stop]
+        top = float(level.max())
+        levels = np.clip(np.rint(MAP_LEVELS * level / top), 1, MAP_LEVELS).astype(np.uint8)  # rows fire
+        dense = 3 * where.size > drawn.size
+        if dense:
+            raw = np.zeros(drawn.size, dtype=np.uint8)
+            raw[where] = levels
+            data = raw.tobytes()
+        else:
+            data = np.rec.fromarrays([where.astype("<u2"), levels.astype(np.uint8)]).tobytes()
+        packed["feature"].append(int(features[start]))
+        packed["max"].append(round(top, 4))
+        packed["dense"].append(bool(dense))
+        packed["data"].append(base64.b64encode(data).decode("ascii"))
+    return packed
+
+
+def similar_features(decoder: Any, k: int = SIMILAR) -> pl.DataFrame:
     """Each feature's `k` nearest other features of its SAE by decoder cosine, nearest first (columns
-    feature, similar, cosine), from `chunk_rows` rows of the cosine matrix at a time."""
-    import numpy as np
-    import torch
+    feature, similar, cosine)."""
+    from sae_genomics_core.sae.matching import nearest_directions
 
-    from sae_genomics_core.sae.matching import unit_rows
-
-    rows = unit_rows(decoder).detach()
-    n, k = rows.shape[0], min(k, rows.shape[0] - 1)
-    found, cosines = [], []
-    for start in range(0, n, chunk_rows):
-        block = rows[start : start + chunk_rows] @ rows.T
-        own = torch.arange(block.shape[0])
-        block[own, own + start] = -torch.inf  # never its own neighbour
-        top = block.topk(k, dim=1)
-        found.append(top.indices.numpy())
-        cosines.append(top.values.numpy())
+    found, cosines = nearest_directions(decoder, k, SIMILAR_CHUNK_ROWS)
     return pl.DataFrame(
         {
-            "feature": np.repeat(np.arange(n, dtype=np.int64), k),
-            "similar": np.concatenate(found).ravel().astype(np.int64),
-            "cosine": np.concatenate(cosines).ravel().astype(np.float64).round(3),
+            "feature": np.repeat(np.arange(found.shape[0], dtype=np.int64), found.shape[1]),
+            "similar": found.ravel().astype(np.int64),
+            "cosine": cosines.ravel().astype(np.float64).round(3),
         }
     )
 
@@ -245,20 +307,47 @@ def render(data: dict[str, Any], vega_bundle: str) -> str:
 
 
 def build_feature_pages(
-    warehouse: Path, dataset: str, layer: int, out_dir: Path, similar: pl.DataFrame | None = None
+    warehouse: Path,
+    dataset: str,
+    layer: int,
+    out_dir: Path,
+    similar: pl.DataFrame | None = None,
+    extracted: tuple[int, ...] = (),
 ) -> PagesResult:
-    """Write `out_dir/index.html` (atomically: a failed build leaves the previous pages)."""
+    """Write `out_dir/index.html`, and the dataset's entry page beside the layers' folders (atomically: a
+    failed build leaves the previous pages)."""
     import vl_convert as vlc
 
-    data = collect(warehouse, dataset, layer, similar)
-    page = render(data, vlc.javascript_bundle())
-    out_dir.mkdir(parents=True, exist_ok=True)
+    data = collect(warehouse, dataset, layer, similar, extracted)
     target = out_dir / "index.html"
-    partial = out_dir / "index.html.partial"
-    partial.write_text(page, encoding="utf-8")
-    os.replace(partial, target)
+    _write_atomically(target, render(data, vlc.javascript_bundle()))
+    _write_atomically(out_dir.parent / "index.html", dataset_entry(dataset, data["layers"]))
     return PagesResult(
         path=target, n_features=len(data["stats"].get("feature", [])), n_bytes=target.stat().st_size
+    )
+
+
+def _write_atomically(target: Path, text: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, target)
+
+
+def dataset_entry(dataset: str, layers: list[dict[str, Any]]) -> str:
+    """The dataset's explorer address (`<dataset>/index.html`): it opens the first layer with feature
+    tables, whose layer switcher reaches the others."""
+    first = next((entry["layer"] for entry in layers if entry["built"]), None)
+    title = html.escape(f"sae-genomics · {dataset}")
+    links = "".join(
+        f'<li><a href="L{entry["layer"]}/index.html">layer {entry["layer"]}</a></li>'
+        for entry in layers
+        if entry["built"]
+    )
+    refresh = f'<meta http-equiv="refresh" content="0; url=L{first}/index.html">' if first is not None else ""
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{refresh}<title>{title}</title></head>'
+        f"<body><h1>{title}</h1><ul>{links}</ul></body></html>\n"
     )
 
 
@@ -293,6 +382,7 @@ _TEMPLATE = r"""<!DOCTYPE html>
 <header>
   <h1>__TITLE__</h1>
   <input id="search" type="search" placeholder="Search a gene, term or cell type…" autocomplete="off">
+  <label class="muted">layer <select id="layer"></select></label>
   <label class="muted">list by <select id="order"></select></label>
   <span id="summary" class="muted"></span>
   <a href="#">overview</a>
@@ -314,7 +404,8 @@ const stats = rows(D.stats), genes = byFeature(rows(D.genes)), cells = byFeature
       types = byFeature(rows(D.cell_types)), hist = byFeature(rows(D.histograms)), terms = byFeature(rows(D.enrichment)),
       baselines = rows(D.baselines), effects = byFeature(rows(D.effects)), effectTypes = byFeature(rows(D.effect_types)),
       stability = new Map(rows(D.stability).map(r => [r.feature, r])), similar = byFeature(rows(D.similar)),
-      matches = byFeature(rows(D.matches)), cellGenes = byFeature(rows(D.cell_genes));
+      matches = byFeature(rows(D.matches)), cellGenes = byFeature(rows(D.cell_genes)),
+      mapCells = rows((D.map || {}).cells || {}), mapAt = new Map(((D.map || {}).feature || []).map((f, i) => [f, i]));
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 const num = (x, d = 3) => x === null || x === undefined ? "" : (typeof x === "string" ? x : (Math.abs(x) >= 1e4 || (x !== 0 && Math.abs(x) < 1e-3) ? x.toExponential(2) : x.toFixed(d)));
 const sigTerms = (f) => (terms.get(f) || []).filter(t => t.significant);
@@ -424,7 +515,8 @@ function featurePage(f) {
     · ${sig.length ? `<span class=sig>${sig.length} significant term${sig.length === 1 ? "" : "s"}</span>, ${replicatedTerms.length} replicated on held-out genes` : "no significant term"}
     · ${stableText(f)}</p>
     <div class="charts"><div><h3>Top genes</h3><div id="genes-chart"></div></div>
-      <div><h3>Activation histogram (cells)</h3><div id="hist-chart"></div><h3>Density: this feature in its layer</h3><div id="density"></div></div></div>
+      <div><h3>Activation histogram (cells)</h3><div id="hist-chart"></div><h3>Density: this feature in its layer</h3><div id="density"></div></div>
+      ${mapCells.length ? `<div><h3>The dataset's cells (UMAP of expression), by this feature</h3><div id="map-chart"></div></div>` : ""}</div>
     <h3>Top genes${csvLink(f, "genes")}</h3>${table(["rank", "gene", "Ensembl", "score", "specificity", "tokens", "held-out lift", "held out", "look up"], g.map(r => `<tr><td>${r.rank}</td><td>${esc(r.gene)}</td><td>${esc(r.ensembl_id)}</td><td>${num(r.score)}</td><td>${num(r.specificity)}</td><td>${r.n_tokens}</td><td>${num(r.held_out_specificity, 2)}</td><td>${heldOut(r)}</td><td>${geneLinks(r)}</td></tr>`))}
     ${similarSection(f)}${matchesSection(f)}
     <h3>Enrichment (BH q per database; its best __TERMS_PER_DATABASE__ rows each, and every significant one)${csvLink(f, "enrichment")}</h3>${e.length ? table(["database", "term", "overlap", "set", "term size", "odds ratio", "log10 p", "q", "held-out odds ratio", "held out", "genes"], e.map(r => `<tr class="${r.significant && r.odds_ratio > 1 ? "sig" : ""}"><td>${esc(r.database)}</td><td>${esc(r.term_name || r.term_id)} <small>${termLink(r.term_id)}</small>${r.most_specific ? ' <span class=pill title="no significant descendant term">most specific</span>' : ""}</td><td>${r.overlap}</td><td>${r.feature_set_size}</td><td>${r.term_size}</td><td>${num(r.odds_ratio, 1)}</td><td>${num(r.log10_p_value, 2)}</td><td>${num(r.q_value)}</td><td>${num(r.held_out_odds_ratio, 1)}</td><td>${heldOut(r)}</td><td>${(r.overlap_genes || []).map(x => `<span class=pill>${esc(x)}</span>`).join("")}</td></tr>`)) : "<p class=muted>Not tested (no enrichment rows for this feature).</p>"}
@@ -445,6 +537,27 @@ function featurePage(f) {
     encoding: {x: {field: "bin_start", type: "quantitative", title: "cell's max activation"}, x2: {field: "bin_end"},
                y: {field: "n_cells", type: "quantitative", title: "cells"}, y2: {datum: 0}}});
   chart("#density", densitySpec(s.frequency > 0 ? Math.log10(s.frequency) : null));
+  if (mapCells.length) chart("#map-chart", mapSpec(f));
+}
+
+// a feature's activation in each cell on the map (its per-cell maximum), unpacked from the page's bytes
+function mapValues(f) {
+  const values = new Float64Array(mapCells.length), i = mapAt.get(f);
+  if (i === undefined) return values;  // fires in none of the drawn cells
+  const bytes = Uint8Array.from(atob(D.map.data[i]), ch => ch.charCodeAt(0)), scale = D.map.max[i] / 255;
+  if (D.map.dense[i]) bytes.forEach((b, j) => { values[j] = b * scale; });
+  else for (let j = 0; j < bytes.length; j += 3) values[bytes[j] | (bytes[j + 1] << 8)] = bytes[j + 2] * scale;
+  return values;
+}
+
+function mapSpec(f) {
+  const a = mapValues(f);
+  // silent cells first, so the firing ones are drawn on top of them
+  const points = mapCells.map((c, j) => ({x: c.x, y: c.y, activation: a[j], cell_type: c.cell_type})).sort((p, q) => p.activation - q.activation);
+  return {width: 300, height: 300, data: {values: points}, mark: {type: "circle", size: 14, opacity: 0.9},
+    encoding: {x: {field: "x", type: "quantitative", axis: null}, y: {field: "y", type: "quantitative", axis: null},
+               color: {condition: {test: "datum.activation === 0", value: "#d9dbe3"}, field: "activation", type: "quantitative", scale: {scheme: "oranges", domainMin: 0}, title: "max activation"},
+               tooltip: [{field: "cell_type", title: "cell type"}, {field: "activation", format: ".3f"}]}};
 }
 
 // a top cell's genes where the feature fires, shaded by activation relative to the cell's maximum
@@ -550,6 +663,14 @@ function route() {
   const m = location.hash.match(/feature=(\d+)/);
   if (m) featurePage(Number(m[1])); else overview();
 }
+// the dataset's other layers: the page of the shown feature's best match there, else that layer's overview
+const layerSelect = document.getElementById("layer");
+layerSelect.innerHTML = D.layers.map(l => `<option value="${l.layer}"${l.layer === D.layer ? " selected" : ""}${l.built ? "" : " disabled"}>${l.layer}${l.built ? "" : " (no feature tables yet)"}</option>`).join("");
+layerSelect.addEventListener("change", () => {
+  const target = Number(layerSelect.value), shown = location.hash.match(/feature=(\d+)/);
+  const match = shown && (matches.get(Number(shown[1])) || []).find(r => r.other_dataset === D.dataset && r.other_layer === target);
+  location.href = `../L${target}/index.html` + (match && match.best_match >= 0 ? `#feature=${match.best_match}` : "");
+});
 document.getElementById("search").addEventListener("input", (ev) => search(ev.target.value));
 order.addEventListener("change", () => search(document.getElementById("search").value));
 document.getElementById("page").addEventListener("click", download);

@@ -119,6 +119,12 @@ TABLES: dict[str, Columns] = {
         "n_genes_expressed": ("INTEGER", "genes with a value > 0"),
         "total_counts": ("DOUBLE", "sum of counts (for log1p data: sum of expm1 values)"),
         "sample": ("VARCHAR", "sample or donor from datasets.sample_key (NULL without a sample column)"),
+        "umap_1": (
+            "DOUBLE",
+            "UMAP x of the cells drawn on the feature pages' map (scanpy; a seeded sample of at most 2,000 "
+            "cells), NULL for the others and for datasets under 50 cells",
+        ),
+        "umap_2": ("DOUBLE", "UMAP y (see umap_1)"),
     },
     "genes": {
         "dataset": ("VARCHAR", "dataset key"),
@@ -404,6 +410,13 @@ TABLES: dict[str, Columns] = {
         "symbol": ("VARCHAR", "gene symbol"),
         "activation": ("DOUBLE", "the feature's activation on this gene's token in this cell"),
         "expression_bin": ("BIGINT", "the gene's expression bin in this cell, the value tahoe-x1 saw"),
+        **_DERIVED_FROM,
+    },
+    "feature_cell_map": {
+        **_DATASET_LAYER,
+        "feature": ("BIGINT", "SAE latent index"),
+        "cell_index": ("BIGINT", "a cell drawn on the map (cells.umap_1 not NULL) where the feature fires"),
+        "max_activation": ("DOUBLE", "the feature's maximum activation over the cell's tokens"),
         **_DERIVED_FROM,
     },
     "feature_cell_types": {

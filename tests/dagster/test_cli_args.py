@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from sae_genomics_core.annotations.refresh import CLIENTS
-from sae_genomics_dagster.cli import annotate_usage_error, main, ui_launch
+from sae_genomics_core.config import Home
+from sae_genomics_dagster.cli import annotate_usage_error, chosen_assets, main, ui_launch
+from sae_genomics_dagster.definitions import build_definitions
 from sae_genomics_dagster.instance import instance_yaml_template
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,3 +98,32 @@ def test_ui_starts_dagster_in_a_prepared_dagster_home(
     assert env["SAE_GENOMICS_HOME"] == str(fresh_home)
     assert env["SAE_GENOMICS_SNAPSHOTS"] == str(REPO / "external" / "snapshots")
     assert env["SAE_GENOMICS_MODEL"] == f"dir:{REPO / 'models' / 'tx'}"
+
+
+def test_materialize_assets_plus_adds_everything_downstream(home: Home) -> None:
+    """The README's `materialize NAME --assets enrichment+`: enrichment and what reads it, nothing above."""
+    defs = build_definitions(home)
+    alone = {key.to_user_string() for keys in chosen_assets(defs, ["enrichment"]).values() for key in keys}
+    chosen = chosen_assets(defs, ["enrichment+"])
+    names = {key.to_user_string() for keys in chosen.values() for key in keys}
+    assert alone == {"enrichment", "enrichment_baselines"}  # the group of that name
+    assert alone | {"feature_pages"} <= names
+    assert not names & {"sae_checkpoint", "feature_stats", "activations", "cells"}
+    assert set(chosen) <= {"sae_pipeline", "atlas"}
+    with pytest.raises(ValueError, match="unknown asset or group enrichmnt"):
+        chosen_assets(defs, ["enrichmnt+"])
+
+
+def test_annotate_from_downloaded_files_as_the_readme_shows(fresh_home: Path) -> None:
+    """`annotate --mode file --only hpo --file …`, then the ontology the same way: real runs, tables filled."""
+    import duckdb
+
+    fixtures = REPO / "tests" / "fixtures"
+    download = fixtures / "annotations" / "hpo" / "genes_to_phenotype.txt"
+    assert main(["annotate", "--mode", "file", "--only", "hpo", "--file", str(download)]) == 0
+    obo = fixtures / "ontology" / "tiny.obo"
+    assert main(["annotate", "--mode", "file", "--only", "hpo_ontology", "--file", str(obo)]) == 0
+    with duckdb.connect(str(fresh_home / "warehouse.duckdb"), read_only=True) as connection:
+        databases = connection.execute("select distinct database from gene_annotations").fetchall()
+        (n_terms,) = connection.execute("select count(*) from hpo_ontology").fetchone()
+    assert databases == [("hpo",)] and n_terms == 9  # the one downloaded database; tiny.obo's terms

@@ -9,6 +9,7 @@ import pytest
 from sae_genomics_core.artefacts import ArtefactStore
 from sae_genomics_core.config import Home
 from sae_genomics_core.data.registry import Registry
+from sae_genomics_core.pipeline.features import FEATURE_TABLES
 from sae_genomics_core.sae.checkpoint import load_checkpoint
 from sae_genomics_core.warehouse.schema import columns
 from sae_genomics_dagster.definitions import build_definitions
@@ -196,16 +197,7 @@ def test_feature_tables_are_written_and_the_summary_view_reads_them(trained) -> 
         instance=instance,
         run_config={"ops": {"sae_checkpoint": {"config": SMALL}}},
         raise_on_error=False,
-        asset_selection=[
-            dg.AssetKey(name)
-            for name in (
-                "feature_stats",
-                "feature_genes",
-                "feature_cells",
-                "feature_cell_types",
-                "feature_histograms",
-            )
-        ],
+        asset_selection=[dg.AssetKey(name) for name in FEATURE_TABLES],
     )
     assert result.success
     with duckdb.connect(str(home.warehouse), read_only=True) as connection:
@@ -247,16 +239,7 @@ def test_a_checkpoint_for_another_layer_is_refused(trained) -> None:
         partition_key=dg.MultiPartitionKey({"dataset": "chr21", "layer": "3"}),
         instance=instance,
         raise_on_error=False,
-        asset_selection=[
-            dg.AssetKey(name)
-            for name in (
-                "feature_stats",
-                "feature_genes",
-                "feature_cells",
-                "feature_cell_types",
-                "feature_histograms",
-            )
-        ],
+        asset_selection=[dg.AssetKey(name) for name in FEATURE_TABLES],
     )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)

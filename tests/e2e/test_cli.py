@@ -215,7 +215,9 @@ def test_no_gene_in_the_model_vocab_leaves_nothing_registered(
     _nothing_registered(home)
 
 
-def test_materialize_only_chosen_assets_reads_upstream_as_stored(demo_home: Path) -> None:
+def test_materialize_only_chosen_assets_reads_upstream_as_stored(
+    demo_home: Path, demo_pages_url: str
+) -> None:
     from sae_genomics_dagster.instance import get_instance
 
     def latest(asset: str) -> float:
@@ -224,7 +226,11 @@ def test_materialize_only_chosen_assets_reads_upstream_as_stored(demo_home: Path
         return event.timestamp if event else 0.0
 
     before = {asset: latest(asset) for asset in ("sae_checkpoint", "feature_stats", "feature_pages")}
-    result = cli(demo_home, "materialize", "pbmc68k", "--assets", "feature_pages", "--layers", "1")
+    result = cli(
+        demo_home,
+        *("materialize", "pbmc68k", "--assets", "feature_pages", "--layers", "1"),
+        SAE_GENOMICS_PAGES_URL=demo_pages_url,  # where the UI test serves the pages
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("succeeded") == 1  # one partition, one run
     assert latest("feature_pages") > before["feature_pages"]
@@ -234,17 +240,14 @@ def test_materialize_only_chosen_assets_reads_upstream_as_stored(demo_home: Path
     assert "reports" in refused.stderr  # the groups it knows
 
 
-def test_feature_pages_are_served_over_http_where_the_ui_links(demo_home: Path) -> None:
+def test_feature_pages_are_served_over_http_where_the_ui_links(demo_home: Path, demo_pages_url: str) -> None:
     import os
-    import socket
     import sys
     import urllib.request
 
     from sae_genomics_dagster.instance import get_instance
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    url = demo_pages_url  # the demo's pages link there
     env = {**os.environ, "SAE_GENOMICS_HOME": str(demo_home), "SAE_GENOMICS_PAGES_URL": url}
     server = subprocess.Popen(
         [sys.executable, "-m", "sae_genomics_dagster.cli", "pages"],
@@ -262,4 +265,4 @@ def test_feature_pages_are_served_over_http_where_the_ui_links(demo_home: Path) 
     # the asset's link is that server's, not a file:// URL the UI's browser would refuse
     event = get_instance(Home(demo_home)).get_latest_materialization_event(dg.AssetKey("feature_pages"))
     link = event.asset_materialization.metadata["open"].value
-    assert link.startswith("http://127.0.0.1:") and link.endswith("/index.html")
+    assert link.startswith(f"{url}/pbmc68k/L") and link.endswith("/index.html")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,24 +14,20 @@ import pytest
 import requests
 
 from sae_genomics_core.viz.pages import MIN_LOG2_FOLD_CHANGE
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def ui_home(demo_home: Path) -> Path:
+    """The session's demo home (built once for the CLI, cookbook and UI tests)."""
+    return demo_home
 
 
 @pytest.fixture(scope="module")
-def ui_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("ui") / "home"
-
-
-@pytest.fixture(scope="module")
-def pages_url() -> str:
-    return f"http://127.0.0.1:{_free_port()}"
+def pages_url(demo_pages_url: str) -> str:
+    return demo_pages_url
 
 
 @pytest.fixture(scope="module")
@@ -40,26 +35,7 @@ def webserver(ui_home: Path, pages_url: str) -> Iterator[str]:
     home = ui_home
     env = {**os.environ, "SAE_GENOMICS_HOME": str(home), "SAE_GENOMICS_PAGES_URL": pages_url}
     env.pop("DAGSTER_HOME", None)
-    subprocess.run(
-        # two layers are enough for the UI (CI time): every asset and partition kind is there
-        [
-            sys.executable,
-            "-m",
-            "sae_genomics_dagster.cli",
-            "demo",
-            "--sae-tokens",
-            "20000",
-            "--layers",
-            "0",
-            "1",
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    port = _free_port()
-    env["SAE_GENOMICS_PAGES_URL"] = pages_url
+    port = free_port()
     log = (home / "ui.log").open("w")
     # `make ui` itself: webserver, daemon and the feature pages' server; its own session, so that SIGTERM
     # to the group stops webserver, daemon and code server together
@@ -298,7 +274,11 @@ def test_browser_feature_page_search(ui_home: Path, webserver: str, browser: obj
     page.locator("#genes-chart svg").wait_for()
     page.locator("#hist-chart svg").wait_for()
     assert symbol in page.inner_text("#page")
+    page.locator("#map-chart svg").wait_for()  # the dataset's UMAP, coloured by the feature
+    assert page.locator("#map-chart .mark-symbol path").count() == 700  # every demo cell is drawn
+    assert page.locator("span.fired").count() >= 10  # the genes it fires on in its top cells
     page.screenshot(path=str(ARTIFACTS / "feature-page.png"), full_page=True)
+    page.locator("#map-chart").screenshot(path=str(ARTIFACTS / "feature-page-umap.png"))
 
     # by term id: the features whose embedded rows (best 5 per database, and all significant) hold it
     with duckdb.connect(str(ui_home / "warehouse.duckdb"), read_only=True) as connection:
@@ -332,6 +312,10 @@ def test_browser_feature_page_search(ui_home: Path, webserver: str, browser: obj
     assert "What it does" in text and "Loss recovered by this layer's SAE: expression decoder" in text
     assert "across 2 training seeds" in text  # the feature's seed stability
     page.screenshot(path=str(ARTIFACTS / "feature-effects.png"), full_page=True)
+    page.select_option("#layer", "0")  # the layer switcher: layer 0 of the same explorer
+    page.wait_for_url("**/L0/index.html*")
+    page.locator("#density svg").wait_for()
+    assert page.title().startswith(("sae-genomics · pbmc68k · layer 0", "#"))
     assert not errors, errors
     page.close()
 

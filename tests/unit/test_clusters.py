@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics import adjusted_rand_score, silhouette_score
 
-from sae_genomics_core.data.clusters import CLUSTER_KEY, leiden_clusters
+from sae_genomics_core.data import clusters
+from sae_genomics_core.data.clusters import CLUSTER_KEY, cell_map, leiden_clusters
 from sae_genomics_core.data.h5ad import DatasetOptions
 from sae_genomics_core.data.registry import DatasetEntry
 from sae_genomics_core.pipeline.ingest import run_ingest
@@ -44,3 +45,33 @@ def test_ingest_labels_a_file_without_cell_types_by_its_clusters(tmp_path: Path)
     assert cells["cell_type"].str.starts_with("cluster ").all()
     assert adjusted_rand_score(groups, cells.sort("cell_index")["cell_type"].to_numpy()) > 0.9
     assert dataset["cell_type_key"][0] == CLUSTER_KEY and dataset["n_cell_types"][0] >= 3
+
+
+def test_cells_beyond_the_clustered_sample_join_their_groups_cluster(tmp_path: Path, monkeypatch) -> None:
+    """Half the cells are clustered; the other half are read in chunks and placed by nearest centroid."""
+    path, groups = _three_programs(tmp_path / "programs.h5ad")
+    monkeypatch.setattr(clusters, "CHUNK_CELLS", 64)
+    labels = leiden_clusters(path, DatasetOptions(), "raw_counts", max_cells=150)
+    assert labels.size == groups.size
+    assert adjusted_rand_score(groups, labels) > 0.9
+
+
+def test_the_map_separates_planted_groups_and_draws_a_bounded_seeded_sample(
+    tmp_path: Path, monkeypatch
+) -> None:
+    path, groups = _three_programs(tmp_path / "programs.h5ad")
+    everything = cell_map(path, DatasetOptions(), "raw_counts")
+    assert everything["cell_index"].to_list() == list(range(300))
+    xy = everything.select("umap_1", "umap_2").to_numpy()
+    assert silhouette_score(xy, groups) > 0.5  # three islands
+    monkeypatch.setattr(clusters, "MAP_CELLS", 120)
+    drawn = cell_map(path, DatasetOptions(), "raw_counts", seed=3)
+    assert drawn.height == 120 and drawn["cell_index"].is_sorted() and drawn["cell_index"].n_unique() == 120
+    assert drawn.equals(cell_map(path, DatasetOptions(), "raw_counts", seed=3))
+
+
+def test_ingest_gives_every_cell_map_columns(tmp_path: Path) -> None:
+    path, _ = _three_programs(tmp_path / "programs.h5ad")
+    entry = DatasetEntry("programs", path, DatasetOptions(), registered_at="now", source="cli", mtime=0.0)
+    cells = run_ingest(entry, tmp_path / "warehouse.duckdb").tables["cells"]
+    assert cells["umap_1"].null_count() == cells["umap_2"].null_count() == 0

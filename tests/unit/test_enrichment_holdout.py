@@ -97,3 +97,24 @@ def test_the_held_out_overlap_counts_the_terms_other_genes_among_the_features_ot
         assert row["held_out_f1"] == pytest.approx(f1)
         checked += 1
     assert checked >= 3
+
+
+def test_one_database_at_a_time_gives_the_same_table_as_all_at_once() -> None:
+    """The enrichment stage runs a database at a time (progress after each): tests, BH and the best
+    feature per term are per database, so nothing may change."""
+    genes, annotations, _ = _world(seed=4)
+    other = annotations.with_columns(pl.col("term_id").str.replace("T:", "U:"))
+    other = other.filter(pl.col("term_id").str.ends_with("1").not_())
+    rng = np.random.default_rng(5)
+    rows = [(f, genes[i]) for f in range(30) for i in rng.choice(len(genes), 30, replace=False)]
+    rows += [(30, g) for g in _members(annotations, "T:0000")[:20]] + [
+        (31, g) for g in _members(other, "U:0002")[:20]
+    ]
+    both = {"toy": annotations, "other": other}
+    together = enrich_held_out(_ranked(rows), genes, both, SETTINGS).table
+    one_by_one = pl.concat(
+        [enrich_held_out(_ranked(rows), genes, {db: frame}, SETTINGS).table for db, frame in both.items()]
+    )
+    order = ["database", "feature", "term_id"]
+    assert together.height > 100 and together.filter("significant")["database"].n_unique() == 2
+    assert together.sort(order).equals(one_by_one.sort(order))

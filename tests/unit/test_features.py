@@ -43,7 +43,9 @@ def setup(tenx_h5ad: Path, tmp_path_factory: pytest.TempPathFactory):
     cells = inspect_h5ad(tenx_h5ad).cells
     # two made-up cell types so the per-type test has something to compare
     cells = cells.with_columns(
-        pl.when(pl.col("cell_index") % 3 == 0).then(pl.lit("A")).otherwise(pl.lit("B")).alias("cell_type")
+        pl.when(pl.col("cell_index") % 3 == 0).then(pl.lit("A")).otherwise(pl.lit("B")).alias("cell_type"),
+        # every other cell drawn on the map
+        pl.when(pl.col("cell_index") % 2 == 0).then(pl.col("cell_index") * 0.5).alias("umap_1"),
     )
     tables = associate(
         store,
@@ -107,6 +109,21 @@ def test_stats_genes_and_cells_equal_the_dense_computation(setup) -> None:
     np.testing.assert_allclose(
         fired["activation"].to_numpy(), dense[in_cell, feature][order][: fired.height], rtol=1e-5
     )
+
+
+def test_the_map_holds_each_drawn_cells_maximum(setup) -> None:
+    store, sae, _, tables = setup
+    tokens, dense = _dense(store, sae)
+    maxima = (
+        pl.DataFrame({"cell_index": tokens["cell_index"], "a": dense[:, 5]})
+        .group_by("cell_index")
+        .agg(pl.col("a").max())
+        .filter((pl.col("a") > 0) & (pl.col("cell_index") % 2 == 0))
+        .sort("cell_index")
+    )
+    ours = tables.cell_map.filter(pl.col("feature") == 5).sort("cell_index")
+    assert maxima.height > 10 and ours["cell_index"].to_list() == maxima["cell_index"].to_list()
+    np.testing.assert_allclose(ours["max_activation"].to_numpy(), maxima["a"].to_numpy(), rtol=1e-5)
 
 
 def test_genes_are_ranked_by_specificity_with_enough_support(setup) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 
 from sae_genomics_core.artefacts import ArtefactStore
 from sae_genomics_core.pipeline.pages import run_pages
+from sae_genomics_core.sae.matching import nearest_directions
 from sae_genomics_core.viz.pages import PagesUnavailable, build_feature_pages, collect, similar_features
 
 
@@ -75,7 +77,24 @@ def _warehouse(path: Path, with_enrichment: bool = True) -> Path:
                 "expression_bin": [40, 12],
             }
         ),
-        "cells": pl.DataFrame({"dataset": "d", "cell_index": [7], "cell_type": ["CD14+ Monocyte"]}),
+        "cells": pl.DataFrame(
+            {
+                "dataset": "d",
+                "cell_index": [3, 5, 7, 9],
+                "cell_type": ["B", "B", "CD14+ Monocyte", "B"],
+                "umap_1": [0.0, 1.0, 2.0, None],  # cell 9 is not drawn
+                "umap_2": [0.5, 1.5, 2.5, None],
+            }
+        ),
+        "feature_cell_map": pl.DataFrame(
+            {
+                "dataset": "d",
+                "layer": 0,
+                "feature": [0, 0, 0, 2],
+                "cell_index": [3, 5, 7, 5],
+                "max_activation": [0.5, 1.0, 2.0, 0.7],
+            }
+        ),
         "feature_cell_types": pl.DataFrame(
             {
                 "dataset": "d",
@@ -247,10 +266,10 @@ def _planted_decoder() -> torch.Tensor:
 
 def test_similar_features_are_the_nearest_decoder_directions() -> None:
     decoder = _planted_decoder()
-    similar = similar_features(decoder, chunk_rows=7)  # 7 does not divide 300: a short last chunk
-    neighbours = similar["similar"].to_numpy().reshape(300, 5)
-    cosines = similar["cosine"].to_numpy().reshape(300, 5)
+    neighbours, cosines = nearest_directions(decoder, 5, chunk_rows=7)  # 7 does not divide 300
+    similar = similar_features(decoder)
     assert similar["feature"].to_list() == np.repeat(np.arange(300), 5).tolist()
+    assert (similar["similar"].to_numpy().reshape(300, 5) == neighbours).all()
     assert neighbours[17, 0] == 200 and neighbours[200, 0] == 17 and cosines[17, 0] > 0.99
     assert 5 not in neighbours[200] and (neighbours != np.arange(300)[:, None]).all()  # not itself
     assert (np.diff(cosines, axis=1) <= 0).all()  # nearest first
@@ -347,3 +366,35 @@ def test_run_pages_takes_similar_features_from_the_checkpoint_of_the_tables(tmp_
         "come from checkpoint resid_post-old, the current SAE is resid_post-k1" in summary["similar_features"]
     )
     assert _embedded(page.read_text())["similar"] == {}
+
+
+def test_map_activations_unpack_to_each_drawn_cells_value() -> None:
+    """The page's packing (dense bytes or sparse position/level triples), unpacked as the page does."""
+    from sae_genomics_core.viz.pages import _packed
+
+    rng = np.random.default_rng(0)
+    drawn = np.sort(rng.choice(5000, 1200, replace=False))
+    expected = {0: rng.exponential(1.0, drawn.size) * (rng.random(drawn.size) < 0.8), 1: np.zeros(drawn.size)}
+    expected[1][[3, 700, 1199]] = [0.2, 4.0, 1e-6]  # sparse; a tiny value stays visible (level 1)
+    frame = pl.DataFrame(
+        [
+            {"feature": f, "cell_index": int(drawn[j]), "max_activation": float(a[j])}
+            for f, a in expected.items()
+            for j in np.flatnonzero(a)
+        ]
+    )
+    packed = _packed(frame, drawn)
+    assert packed["feature"] == [0, 1] and packed["dense"] == [True, False]
+    for i, f in enumerate(packed["feature"]):
+        raw, scale = np.frombuffer(base64.b64decode(packed["data"][i]), np.uint8), packed["max"][i] / 255
+        values = np.zeros(drawn.size)
+        if packed["dense"][i]:
+            values = raw * scale
+        else:
+            triples = raw.reshape(-1, 3).astype(int)
+            values[triples[:, 0] | (triples[:, 1] << 8)] = triples[:, 2] * scale
+        assert np.all((values > 0) == (expected[f] > 0))
+        # half a level off at most, a full level for values under half a level (shown as level 1, not 0)
+        error = np.abs(values - expected[f])
+        assert error.max() <= scale and error[expected[f] >= scale / 2].max() <= scale / 2 + 1e-4
+    assert len(packed["data"][1]) == 12  # three 3-byte triples in base64

@@ -40,7 +40,13 @@ def explorer(tmp_path_factory: pytest.TempPathFactory) -> Path:
         warehouse,
         "feature_stats",
         pl.DataFrame(
-            {"dataset": "d", "layer": 0, "feature": [3, 4], "fire_count": [2, 1], "frequency": [0.05, 0.01]}
+            {
+                "dataset": "d",
+                "layer": [0, 0, 1],  # layer 1: feature 7 only, feature 0's best match there
+                "feature": [3, 4, 7],
+                "fire_count": [2, 1, 3],
+                "frequency": [0.05, 0.01, 0.02],
+            }
         ),
     )
     _insert(
@@ -79,7 +85,11 @@ def explorer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     decoder = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
     decoder[3] = 2 * decoder[0]
-    return build_feature_pages(warehouse, "d", 0, folder / "pages", similar_features(decoder)).path
+    pages = folder / "pages" / "d"
+    build_feature_pages(warehouse, "d", 1, pages / "L1", extracted=(0, 1, 2))
+    return build_feature_pages(
+        warehouse, "d", 0, pages / "L0", similar_features(decoder), extracted=(0, 1, 2)
+    ).path
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +178,39 @@ def test_top_cells_show_the_genes_the_feature_fires_on(page: Any) -> None:
     assert fired.first.get_attribute("title") == "activation 2.000, expression bin 40"
     # shaded by activation relative to the cell's maximum (2.0): full for LYZ, half for S100A8
     assert "0.90" in fired.first.get_attribute("style") and "0.51" in fired.last.get_attribute("style")
+
+
+def _map_colours(page: Any, feature: int) -> list[str]:
+    page.goto(page.url.split("#")[0] + f"#feature={feature}")
+    page.locator("#feature-title").filter(has_text=f"Feature {feature}").wait_for()
+    page.locator("#map-chart svg").wait_for()
+    return page.eval_on_selector_all(
+        "#map-chart .mark-symbol path", "marks => marks.map(m => m.getAttribute('fill'))"
+    )
+
+
+def test_the_map_draws_the_cells_coloured_by_the_feature(page: Any) -> None:
+    colours = _map_colours(page, 0)
+    assert len(colours) == 3 and len(set(colours)) == 3  # the drawn cells (the fourth has no coordinates)
+    assert "#d9dbe3" not in colours  # it fires in all three
+    assert _map_colours(page, 2).count("#d9dbe3") == 2  # feature 2 fires in one drawn cell
+
+
+def test_the_layer_switcher_goes_to_the_features_match_in_that_layer(page: Any, explorer: Path) -> None:
+    page.goto((explorer.parent.parent / "index.html").as_uri())  # the dataset's explorer: its first layer
+    page.locator("#density svg").wait_for()
+    assert page.url == explorer.as_uri()
+    options = page.eval_on_selector_all("#layer option", "os => os.map(o => [o.textContent, o.disabled])")
+    assert options == [["0", False], ["1", False], ["2 (no feature tables yet)", True]]
+    page.goto(explorer.as_uri() + "#feature=0")
+    page.locator("#feature-title").filter(has_text="Feature 0").wait_for()
+    page.select_option("#layer", "1")
+    page.locator("#feature-title").filter(has_text="Feature 7").wait_for()
+    assert page.url.endswith("/L1/index.html#feature=7")
+    assert page.eval_on_selector("#layer", "s => s.value") == "1"
+    page.select_option("#layer", "0")  # no feature shown here, so layer 0's overview
+    page.locator("#density svg").wait_for()
+    assert page.url == explorer.as_uri()
 
 
 def test_term_ids_link_to_monarch(page: Any) -> None:

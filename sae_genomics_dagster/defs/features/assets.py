@@ -93,6 +93,11 @@ def _spec(name: str, description: str) -> dg.AssetSpec:
             "their expression bins. Table `feature_cell_genes`.",
         ),
         _spec(
+            "feature_cell_map",
+            "Per feature: its (max) activation in each cell drawn on the dataset's UMAP map (`cells.umap_1`), "
+            "where it fires; the feature pages colour the map by it. Table `feature_cell_map`.",
+        ),
+        _spec(
             "feature_cell_types",
             "Per feature × cell type: a cell's mean activation over its tokens, type vs rest by Welch's t "
             "(cells) or a paired t over samples (pseudobulk), log2 FC with its lower bound, BH q. Held out: "
@@ -105,7 +110,7 @@ def _spec(name: str, description: str) -> dg.AssetSpec:
             "the feature pages' activation histograms. Table `feature_histograms`.",
         ),
     ],
-    can_subset=False,  # the six tables are written together, in one transaction
+    can_subset=False,  # the seven tables are written together, in one transaction
     ins={"cells": dg.AssetIn(), "genes": dg.AssetIn()},
     partitions_def=partitions,
     pool=GPU_POOL,
