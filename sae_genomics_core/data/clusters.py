@@ -28,6 +28,7 @@ CLUSTER_CELLS = 50_000  # cells clustered at most; a 50k × 2,000-gene sparse ma
 MAP_CELLS = 2_000  # cells drawn on the map: its shape shows, and a page embeds each feature's values
 MAP_EPOCHS = 200  # UMAP's optimisation epochs (scanpy's default is 500 below 10k cells; the layout settles)
 CHUNK_CELLS = 8_192
+EXACT_NEIGHBOURS = 4_096  # scanpy's own switch from exact to approximate (pynndescent) neighbours
 
 
 def leiden_clusters(
@@ -103,8 +104,36 @@ def _neighbourhood(matrix: sp.csr_matrix, value_kind: str, seed: int) -> Any:
     adata.var["mean"] = np.asarray(adata.X.mean(axis=0)).ravel()
     components = min(COMPONENTS, adata.n_obs - 1, adata.n_vars - 1)
     sc.pp.pca(adata, n_comps=components, random_state=seed)
-    sc.pp.neighbors(adata, n_neighbors=NEIGHBOURS, method="gauss", knn=True, random_state=seed)
+    sc.pp.neighbors(
+        adata,
+        n_neighbors=NEIGHBOURS,
+        method="gauss",
+        knn=True,
+        random_state=seed,
+        transformer=_approximate_neighbours(adata.n_obs, seed),
+    )
     return adata
+
+
+def _approximate_neighbours(n_cells: int, seed: int) -> Any:
+    """None (scanpy's exact neighbours) below EXACT_NEIGHBOURS cells; above, pynndescent with UMAP's
+    settings, as scanpy would run it, but giving a scipy sparse matrix: pynndescent 0.7 returns a sparse
+    array, which has no `getnnz` in scipy 1.17, and scanpy 1.11 calls it, so every dataset of 4,096 cells
+    or more failed."""
+    if n_cells < EXACT_NEIGHBOURS:
+        return None
+    from pynndescent import PyNNDescentTransformer
+
+    class MatrixGraph(PyNNDescentTransformer):
+        def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> sp.csr_matrix:
+            return sp.csr_matrix(super().fit_transform(X, y, **fit_params))
+
+    return MatrixGraph(
+        n_neighbors=NEIGHBOURS,
+        n_trees=min(64, 5 + round(n_cells**0.5 / 20.0)),
+        n_iters=max(5, round(np.log2(n_cells))),
+        random_state=seed,
+    )
 
 
 def _nearest_centroid(

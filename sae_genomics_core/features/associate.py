@@ -458,9 +458,11 @@ class _PerCell:
         )
 
     def _keep_fired_genes(self, shard_cells: np.ndarray, firing: _Firing) -> None:
-        """The firing genes of the top pairs that entered from this shard (a cell lives in one shard, so
-        its genes are complete here); pairs that left the top drop theirs."""
-        entered = self.top.filter(pl.col("cell_index").is_in(pl.Series(shard_cells)))
+        """The firing genes of the pairs that entered a feature's top `cells_with_genes` cells from this
+        shard (a cell lives in one shard, so its genes are complete here; a pair outside them now never
+        rises into them); pairs pushed out drop theirs."""
+        contenders = self.top.filter(pl.int_range(pl.len()).over("feature") < self.cells_with_genes)
+        entered = contenders.filter(pl.col("cell_index").is_in(pl.Series(shard_cells)))
         if entered.height:
             # a dense (shard cells × d_sae) mask, read once per firing triple: no sort of the triples
             wanted = np.zeros(shard_cells.size * self.d_sae, dtype=bool)
@@ -485,7 +487,7 @@ class _PerCell:
             )
             self.fired = pl.concat([self.fired, genes], how="diagonal_relaxed")
         self.fired = self.fired.join(
-            self.top.select("feature", "cell_index"), on=["feature", "cell_index"], how="semi"
+            contenders.select("feature", "cell_index"), on=["feature", "cell_index"], how="semi"
         )
 
     def fired_genes(self, top_cells: pl.DataFrame) -> pl.DataFrame:

@@ -17,10 +17,10 @@ from sae_genomics_core.pipeline.ingest import run_ingest
 from tests.conftest import write_h5ad
 
 
-def _three_programs(path: Path) -> tuple[Path, np.ndarray]:
-    """300 cells in three groups, each expressing its own 40 of 300 genes five times more."""
+def _three_programs(path: Path, per_group: int = 100) -> tuple[Path, np.ndarray]:
+    """3 × `per_group` cells in three groups, each expressing its own 40 of 300 genes five times more."""
     rng = np.random.default_rng(0)
-    groups = np.repeat([0, 1, 2], 100)
+    groups = np.repeat([0, 1, 2], per_group)
     rate = np.full((groups.size, 300), 0.5)
     for group in range(3):
         rate[groups == group, group * 40 : (group + 1) * 40] = 2.5
@@ -75,3 +75,20 @@ def test_ingest_gives_every_cell_map_columns(tmp_path: Path) -> None:
     entry = DatasetEntry("programs", path, DatasetOptions(), registered_at="now", source="cli", mtime=0.0)
     cells = run_ingest(entry, tmp_path / "warehouse.duckdb").tables["cells"]
     assert cells["umap_1"].null_count() == cells["umap_2"].null_count() == 0
+
+
+def test_large_datasets_get_a_neighbour_graph_scanpy_can_read() -> None:
+    """From 4,096 cells scanpy uses pynndescent; by 12,000 its graph is a sparse array without the
+    `getnnz` scanpy 1.11 calls, and `sc.pp.neighbors` failed (every dataset that large without cell
+    types). The graph we give it instead: three planted blobs come back as three Leiden clusters."""
+    import anndata as ad
+    import scanpy as sc
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat([0, 1, 2], 4_000)
+    points = rng.normal(size=(groups.size, 20)) + 6.0 * np.eye(3, 20)[groups]
+    adata = ad.AnnData(obsm={"X_pca": points.astype(np.float32)}, X=sp.csr_matrix((groups.size, 1)))
+    transformer = clusters._approximate_neighbours(adata.n_obs, seed=0)
+    sc.pp.neighbors(adata, use_rep="X_pca", method="gauss", knn=True, transformer=transformer)
+    sc.tl.leiden(adata, resolution=0.1, flavor="igraph", n_iterations=2, random_state=0)
+    assert adjusted_rand_score(groups, adata.obs["leiden"].to_numpy()) > 0.95
