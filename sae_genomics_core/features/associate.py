@@ -46,8 +46,20 @@ from sae_genomics_core.features.settings import AssociationSettings
 
 HISTOGRAM_BINS = 20
 TOP_CELLS_SCHEMA = {"feature": pl.Int64, "cell_index": pl.Int64, "max_activation": pl.Float64}
-FIRED_GENES_SCHEMA = {
-    **TOP_CELLS_SCHEMA,
+# per (feature, top cell): its firing genes, while the shards stream (FIRED) and as the table (CELL_GENES)
+FIRED_SCHEMA = {
+    "feature": pl.Int64,
+    "cell_index": pl.Int64,
+    "gene_id": pl.Int64,
+    "activation": pl.Float64,
+    "expression_bin": pl.Int64,
+}
+CELL_GENES_SCHEMA = {
+    "feature": pl.Int64,
+    "cell_rank": pl.Int64,
+    "cell_index": pl.Int64,
+    "cell_id": pl.String,
+    "rank": pl.Int64,
     "gene_id": pl.Int64,
     "activation": pl.Float64,
     "expression_bin": pl.Int64,
@@ -62,7 +74,7 @@ class FeatureTables:
     cell_types: pl.DataFrame
     n_tokens: int
     # the genes firing in each of a feature's top cells (gene_id: vocab token id)
-    cell_genes: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=FIRED_GENES_SCHEMA))
+    cell_genes: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=CELL_GENES_SCHEMA))
     cell_map: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=TOP_CELLS_SCHEMA))
     # tokens by how many latents fire on them (index = L0), for the L0 histogram
     l0_counts: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
@@ -409,7 +421,7 @@ class _PerCell:
         self.n_cells_active = np.zeros(d_sae, dtype=np.int64)
         self.histograms = _MaxHistograms(d_sae)
         self.top = pl.DataFrame(schema=TOP_CELLS_SCHEMA)
-        self.fired = pl.DataFrame(schema=FIRED_GENES_SCHEMA)
+        self.fired = pl.DataFrame(schema=FIRED_SCHEMA)
         self.mapped: np.ndarray | None = None  # per cell: drawn on the map (None: no map)
         self.map_parts: list[pl.DataFrame] = []
 
@@ -476,7 +488,8 @@ class _PerCell:
                     "gene_id": firing.gene_ids[keep].astype(np.int64),
                     "activation": firing.activation[keep],
                     "expression_bin": firing.bins[keep].astype(np.int64),
-                }
+                },
+                schema=FIRED_SCHEMA,
             )
             genes = (
                 genes.sort(
@@ -485,7 +498,7 @@ class _PerCell:
                 .group_by(["feature", "cell_index"], maintain_order=True)
                 .head(self.genes_per_cell)
             )
-            self.fired = pl.concat([self.fired, genes], how="diagonal_relaxed")
+            self.fired = pl.concat([self.fired, genes])
         self.fired = self.fired.join(
             contenders.select("feature", "cell_index"), on=["feature", "cell_index"], how="semi"
         )
@@ -501,16 +514,7 @@ class _PerCell:
             .with_columns(
                 pl.int_range(1, pl.len() + 1).over("feature", "cell_index").cast(pl.Int64).alias("rank")
             )
-            .select(
-                "feature",
-                "cell_rank",
-                "cell_index",
-                "cell_id",
-                "rank",
-                "gene_id",
-                "activation",
-                "expression_bin",
-            )
+            .select(list(CELL_GENES_SCHEMA))
         )
 
 

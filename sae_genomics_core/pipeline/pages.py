@@ -20,8 +20,7 @@ def run_pages(
     similar, why = _similar_features(dataset, layer, store, warehouse)
     if similar is None:
         log.warning(f"feature pages without similar features: {why}")
-    extracted = _extracted_layers(store, dataset)
-    result = build_feature_pages(warehouse, dataset, layer, store.pages(dataset, layer), similar, extracted)
+    result = build_feature_pages(warehouse, dataset, layer, store.pages(dataset, layer), similar)
     store.publish_pages(dataset, layer)
     log.info(f"feature pages: {result.path} ({result.n_features} features, {result.n_bytes / 1e6:.1f} MB)")
     return StageResult(
@@ -35,17 +34,6 @@ def run_pages(
             "similar_features": why,
         }
     )
-
-
-def _extracted_layers(store: ArtefactStore, dataset: str) -> tuple[int, ...]:
-    """The layers of the dataset's current activations (the layer switcher offers them all)."""
-    from sae_genomics_core.activations.store import ActivationStore
-
-    folder = store.current_activations_folder(dataset)
-    if folder is None:
-        return ()
-    widths = ActivationStore(folder).manifest["widths"]  # keyed "L<layer>.<hook>"
-    return tuple(sorted({int(key.split(".")[0][1:]) for key in widths}))
 
 
 def _similar_features(dataset: str, layer: int, store: ArtefactStore, warehouse: Path) -> tuple[Any, str]:

@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,17 +140,9 @@ def _frame(
     return connection.execute(sql, params).pl() if needs in tables else None
 
 
-def collect(
-    warehouse: Path,
-    dataset: str,
-    layer: int,
-    similar: pl.DataFrame | None = None,
-    extracted: tuple[int, ...] = (),
-) -> dict[str, Any]:
+def collect(warehouse: Path, dataset: str, layer: int, similar: pl.DataFrame | None = None) -> dict[str, Any]:
     """Everything a page shows, as JSON-ready columns (compact: one list per column); `similar` is
-    `similar_features` of the SAE the feature tables came from (None: the pages show no neighbours);
-    `extracted`: the dataset's layers with activations, offered by the layer switcher (with those that
-    have feature tables)."""
+    `similar_features` of the SAE the feature tables came from (None: the pages show no neighbours)."""
     with connect_read_only(Path(warehouse)) as connection:
         tables = table_names(connection)
         key = [dataset, layer]
@@ -160,12 +153,7 @@ def collect(
         for name, (needs, sql) in _OPTIONAL_QUERIES.items():
             frames[name] = _frame(connection, sql, key, tables, needs)
         cell_map = _cell_map(connection, tables, dataset, layer)
-        built = {
-            row[0]
-            for row in connection.execute(
-                "select distinct layer from feature_stats where dataset = ?", [dataset]
-            ).fetchall()
-        }
+        layers = _layers(connection, tables, dataset)
     sae, seeds = frames.pop("sae"), frames.pop("seed_summary")
     return {
         "dataset": dataset,
@@ -174,22 +162,41 @@ def collect(
         "seeds": seeds.row(0, named=True) if seeds is not None and seeds.height else {},
         "similar": _columns(similar),
         "map": cell_map,
-        "layers": [{"layer": n, "built": n in built} for n in sorted(built | set(extracted))],
+        "layers": layers,
         **{name: _columns(frame) for name, frame in frames.items()},
     }
+
+
+def _layers(connection: duckdb.DuckDBPyConnection, tables: set[str], dataset: str) -> list[dict[str, Any]]:
+    """What the layer switcher offers: the dataset's extracted layers (activation_sets), each `built` when
+    it has feature tables (its pages follow them; over http the switcher asks before it goes)."""
+
+    def layers_in(table: str) -> set[int]:
+        if table not in tables:
+            return set()
+        sql = f"select distinct layer from {table} where dataset = ?"
+        return {row[0] for row in connection.execute(sql, [dataset]).fetchall()}
+
+    built = layers_in("feature_stats")
+    return [{"layer": n, "built": n in built} for n in sorted(built | layers_in("activation_sets"))]
 
 
 def _cell_map(
     connection: duckdb.DuckDBPyConnection, tables: set[str], dataset: str, layer: int
 ) -> dict[str, Any]:
     """The cells drawn on the dataset's UMAP and each feature's activations there, packed (see _packed);
-    empty without a map (cells ingested before it, or feature tables older than feature_cell_map)."""
+    empty without a map: cells ingested before it, or this layer's feature tables older than
+    feature_cell_map (no rows of it)."""
     has_map = (
         "feature_cell_map" in tables
         and connection.execute(
             "select count(*) from information_schema.columns where table_name = 'cells' and column_name = 'umap_1'"
-        ).fetchone()[0]
-    )  # type: ignore[index]
+        ).fetchone()[0]  # type: ignore[index]
+        and connection.execute(
+            "select count(*) from (select 1 from feature_cell_map where dataset = ? and layer = ? limit 1)",
+            [dataset, layer],
+        ).fetchone()[0]  # type: ignore[index]
+    )
     if not has_map:
         return {}
     drawn = connection.execute(
@@ -198,8 +205,10 @@ def _cell_map(
         [dataset],
     ).pl()
     values = connection.execute(
-        "select feature, cell_index, max_activation from feature_cell_map where dataset = ? and layer = ? "
-        "order by feature, cell_index",
+        # only cells drawn now (cells re-ingested after these feature tables may have another sample)
+        "select m.feature, m.cell_index, m.max_activation from feature_cell_map m join cells c "
+        "on c.dataset = m.dataset and c.cell_index = m.cell_index and c.umap_1 is not null "
+        "where m.dataset = ? and m.layer = ? order by m.feature, m.cell_index",
         [dataset, layer],
     ).pl()
     return {"cells": _columns(drawn), **_packed(values, drawn["cell_index"].to_numpy())}
@@ -209,6 +218,10 @@ def _packed(values: pl.DataFrame, drawn: np.ndarray) -> dict[str, list[Any]]:
     """Per feature: its maximum on the map and its cells' activations as bytes in base64, each a level of
     that maximum (1–255; 0 = silent): one byte per drawn cell (dense), or (position: 2 bytes little-endian,
     level) per firing cell (sparse), whichever is shorter. 2,000 cells × 16k features fit in a page."""
+    if drawn.size > 2**16:
+        raise ValueError(
+            f"{drawn.size} cells on the map: a page addresses at most 65,536 (MAP_CELLS is 2,000)"
+        )
     features = values["feature"].to_numpy()
     bounds = np.r_[np.unique(features, return_index=True)[1], features.size]  # rows sorted by feature
     positions = np.searchsorted(drawn, values["cell_index"].to_numpy())
@@ -226,7 +239,7 @@ def _packed(values: pl.DataFrame, drawn: np.ndarray) -> dict[str, list[Any]]:
         else:
             data = np.rec.fromarrays([where.astype("<u2"), levels.astype(np.uint8)]).tobytes()
         packed["feature"].append(int(features[start]))
-        packed["max"].append(round(top, 4))
+        packed["max"].append(float(f"{top:.4g}"))  # significant digits: a tiny maximum stays > 0
         packed["dense"].append(bool(dense))
         packed["data"].append(base64.b64encode(data).decode("ascii"))
     return packed
@@ -307,43 +320,39 @@ def render(data: dict[str, Any], vega_bundle: str) -> str:
 
 
 def build_feature_pages(
-    warehouse: Path,
-    dataset: str,
-    layer: int,
-    out_dir: Path,
-    similar: pl.DataFrame | None = None,
-    extracted: tuple[int, ...] = (),
+    warehouse: Path, dataset: str, layer: int, out_dir: Path, similar: pl.DataFrame | None = None
 ) -> PagesResult:
     """Write `out_dir/index.html`, and the dataset's entry page beside the layers' folders (atomically: a
     failed build leaves the previous pages)."""
     import vl_convert as vlc
 
-    data = collect(warehouse, dataset, layer, similar, extracted)
+    data = collect(warehouse, dataset, layer, similar)
     target = out_dir / "index.html"
     _write_atomically(target, render(data, vlc.javascript_bundle()))
-    _write_atomically(out_dir.parent / "index.html", dataset_entry(dataset, data["layers"]))
+    layers = (entry["layer"] for entry in data["layers"])
+    with_pages = [n for n in layers if (out_dir.parent / f"L{n}" / "index.html").exists()]
+    _write_atomically(out_dir.parent / "index.html", dataset_entry(dataset, with_pages))
     return PagesResult(
         path=target, n_features=len(data["stats"].get("feature", [])), n_bytes=target.stat().st_size
     )
 
 
 def _write_atomically(target: Path, text: str) -> None:
+    """Through a file of its own (a dataset's layers build at once and share the entry page)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".partial")
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.chmod(partial, 0o644)  # a served page must be readable (mkstemp makes it private)
     os.replace(partial, target)
 
 
-def dataset_entry(dataset: str, layers: list[dict[str, Any]]) -> str:
-    """The dataset's explorer address (`<dataset>/index.html`): it opens the first layer with feature
-    tables, whose layer switcher reaches the others."""
-    first = next((entry["layer"] for entry in layers if entry["built"]), None)
+def dataset_entry(dataset: str, layers_with_pages: list[int]) -> str:
+    """The dataset's explorer address (`<dataset>/index.html`): it opens the first layer with pages,
+    whose layer switcher reaches the others."""
+    first = layers_with_pages[0] if layers_with_pages else None
     title = html.escape(f"sae-genomics · {dataset}")
-    links = "".join(
-        f'<li><a href="L{entry["layer"]}/index.html">layer {entry["layer"]}</a></li>'
-        for entry in layers
-        if entry["built"]
-    )
+    links = "".join(f'<li><a href="L{n}/index.html">layer {n}</a></li>' for n in layers_with_pages)
     refresh = f'<meta http-equiv="refresh" content="0; url=L{first}/index.html">' if first is not None else ""
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{refresh}<title>{title}</title></head>'
@@ -563,7 +572,8 @@ function mapSpec(f) {
 // a top cell's genes where the feature fires, shaded by activation relative to the cell's maximum
 function firedGenes(f, cell) {
   const list = (cellGenes.get(f) || []).filter(r => r.cell_index === cell.cell_index);
-  if (!D.cell_genes.feature) return "<span class=muted>not recorded (feature tables older than feature_cell_genes)</span>";
+  if (!(D.cell_genes.feature || []).length) return "<span class=muted>not recorded (feature tables older than feature_cell_genes)</span>";
+  if (!list.length) return "<span class=muted>not recorded (below the top cells_with_genes)</span>";
   return list.map(r => `<span class="pill fired" style="background: rgba(230, 120, 20, ${(0.12 + 0.78 * r.activation / cell.max_activation).toFixed(2)})" title="activation ${num(r.activation)}, expression bin ${r.expression_bin}">${esc(r.gene)}</span>`).join("");
 }
 
@@ -665,11 +675,18 @@ function route() {
 }
 // the dataset's other layers: the page of the shown feature's best match there, else that layer's overview
 const layerSelect = document.getElementById("layer");
-layerSelect.innerHTML = D.layers.map(l => `<option value="${l.layer}"${l.layer === D.layer ? " selected" : ""}${l.built ? "" : " disabled"}>${l.layer}${l.built ? "" : " (no feature tables yet)"}</option>`).join("");
-layerSelect.addEventListener("change", () => {
+// a layer without feature tables when this page was built: over http it may have pages by now (the
+// switcher asks), from a file it cannot be asked, so it is not offered
+const askable = location.protocol.startsWith("http");
+layerSelect.innerHTML = D.layers.map(l => `<option value="${l.layer}"${l.layer === D.layer ? " selected" : ""}${l.built || askable ? "" : " disabled"}>${l.layer}${l.built ? "" : " (no feature tables when built)"}</option>`).join("");
+layerSelect.addEventListener("change", async () => {
   const target = Number(layerSelect.value), shown = location.hash.match(/feature=(\d+)/);
   const match = shown && (matches.get(Number(shown[1])) || []).find(r => r.other_dataset === D.dataset && r.other_layer === target);
-  location.href = `../L${target}/index.html` + (match && match.best_match >= 0 ? `#feature=${match.best_match}` : "");
+  const page = `../L${target}/index.html`;
+  // over http, ask first: a layer with feature tables may not have its pages yet (file:// cannot ask)
+  const missing = askable && !(await fetch(page, {method: "HEAD"}).then(r => r.ok, () => true));
+  if (missing) { alert(`Layer ${target} has no feature pages yet: materialise feature_pages for ${D.dataset} layer ${target}.`); layerSelect.value = String(D.layer); return; }
+  location.href = page + (match && match.best_match >= 0 ? `#feature=${match.best_match}` : "");
 });
 document.getElementById("search").addEventListener("input", (ev) => search(ev.target.value));
 order.addEventListener("change", () => search(document.getElementById("search").value));

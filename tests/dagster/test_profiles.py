@@ -120,3 +120,16 @@ def test_the_doctor_says_what_a_cluster_profile_lacks(tmp_path: Path) -> None:
     assert (
         not findings["celery workers"].ok and "SAE_GENOMICS_CELERY_BROKER" in findings["celery workers"].fix
     )
+
+
+def test_the_doctor_command_passes_on_the_local_profile(
+    home: Home, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's `sae-genomics doctor` on a laptop: every check of the local profile passes."""
+    from sae_genomics_dagster.cli import main
+
+    monkeypatch.delenv("SAE_GENOMICS_PROFILE", raising=False)
+    assert main(["doctor"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "profile: local"
+    assert [line.split(":")[0] for line in lines[1:]] == ["ok  home", "ok  artefacts", "ok  accelerator"]

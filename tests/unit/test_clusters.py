@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
@@ -14,7 +15,7 @@ from sae_genomics_core.data.clusters import CLUSTER_KEY, cell_map, leiden_cluste
 from sae_genomics_core.data.h5ad import DatasetOptions
 from sae_genomics_core.data.registry import DatasetEntry
 from sae_genomics_core.pipeline.ingest import run_ingest
-from tests.conftest import write_h5ad
+from tests.conftest import counts, write_h5ad
 
 
 def _three_programs(path: Path, per_group: int = 100) -> tuple[Path, np.ndarray]:
@@ -70,15 +71,22 @@ def test_the_map_separates_planted_groups_and_draws_a_bounded_seeded_sample(
     assert drawn.equals(cell_map(path, DatasetOptions(), "raw_counts", seed=3))
 
 
-def test_ingest_gives_every_cell_map_columns(tmp_path: Path) -> None:
+def test_ingest_draws_a_sample_of_cells_on_the_map_and_none_of_a_tiny_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clusters, "MAP_CELLS", 120)
     path, _ = _three_programs(tmp_path / "programs.h5ad")
     entry = DatasetEntry("programs", path, DatasetOptions(), registered_at="now", source="cli", mtime=0.0)
     cells = run_ingest(entry, tmp_path / "warehouse.duckdb").tables["cells"]
-    assert cells["umap_1"].null_count() == cells["umap_2"].null_count() == 0
+    assert cells.height == 300 and cells["umap_1"].null_count() == cells["umap_2"].null_count() == 180
+    tiny = write_h5ad(tmp_path / "tiny.h5ad", counts(n_cells=40))  # under MIN_CELLS: no map
+    entry = DatasetEntry("tiny", tiny, DatasetOptions(), registered_at="now", source="cli", mtime=0.0)
+    cells = run_ingest(entry, tmp_path / "warehouse.duckdb").tables["cells"]
+    assert cells.height == 40 and cells["umap_1"].null_count() == 40
 
 
 def test_large_datasets_get_a_neighbour_graph_scanpy_can_read() -> None:
-    """From 4,096 cells scanpy uses pynndescent; by 12,000 its graph is a sparse array without the
+    """From 8,192 cells scanpy uses pynndescent; at 12,000 its graph was a sparse array without the
     `getnnz` scanpy 1.11 calls, and `sc.pp.neighbors` failed (every dataset that large without cell
     types). The graph we give it instead: three planted blobs come back as three Leiden clusters."""
     import anndata as ad

@@ -4,12 +4,15 @@ do not."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import polars as pl
 import pytest
 
 from sae_genomics_core.enrichment.enrich import EnrichmentSettings, enrich_held_out
 from sae_genomics_core.features.holdout import EVALUATION, SELECTION, gene_half
+from sae_genomics_core.pipeline.enrichment import _Annotations, _enriched_by_database
 
 SETTINGS = EnrichmentSettings(gene_set_size=20, min_overlap=2, annotated_only=False, max_term_size=200)
 N_NULL = 60
@@ -111,10 +114,14 @@ def test_one_database_at_a_time_gives_the_same_table_as_all_at_once() -> None:
         (31, g) for g in _members(other, "U:0002")[:20]
     ]
     both = {"toy": annotations, "other": other}
-    together = enrich_held_out(_ranked(rows), genes, both, SETTINGS).table
-    one_by_one = pl.concat(
-        [enrich_held_out(_ranked(rows), genes, {db: frame}, SETTINGS).table for db, frame in both.items()]
-    )
+    together = enrich_held_out(_ranked(rows), genes, both, SETTINGS)
+    lines: list[str] = []
+    log = SimpleNamespace(info=lines.append, warning=lines.append)
+    staged = _enriched_by_database("d", 0, _ranked(rows), genes, _Annotations(both, {}, {}), SETTINGS, log)
     order = ["database", "feature", "term_id"]
-    assert together.height > 100 and together.filter("significant")["database"].n_unique() == 2
-    assert together.sort(order).equals(one_by_one.sort(order))
+    assert together.table.height > 100 and together.table.filter("significant")["database"].n_unique() == 2
+    assert together.table.sort(order).equals(staged.table.sort(order))
+    assert together.summary_frame().equals(staged.summary_frame())
+    assert lines[-1].startswith("d layer 0: enrichment: 2/2 databases (100%)") and lines[-1].endswith(
+        "; other"
+    )

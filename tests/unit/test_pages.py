@@ -191,7 +191,7 @@ def test_a_missing_layer_is_refused_and_the_previous_pages_stay(tmp_path: Path) 
     with pytest.raises(PagesUnavailable, match="materialise the feature tables"):
         build_feature_pages(warehouse, "d", 5, out)
     assert (out / "index.html").read_text() == first
-    assert not (out / "index.html.partial").exists()
+    assert not list(out.parent.rglob("*.partial"))
 
 
 @pytest.mark.parametrize("text", ["</script><b>x", "<!--<script>", "a & b > c"])
@@ -398,3 +398,16 @@ def test_map_activations_unpack_to_each_drawn_cells_value() -> None:
         error = np.abs(values - expected[f])
         assert error.max() <= scale and error[expected[f] >= scale / 2].max() <= scale / 2 + 1e-4
     assert len(packed["data"][1]) == 12  # three 3-byte triples in base64
+    tiny = _packed(
+        pl.DataFrame({"feature": [0], "cell_index": [int(drawn[0])], "max_activation": [3e-5]}), drawn
+    )
+    assert tiny["max"] == [3e-5]  # significant digits: a feature firing weakly still shows
+
+
+def test_a_layer_whose_feature_tables_predate_the_map_shows_none(tmp_path: Path) -> None:
+    warehouse = _warehouse(tmp_path / "w.duckdb")
+    drawn = collect(warehouse, "d", 0)["map"]
+    assert drawn["cells"]["cell_index"] == [3, 5, 7] and drawn["feature"] == [0, 2]
+    with duckdb.connect(str(warehouse)) as connection:  # this layer's rows gone, the table still there
+        connection.execute("delete from feature_cell_map where layer = 0")
+    assert collect(warehouse, "d", 0)["map"] == {}

@@ -42,10 +42,11 @@ def explorer(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pl.DataFrame(
             {
                 "dataset": "d",
-                "layer": [0, 0, 1],  # layer 1: feature 7 only, feature 0's best match there
-                "feature": [3, 4, 7],
-                "fire_count": [2, 1, 3],
-                "frequency": [0.05, 0.01, 0.02],
+                # layer 1: feature 7 only, feature 0's best match there; layer 3: tables, no pages yet
+                "layer": [0, 0, 1, 3],
+                "feature": [3, 4, 7, 9],
+                "fire_count": [2, 1, 3, 1],
+                "frequency": [0.05, 0.01, 0.02, 0.01],
             }
         ),
     )
@@ -85,11 +86,13 @@ def explorer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     decoder = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
     decoder[3] = 2 * decoder[0]
+    with duckdb.connect(str(warehouse)) as connection:  # layers 0-2 extracted; 2 has no feature tables
+        connection.execute(
+            "create table activation_sets as select 'd' as dataset, range as layer from range(4)"
+        )
     pages = folder / "pages" / "d"
-    build_feature_pages(warehouse, "d", 1, pages / "L1", extracted=(0, 1, 2))
-    return build_feature_pages(
-        warehouse, "d", 0, pages / "L0", similar_features(decoder), extracted=(0, 1, 2)
-    ).path
+    build_feature_pages(warehouse, "d", 1, pages / "L1")
+    return build_feature_pages(warehouse, "d", 0, pages / "L0", similar_features(decoder)).path
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +204,7 @@ def test_the_layer_switcher_goes_to_the_features_match_in_that_layer(page: Any, 
     page.locator("#density svg").wait_for()
     assert page.url == explorer.as_uri()
     options = page.eval_on_selector_all("#layer option", "os => os.map(o => [o.textContent, o.disabled])")
-    assert options == [["0", False], ["1", False], ["2 (no feature tables yet)", True]]
+    assert options == [["0", False], ["1", False], ["2 (no feature tables when built)", True], ["3", False]]
     page.goto(explorer.as_uri() + "#feature=0")
     page.locator("#feature-title").filter(has_text="Feature 0").wait_for()
     page.select_option("#layer", "1")
@@ -236,3 +239,23 @@ def test_tables_download_as_csv(page: Any, tmp_path: Path) -> None:
     assert tables["genes"][0]["held_out_specificity"] == "3.5"
     assert tables["enrichment"][0]["overlap_genes"] == "LYZ;S100A8;S100A9"
     assert tables["enrichment"][0]["odds_ratio"] == "inf"
+
+
+def test_over_http_the_switcher_says_when_a_layers_pages_are_not_built(page: Any, explorer: Path) -> None:
+    from sae_genomics_core.viz.serve import serve_in_background
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    server = serve_in_background(explorer.parent.parent.parent, url)
+    try:
+        page.goto(f"{url}/d/L0/index.html")
+        page.locator("#density svg").wait_for()
+        assert not page.eval_on_selector_all("#layer option", "os => os.some(o => o.disabled)")  # it can ask
+        with page.expect_event("dialog") as shown:
+            page.select_option("#layer", "3")  # feature tables, but its pages were never built
+        message = shown.value.message
+        shown.value.accept()
+        assert message == "Layer 3 has no feature pages yet: materialise feature_pages for d layer 3."
+        assert page.url == f"{url}/d/L0/index.html" and page.eval_on_selector("#layer", "s => s.value") == "0"
+    finally:
+        server.shutdown()
