@@ -4,9 +4,8 @@ colour by a feature's activation.
 
 The usual scanpy recipe on the dataset's own matrix: counts normalised to 10,000 per cell and log1p
 (skipped when the matrix is already log1p), the most variable genes, PCA, a k-nearest-neighbour graph
-with a Gaussian kernel (UMAP's own connectivities compile 4 s more of numba code per process; neighbours
-exact below 8,192 cells, pynndescent above, as scanpy chooses), then Leiden (igraph) at resolution 1 or
-UMAP. Memory is bounded:
+with a Gaussian kernel on exact neighbours (UMAP's own connectivities and pynndescent compile numba code
+for seconds per process), then Leiden (igraph) at resolution 1 or UMAP. Memory is bounded:
 at most CLUSTER_CELLS cells are clustered (the others join the cluster of the nearest centroid in the
 same PCA space) and MAP_CELLS drawn, read chunk by chunk.
 """
@@ -29,7 +28,7 @@ CLUSTER_CELLS = 50_000  # cells clustered at most; a 50k × 2,000-gene sparse ma
 MAP_CELLS = 2_000  # cells drawn on the map: its shape shows, and a page embeds each feature's values
 MAP_EPOCHS = 200  # UMAP's optimisation epochs (scanpy's default is 500 below 10k cells; the layout settles)
 CHUNK_CELLS = 8_192
-EXACT_NEIGHBOURS = 8_192  # scanpy's own switch from exact to approximate (pynndescent) euclidean neighbours
+EXACT_NEIGHBOURS = 8_192  # where scanpy would switch from exact to approximate (pynndescent) neighbours
 
 
 def leiden_clusters(
@@ -111,32 +110,22 @@ def _neighbourhood(matrix: sp.csr_matrix, value_kind: str, seed: int) -> Any:
         method="gauss",
         knn=True,
         random_state=seed,
-        transformer=_approximate_neighbours(adata.n_obs, seed),
+        transformer=_exact_neighbours(adata.n_obs),
     )
     return adata
 
 
-def _approximate_neighbours(n_cells: int, seed: int) -> Any:
-    """None (scanpy's exact neighbours) below EXACT_NEIGHBOURS cells; above, pynndescent with UMAP's
-    settings, as scanpy would run it, but giving a scipy sparse matrix: pynndescent 0.7 can return a
-    sparse array, which has no `getnnz` in scipy 1.17, and scanpy 1.11 calls it (datasets of 12,000 cells
-    failed here)."""
+def _exact_neighbours(n_cells: int) -> Any:
+    """None below EXACT_NEIGHBOURS cells (scanpy's own exact neighbours); above, the same exact search
+    (sklearn, brute force) instead of scanpy's pynndescent: pynndescent 0.7 can return a sparse array,
+    which has no `getnnz` in scipy 1.17, and scanpy 1.11 calls it (datasets of 12,000 cells failed here);
+    its numba code also compiled for 15-40 s per process. At most CLUSTER_CELLS cells are searched."""
     if n_cells < EXACT_NEIGHBOURS:
         return None
     import scanpy as sc
-    from pynndescent import PyNNDescentTransformer
+    from sklearn.neighbors import KNeighborsTransformer
 
-    class MatrixGraph(PyNNDescentTransformer):
-        def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> sp.csr_matrix:
-            return sp.csr_matrix(super().fit_transform(X, y, **fit_params))
-
-    return MatrixGraph(
-        n_neighbors=NEIGHBOURS,
-        n_trees=min(64, 5 + round(n_cells**0.5 / 20.0)),
-        n_iters=max(5, round(np.log2(n_cells))),
-        random_state=seed,
-        n_jobs=sc.settings.n_jobs,
-    )
+    return KNeighborsTransformer(n_neighbors=NEIGHBOURS, algorithm="brute", n_jobs=sc.settings.n_jobs)
 
 
 def _nearest_centroid(

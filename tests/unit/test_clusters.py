@@ -88,7 +88,7 @@ def test_ingest_draws_a_sample_of_cells_on_the_map_and_none_of_a_tiny_dataset(
 def test_large_datasets_get_a_neighbour_graph_scanpy_can_read() -> None:
     """From 8,192 cells scanpy uses pynndescent; at 12,000 its graph was a sparse array without the
     `getnnz` scanpy 1.11 calls, and `sc.pp.neighbors` failed (every dataset that large without cell
-    types). The graph we give it instead: three planted blobs come back as three Leiden clusters."""
+    types). The exact graph we give it instead: three planted blobs come back as three Leiden clusters."""
     import anndata as ad
     import scanpy as sc
 
@@ -96,7 +96,7 @@ def test_large_datasets_get_a_neighbour_graph_scanpy_can_read() -> None:
     groups = np.repeat([0, 1, 2], 4_000)
     points = rng.normal(size=(groups.size, 20)) + 6.0 * np.eye(3, 20)[groups]
     adata = ad.AnnData(obsm={"X_pca": points.astype(np.float32)}, X=sp.csr_matrix((groups.size, 1)))
-    transformer = clusters._approximate_neighbours(adata.n_obs, seed=0)
+    transformer = clusters._exact_neighbours(adata.n_obs)
     sc.pp.neighbors(adata, use_rep="X_pca", method="gauss", knn=True, transformer=transformer)
     sc.tl.leiden(adata, resolution=0.1, flavor="igraph", n_iterations=2, random_state=0)
     assert adjusted_rand_score(groups, adata.obs["leiden"].to_numpy()) > 0.95
