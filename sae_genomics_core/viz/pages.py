@@ -36,6 +36,7 @@ TERMS_PER_DATABASE = 5  # best rows of each database per feature, plus every sig
 # a cell type is shown as a finding only with q < 0.05, a lower bound above 0 and at least this fold
 # change (2^0.5 = 1.41×): with thousands of cells, log2 FC 0.1 reaches q 1e-60 and means little
 MIN_LOG2_FOLD_CHANGE = 0.5
+PAGE_DIGITS = 4  # significant digits of a float on the pages (and in their CSV downloads)
 MAP_LEVELS = 255  # a map cell's activation as a byte: level / 255 of the feature's maximum there
 SIMILAR = 5  # nearest features by decoder cosine, per feature
 SIMILAR_CHUNK_ROWS = 1024  # rows per product: 1024 × 16,384 floats, never the d_sae × d_sae matrix
@@ -69,7 +70,7 @@ _REQUIRED_QUERIES = {  # the feature tables, there whenever feature_stats has th
 _OPTIONAL_QUERIES = {  # key: (the table it needs, else the page shows none, query)
     "cell_genes": (  # the genes firing in each top cell shown
         "feature_cell_genes",
-        "select feature, cell_index, rank, coalesce(symbol, ensembl_id) as gene, activation, expression_bin "
+        "select feature, cell_rank, coalesce(symbol, ensembl_id) as gene, activation, expression_bin "
         f"from feature_cell_genes where dataset = ? and layer = ? and cell_rank <= {TOP_CELLS} "
         "order by feature, cell_rank, rank",
     ),
@@ -292,11 +293,13 @@ def _columns(frame: pl.DataFrame | None) -> dict[str, list[Any]]:
 
 
 def _json_safe(values: list[Any]) -> list[Any]:
-    # JSON has no inf/nan: odds ratios of complete overlaps are inf, keep them readable
+    """Floats to PAGE_DIGITS significant digits (the page shows three; the warehouse keeps them all), and
+    JSON's missing inf/nan: odds ratios of complete overlaps are inf, kept readable."""
+
     def fix(v: Any) -> Any:
         if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
             return None if v != v else ("inf" if v > 0 else "-inf")
-        return v
+        return float(f"{v:.{PAGE_DIGITS}g}") if isinstance(v, float) else v
 
     return [fix(v) for v in values]
 
@@ -571,7 +574,7 @@ function mapSpec(f) {
 
 // a top cell's genes where the feature fires, shaded by activation relative to the cell's maximum
 function firedGenes(f, cell) {
-  const list = (cellGenes.get(f) || []).filter(r => r.cell_index === cell.cell_index);
+  const list = (cellGenes.get(f) || []).filter(r => r.cell_rank === cell.rank);  // strongest first
   if (!(D.cell_genes.feature || []).length) return "<span class=muted>not recorded (feature tables older than feature_cell_genes)</span>";
   if (!list.length) return "<span class=muted>not recorded (below the top cells_with_genes)</span>";
   return list.map(r => `<span class="pill fired" style="background: rgba(230, 120, 20, ${(0.12 + 0.78 * r.activation / cell.max_activation).toFixed(2)})" title="activation ${num(r.activation)}, expression bin ${r.expression_bin}">${esc(r.gene)}</span>`).join("");
