@@ -425,6 +425,7 @@ const sigTerms = (f) => (terms.get(f) || []).filter(t => t.significant);
 const passes = (r) => r.q_value < 0.05 && r.log2_fold_change_lower > 0 && r.log2_fold_change >= __MIN_LOG2_FOLD_CHANGE__;
 const bestType = (f) => (types.get(f) || []).filter(passes).sort((a, b) => (b.replicated - a.replicated) || (b.log2_fold_change_lower - a.log2_fold_change_lower))[0];
 const NO_CELL_TYPES = "<p class=muted>This dataset has no cell types, so no feature is tested against them. Register it again with <code>--cell-type-key COLUMN</code> (the obs column that holds them; <code>sae-genomics validate FILE</code> lists the columns), then materialise the features.</p>";
+const NO_MAP = "<p class=muted>No map for this layer: the dataset has under 50 cells, or its cells or this layer's feature tables were made before the map existed (materialise <code>cells</code> and the feature tables again).</p>";
 const table = (head, body) => `<table><tr>${head.map(h => `<th>${h}</th>`).join("")}</tr>${body.join("")}</table>`;
 const TITLE = document.title;
 
@@ -528,7 +529,7 @@ function featurePage(f) {
     · ${stableText(f)}</p>
     <div class="charts"><div><h3>Top genes</h3><div id="genes-chart"></div></div>
       <div><h3>Activation histogram (cells)</h3><div id="hist-chart"></div><h3>Density: this feature in its layer</h3><div id="density"></div></div>
-      ${mapCells.length ? `<div><h3>The dataset's cells (UMAP of expression), by this feature</h3><div id="map-chart"></div></div>` : ""}</div>
+      <div><h3>The dataset's cells (UMAP of expression), by this feature</h3>${mapCells.length ? `<div id="map-chart"></div>` : NO_MAP}</div></div>
     <h3>Top genes${csvLink(f, "genes")}</h3>${table(["rank", "gene", "Ensembl", "score", "specificity", "tokens", "held-out lift", "held out", "look up"], g.map(r => `<tr><td>${r.rank}</td><td>${esc(r.gene)}</td><td>${esc(r.ensembl_id)}</td><td>${num(r.score)}</td><td>${num(r.specificity)}</td><td>${r.n_tokens}</td><td>${num(r.held_out_specificity, 2)}</td><td>${heldOut(r)}</td><td>${geneLinks(r)}</td></tr>`))}
     ${similarSection(f)}${matchesSection(f)}
     <h3>Enrichment (BH q per database; its best __TERMS_PER_DATABASE__ rows each, and every significant one)${csvLink(f, "enrichment")}</h3>${e.length ? table(["database", "term", "overlap", "set", "term size", "odds ratio", "log10 p", "q", "held-out odds ratio", "held out", "genes"], e.map(r => `<tr class="${r.significant && r.odds_ratio > 1 ? "sig" : ""}"><td>${esc(r.database)}</td><td>${esc(r.term_name || r.term_id)} <small>${termLink(r.term_id)}</small>${r.most_specific ? ' <span class=pill title="no significant descendant term">most specific</span>' : ""}</td><td>${r.overlap}</td><td>${r.feature_set_size}</td><td>${r.term_size}</td><td>${num(r.odds_ratio, 1)}</td><td>${num(r.log10_p_value, 2)}</td><td>${num(r.q_value)}</td><td>${num(r.held_out_odds_ratio, 1)}</td><td>${heldOut(r)}</td><td>${(r.overlap_genes || []).map(x => `<span class=pill>${esc(x)}</span>`).join("")}</td></tr>`)) : "<p class=muted>Not tested (no enrichment rows for this feature).</p>"}

@@ -210,6 +210,7 @@ def test_the_layer_switcher_goes_to_the_features_match_in_that_layer(page: Any, 
     page.select_option("#layer", "1")
     page.locator("#feature-title").filter(has_text="Feature 7").wait_for()
     assert page.url.endswith("/L1/index.html#feature=7")
+    assert "No map for this layer" in page.inner_text("#page")  # layer 1's tables predate the map
     assert page.eval_on_selector("#layer", "s => s.value") == "1"
     page.select_option("#layer", "0")  # no feature shown here, so layer 0's overview
     page.locator("#density svg").wait_for()
